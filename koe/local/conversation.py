@@ -1,0 +1,64 @@
+"""The conversation a local session holds: items in conversation order, as the LLM's history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Item:
+    id: str
+    role: str  # "user" | "assistant" | "system"
+    text: str = ""
+    audio: bool = True  # spoken (input_audio / audio parts) rather than typed text
+
+    def wire(self, status: str = "completed") -> dict:
+        """The item as Realtime events carry it."""
+        if self.role == "assistant":
+            part = {"type": "audio" if self.audio else "text", ("transcript" if self.audio else "text"): self.text}
+        elif self.audio:
+            part = {"type": "input_audio", "transcript": self.text or None}
+        else:
+            part = {"type": "input_text", "text": self.text}
+        return {"id": self.id, "object": "realtime.item", "type": "message", "status": status,
+                "role": self.role, "content": [part]}
+
+
+@dataclass
+class Conversation:
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """Insert after `previous_item_id` (append when None); returns the id it now follows.
+
+        Raises KeyError when `previous_item_id` is not in the conversation.
+        """
+        if previous_item_id is None:
+            after = self.last_id
+            self.items.append(item)
+            return after
+        index = self.index(previous_item_id)
+        self.items.insert(index + 1, item)
+        return previous_item_id
+
+    def index(self, item_id: str) -> int:
+        for i, item in enumerate(self.items):
+            if item.id == item_id:
+                return i
+        raise KeyError(item_id)
+
+    def get(self, item_id: str) -> Item:
+        return self.items[self.index(item_id)]
+
+    def delete(self, item_id: str) -> None:
+        del self.items[self.index(item_id)]
+
+    def chat_messages(self, instructions: str) -> list[dict[str, str]]:
+        """The history as chat messages; the instructions stay first so the prompt prefix is cached."""
+        messages = [{"role": "system", "content": instructions}] if instructions else []
+        messages += [{"role": item.role, "content": item.text} for item in self.items if item.text.strip()]
+        return messages

@@ -1,0 +1,282 @@
+"""Koe's local backend: OpenAI's Realtime WebRTC endpoints, answered by an aiortc peer per call.
+
+Run it standalone (`python -m koe.local`) or in-process with `LocalServer(...).start()`, which
+serves from a thread of its own so that model work and its loop never touch the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import uvicorn
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from koe.local.session import LocalSession
+from koe.local.stages.models import LocalModels, get_models
+from koe.protocol import Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
+
+log = logging.getLogger("koe.local")
+
+BETA_KEY_TTL_S = 60
+MAX_BODY = 256 * 1024
+
+
+def error(status: int, message: str, code: str | None = None, param: str | None = None,
+          type_: str = "invalid_request_error") -> JSONResponse:
+    """An error in OpenAI's shape, so one client-side mapping serves both backends."""
+    return JSONResponse({"error": {"type": type_, "code": code, "message": message, "param": param}}, status)
+
+
+class HttpError(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+@dataclass
+class ClientSecret:
+    settings: SessionSettings
+    expires_at: float
+
+
+class LocalServer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
+                 max_session_s: float = 3600.0, models: LocalModels | None = None) -> None:
+        self.host, self.port = host, port
+        self.api_key = api_key
+        self.max_session_s = max_session_s
+        self._models = models
+        self._models_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="koe-models")
+        self._secrets: dict[str, ClientSecret] = {}
+        self._calls: dict[str, tuple[RTCPeerConnection, LocalSession]] = {}
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = Starlette(routes=[
+            Route("/v1/realtime/calls", self.create_call, methods=["POST"]),
+            Route("/v1/realtime/calls/{call_id}/hangup", self.hang_up, methods=["POST"]),
+            Route("/v1/realtime/client_secrets", self.create_client_secret, methods=["POST"]),
+            Route("/v1/realtime/sessions", self.create_beta_session, methods=["POST"]),
+            Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
+            Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
+        ], exception_handlers={HttpError: lambda request, exc: exc.response})
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def call_count(self) -> int:
+        return len(self._calls)
+
+    # -- running -------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        """Serve on the running loop until stopped."""
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # the caller owns signals
+        try:
+            await self._server.serve()
+        finally:
+            await self.close_calls()
+
+    def start(self, timeout_s: float = 15.0) -> "LocalServer":
+        """Serve from a background thread; returns once the port is bound (with `port=0`, a free one)."""
+        self._thread = threading.Thread(target=asyncio.run, args=(self.serve(),), name="koe-local", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not (self._server and self._server.started):
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the local Realtime server did not start")
+            time.sleep(0.02)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        log.info("local Realtime server on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def close_calls(self) -> None:
+        for call_id in list(self._calls):
+            await self._end_call(call_id)
+
+    async def models(self) -> LocalModels:
+        async with self._models_lock:
+            if self._models is None:
+                self._models = await asyncio.get_running_loop().run_in_executor(self._executor, get_models)
+        return self._models
+
+    # -- endpoints -----------------------------------------------------------------------------
+    async def create_call(self, request: Request) -> Response:
+        """GA: the offer as plain SDP, or a multipart form with `sdp` and `session`."""
+        secret = self._authorize(request)
+        settings = secret.settings if secret else SessionSettings()
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            offer = form.get("sdp")
+            offer = (await offer.read()).decode() if hasattr(offer, "read") else offer
+            session = form.get("session")
+            if session is not None:
+                session = (await session.read()).decode() if hasattr(session, "read") else session
+                settings = self._settings_from(session, "ga", settings)
+        elif content_type.startswith("application/sdp"):
+            offer = (await self._body(request)).decode(errors="replace")
+        else:
+            raise HttpError(error(400, "Content-Type must be application/sdp or multipart/form-data.",
+                                  "invalid_content_type"))
+        return await self._answer(offer, "ga", settings)
+
+    async def create_beta_call(self, request: Request) -> Response:
+        """Beta: `POST /v1/realtime?model=...` with the SDP offer and an ephemeral key."""
+        secret = self._authorize(request)
+        model = request.query_params.get("model")
+        if not model:
+            raise HttpError(error(400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"))
+        settings = secret.settings if secret else SessionSettings(model=model)
+        if settings.model != model:
+            raise HttpError(error(400, f"The session was created for {settings.model}, not {model}.",
+                                  "invalid_value", "model"))
+        offer = (await self._body(request)).decode(errors="replace")
+        return await self._answer(offer, "beta", settings)
+
+    async def create_client_secret(self, request: Request) -> Response:
+        self._authorize(request, ephemeral=False)
+        body = await self._json(request)
+        expires = body.get("expires_after") or {}
+        seconds = expires.get("seconds", 600)
+        if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
+            raise HttpError(error(400, "expires_after.seconds must be an integer from 10 to 7200.",
+                                  "invalid_value", "expires_after.seconds"))
+        session = body.get("session") or {"type": "realtime"}
+        settings = self._settings_from(json.dumps(session), "ga", SessionSettings())
+        value, expires_at = self._mint(settings, seconds)
+        return JSONResponse({"value": value, "expires_at": int(expires_at),
+                             "session": {"object": "realtime.session", **settings.to_wire("ga")}})
+
+    async def create_beta_session(self, request: Request) -> Response:
+        self._authorize(request, ephemeral=False)
+        body = await self._json(request)
+        model = body.get("model")
+        if not isinstance(model, str) or dialect_for_model(model) != "beta":
+            raise HttpError(error(400, "model must name a realtime preview model, such as "
+                                       "gpt-4o-realtime-preview-2024-12-17.", "invalid_value", "model"))
+        settings = self._settings_from(json.dumps(body), "beta", SessionSettings(model=model))
+        value, expires_at = self._mint(settings, BETA_KEY_TTL_S)
+        return JSONResponse({"id": new_id("sess"), "object": "realtime.session", **settings.to_wire("beta"),
+                             "client_secret": {"value": value, "expires_at": int(expires_at)}})
+
+    async def hang_up(self, request: Request) -> Response:
+        self._authorize(request)
+        call_id = request.path_params["call_id"]
+        if call_id not in self._calls:
+            raise HttpError(error(404, f"Call not found: {call_id}", "call_not_found"))
+        await self._end_call(call_id)
+        return Response(status_code=200)
+
+    # -- calls ---------------------------------------------------------------------------------
+    async def _answer(self, offer: str | None, dialect: Dialect, settings: SessionSettings) -> Response:
+        if not offer or not offer.startswith("v=0") or "m=audio" not in offer:
+            raise HttpError(error(400, "The body must be an SDP offer with an audio m-line.", "invalid_offer", "sdp"))
+        models = await self.models()
+        call_id = new_id("rtc")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = LocalSession(dialect, settings, models, self._executor, max_session_s=self.max_session_s)
+        session.on_end = lambda: asyncio.ensure_future(self._end_call(call_id))
+        self._calls[call_id] = (pc, session)
+
+        @pc.on("datachannel")
+        def on_channel(channel) -> None:
+            if channel.label == "oai-events":
+                session.attach(channel)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "audio":
+                session.listen(track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self._end_call(call_id)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            pc.addTrack(session.reply_track)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError and friends on offers it cannot use
+            await self._end_call(call_id)
+            raise HttpError(error(400, f"The SDP offer could not be used: {exc}", "invalid_offer", "sdp")) from exc
+        log.info("call %s started (%s, %s)", call_id, dialect, settings.model)
+        return Response(pc.localDescription.sdp, status_code=201, media_type="application/sdp",
+                        headers={"Location": f"/v1/realtime/calls/{call_id}"})
+
+    async def _end_call(self, call_id: str) -> None:
+        entry = self._calls.pop(call_id, None)
+        if entry is None:
+            return
+        pc, session = entry
+        await session.close()
+        await pc.close()
+        log.info("call %s ended", call_id)
+
+    # -- request helpers -----------------------------------------------------------------------
+    def _authorize(self, request: Request, ephemeral: bool = True) -> ClientSecret | None:
+        """Check the bearer key: the server's own key, or (where allowed) a live client secret."""
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        now = time.time()
+        self._secrets = {k: s for k, s in self._secrets.items() if s.expires_at > now}
+        if ephemeral and key in self._secrets:
+            return self._secrets[key]
+        if self.api_key is None or hmac.compare_digest(key.encode(), self.api_key.encode()):
+            return None
+        raise HttpError(error(401, "Incorrect API key provided.", "invalid_api_key"))
+
+    def _mint(self, settings: SessionSettings, ttl_s: int) -> tuple[str, float]:
+        value = "ek_" + secrets.token_urlsafe(24)
+        expires_at = time.time() + ttl_s
+        self._secrets[value] = ClientSecret(settings, expires_at)
+        return value, expires_at
+
+    def _settings_from(self, raw: str, dialect: Dialect, base: SessionSettings) -> SessionSettings:
+        try:
+            session = json.loads(raw)
+            if not isinstance(session, dict):
+                raise ValueError("the session must be a JSON object")
+            if isinstance(session.get("model"), str):  # a new call may name its model
+                base = base.model_copy(update={"model": session["model"]})
+            return base.merge_wire(dialect, session)
+        except (ValueError, SettingsError) as exc:
+            raise HttpError(error(400, f"Invalid session: {exc}", "invalid_value", "session")) from exc
+
+    async def _body(self, request: Request) -> bytes:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise HttpError(error(413, "The request body is too large.", "request_too_large"))
+        return body
+
+    async def _json(self, request: Request) -> dict:
+        try:
+            body = json.loads(await self._body(request) or b"{}")
+        except ValueError as exc:
+            raise HttpError(error(400, f"We could not parse the JSON body of your request: {exc}",
+                                  "invalid_json")) from exc
+        if not isinstance(body, dict):
+            raise HttpError(error(400, "The JSON body must be an object.", "invalid_json"))
+        return body

