@@ -212,7 +212,7 @@ def test_llm_streams_and_stops_when_cancelled(loaded):
     assert reply.strip()
 
     deltas: list[str] = []
-    for delta in loaded.llm.stream(chat, max_tokens=40, cancelled=lambda: len(deltas) >= 3):
+    for delta in loaded.llm.stream(chat, max_tokens=40, temperature=0.0, cancelled=lambda: len(deltas) >= 3):
         deltas.append(delta)
     assert len(deltas) == 3
     assert list(loaded.llm.stream(chat, cancelled=lambda: True)) == []  # the lock was released
