@@ -50,6 +50,7 @@ class Response:
     spoken: list[tuple[int, str]] = field(default_factory=list)  # (end sample, clause) queued so far
     input_tokens: int = 0
     output_tokens: int = 0
+    marks: dict[str, float] = field(default_factory=dict)  # monotonic times of this turn's stages
 
     @property
     def cancelled(self) -> bool:
@@ -139,34 +140,38 @@ class LocalSession:
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
             create = vad is not None and vad.create_response
             early, self._early = self._early, None
-            self._commit(item_id, event.audio, respond=create, early=early)
+            self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic())
 
-    def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None) -> None:
+    def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None,
+                stopped_at: float | None = None) -> None:
         item = Item(id=item_id, role="user")
         previous = self._conversation.add(item)
         self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
         self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
         self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
-        self._spawn(self._transcribe_then_respond(item, audio, early, respond))
+        marks = {"speech_stopped": stopped_at or time.monotonic()}
+        self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
-                                       respond: bool) -> None:
+                                       respond: bool, marks: dict[str, float]) -> None:
         if self.settings.transcription is not None or respond:
             # No speech came after the silence began (it would have dropped the early pass), so the
             # early transcript holds every word of the turn.
             text = await (early if early is not None else self._run(self.models.stt.transcribe, audio, self._language()))
             item.text = text
+            marks["transcribed"] = time.monotonic()
             if self.settings.transcription is not None:
                 self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
                 self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
                           content_index=0, transcript=text)
         if respond and item.text.strip():
-            self._start_response()
+            self._start_response(marks=marks)
 
     # -- responses -----------------------------------------------------------------------------
-    def _start_response(self, overrides: dict | None = None) -> None:
+    def _start_response(self, overrides: dict | None = None, marks: dict[str, float] | None = None) -> None:
         audio = self.settings.output_modalities == "audio"
-        response = Response(id=new_id("resp"), item=Item(id=new_id("item"), role="assistant", audio=audio), audio=audio)
+        response = Response(id=new_id("resp"), item=Item(id=new_id("item"), role="assistant", audio=audio), audio=audio,
+                            marks=marks or {"requested": time.monotonic()})
         self._response = response
         response.task = self._spawn(self._respond(response, overrides or {}))
 
@@ -209,6 +214,7 @@ class LocalSession:
         producer = loop.run_in_executor(self._executor, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
+            response.marks.setdefault("first_token", time.monotonic())
             response.output_tokens += 1
             if response.audio:
                 for clause in splitter.push(delta):
@@ -231,6 +237,8 @@ class LocalSession:
             self._playing = response
             self._assistant_spoke = True
             self.emit("output_audio_buffer.started", response_id=response.id)
+            response.marks["first_audio"] = time.monotonic()
+            self._log_timings(response)
         delta = clause if not response.item.text else " " + clause
         response.item.text += delta
         end = (response.spoken[-1][0] if response.spoken else 0) + pcm.size
@@ -275,6 +283,14 @@ class LocalSession:
                 "output_token_details": {"text_tokens": response.output_tokens, "audio_tokens": audio_out},
             }
         return body
+
+    @staticmethod
+    def _log_timings(response: Response) -> None:
+        """Stage times of a turn, from its first mark: operators read them, the benchmark collects them."""
+        start = min(response.marks.values())
+        timings = {name: round(1000 * (t - start)) for name, t in response.marks.items()}
+        log.info("reply %s: %s", response.id, ", ".join(f"{k} +{v} ms" for k, v in timings.items()),
+                 extra={"timings_ms": timings})
 
     def _interrupt(self, reason: str) -> bool:
         """Stop the reply in progress and drop its unplayed audio; True when there was one."""
