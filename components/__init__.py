@@ -1,0 +1,1 @@
+"""Streamlit building blocks. Only these modules and the pages import streamlit."""

@@ -1,0 +1,73 @@
+"""The browser microphone and speaker (streamlit-webrtc) wired to a Relay, START to STOP.
+
+Audio path: browser mic → Opus → the peer streamlit-webrtc runs → `sink_audio_track` (every frame,
+in order, no intermediate queue that could skip or repeat audio) → Relay → upstream call. The
+reply comes back through the Relay into our own bounded `PcmQueueTrack`, passed as
+`source_audio_track`: unlike `PcmAudioSource` it caps what it holds, so a fast remote clock cannot
+build standing delay, and it is cleared on barge-in.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import streamlit as st
+from streamlit_webrtc import WebRtcMode, create_audio_sink_track, webrtc_streamer
+
+from koe.protocol import dialect_for_model
+from koe.relay import Relay
+from koe.store import SessionStore
+
+from components import runtime
+from components.settings_form import Choice
+
+# The browser's own echo cancellation keeps the AI from hearing (and interrupting) itself.
+AUDIO_CONSTRAINTS = {"echoCancellation": True, "noiseSuppression": True, "autoGainControl": True}
+
+
+def current_relay() -> Relay | None:
+    return st.session_state.get("relay")
+
+
+def _on_change(store: SessionStore, backend_name: str) -> None:
+    ctx = st.session_state.get("talk")
+    relay = current_relay()
+    if ctx is None or relay is None:
+        return
+    if ctx.state.playing and relay.status.state == "idle":
+        settings = relay.settings
+        conversation_id = store.start_conversation(
+            backend=backend_name, model=settings.model, dialect=dialect_for_model(settings.model),
+            settings=settings.model_dump(mode="json"))
+        st.session_state["conversation_id"] = conversation_id
+        relay.on_event = functools.partial(store.record_event, conversation_id)
+        relay.on_latency = functools.partial(store.set_latency, conversation_id)
+        relay.on_end = functools.partial(store.end_conversation, conversation_id)
+        relay.start()
+    elif not ctx.state.playing and not ctx.state.signalling:
+        relay.stop()
+
+
+def talk(choice: Choice, store: SessionStore) -> Relay:
+    """Render START/STOP; returns the relay of this browser session."""
+    relay = current_relay()
+    ctx = st.session_state.get("talk")
+    busy = ctx is not None and (ctx.state.playing or ctx.state.signalling)
+    if relay is None or (relay.status.state in ("ended", "failed") and not busy):
+        # Each START gets a fresh relay: the previous reply track ended with its peer.
+        relay = Relay(choice.backend, choice.settings, runtime.loop_thread())
+        st.session_state["relay"] = relay
+    elif relay.status.state == "idle":
+        relay.backend, relay.settings = choice.backend, choice.settings
+    ice = {"iceServers": runtime.ice_servers()}
+    webrtc_streamer(
+        key="talk",
+        mode=WebRtcMode.SENDRECV,
+        media_stream_constraints={"audio": AUDIO_CONSTRAINTS, "video": False},
+        sink_audio_track=create_audio_sink_track(relay.on_browser_frame, key="koe-mic"),
+        source_audio_track=relay.to_browser,
+        on_change=functools.partial(_on_change, store, choice.backend_name),
+        frontend_rtc_configuration=ice,
+        server_rtc_configuration=ice,
+    )
+    return relay

@@ -1,0 +1,57 @@
+"""Live views of the running conversation: status, level meters, transcript table, usage.
+
+They are fragments: they refresh themselves without rerunning the page (a full rerun would
+interrupt nothing in the audio, but it redraws everything). They read the session store and the
+relay's status; they never wait on the media loop.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from koe.relay import Relay
+from koe.store import SessionStore
+
+STATUS_ICONS = {"idle": "⏸️", "connecting": "⏳", "live": "🟢", "ended": "⏹️", "failed": "🔴"}
+
+
+def _meter(label: str, dbfs: float) -> None:
+    # -60 dBFS and below reads as empty; 0 dBFS as full.
+    st.progress(min(1.0, max(0.0, (dbfs + 60) / 60)), text=f"{label} {dbfs:5.0f} dBFS")
+
+
+@st.fragment(run_every="0.5s")
+def status_and_meters(relay: Relay) -> None:
+    status = relay.status
+    text = f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
+    if status.state == "failed":
+        st.error(text)
+    elif status.state == "ended":
+        st.warning(text)
+    else:
+        st.info(text)
+    left, right = st.columns(2)
+    with left:
+        _meter("🎙️ You", status.input_dbfs if status.state == "live" else -100)
+    with right:
+        _meter("🔊 AI", status.output_dbfs if status.state == "live" else -100)
+
+
+@st.fragment(run_every="1s")
+def transcript(store: SessionStore) -> None:
+    conversation_id = st.session_state.get("conversation_id")
+    if not conversation_id:
+        st.caption("The transcript appears here as you talk.")
+        return
+    # Rebuild the table only when the conversation changed: cheap reruns keep the loop free.
+    version = store.version(conversation_id)
+    cached = st.session_state.get("transcript_cache")
+    if cached is None or cached[0] != (conversation_id, version):
+        cached = ((conversation_id, version), store.transcript(conversation_id), store.usage(conversation_id))
+        st.session_state["transcript_cache"] = cached
+    _, table, usage = cached
+    st.dataframe(table.drop(columns=["item_id"], errors="ignore"), hide_index=True, use_container_width=True,
+                 column_config={"latency_ms": st.column_config.NumberColumn("reply latency (ms)")})
+    if len(usage):
+        tokens = int(usage["input_tokens"].sum() + usage["output_tokens"].sum()) if "input_tokens" in usage else 0
+        st.caption(f"{len(usage)} replies · {tokens} tokens · estimated cost ${usage['cost_usd'].sum():.4f}")

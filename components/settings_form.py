@@ -1,0 +1,99 @@
+"""The sidebar: backend, model and the session settings, applied live with `session.update`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from koe.client import Backend
+from koe.presets import PRESETS
+from koe.protocol import (
+    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, SemanticVad, ServerVad, SessionSettings, SettingsError,
+    TranscriptionSettings, dialect_for_model, validate_for_dialect,
+)
+
+from components import runtime
+
+TRANSCRIPTION_MODELS = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
+LANGUAGES = {"auto": None, "English": "en", "Japanese": "ja", "Spanish": "es", "French": "fr", "German": "de"}
+TURNS = {"Server VAD": "server_vad", "Semantic VAD": "semantic_vad", "Push to talk (manual)": "manual"}
+
+
+@dataclass
+class Choice:
+    backend: Backend
+    backend_name: str  # "openai" | "local"
+    settings: SessionSettings
+
+
+def model_label(model: str) -> str:
+    return f"{model} (beta dialect; OpenAI retired it in May 2026)" if dialect_for_model(model) == "beta" else model
+
+
+def backend_choice() -> tuple[Backend, str, str]:
+    """Which backend and model; the key is read here, on the server, and stays here."""
+    key = runtime.secret("OPENAI_API_KEY")
+    options = ["OpenAI", "Local (offline)"] if key else ["Local (offline)"]
+    name = st.sidebar.radio("Backend", options, key="backend",
+                            help="OpenAI needs OPENAI_API_KEY in the environment or .streamlit/secrets.toml.")
+    model = st.sidebar.selectbox("Model", [*GA_MODELS, *BETA_MODELS], format_func=model_label, key="model")
+    if name == "OpenAI":
+        return Backend(api_key=key), "openai", model
+    return Backend(runtime.local_server().url), "local", model
+
+
+def sidebar(current: SessionSettings | None) -> Choice:
+    """Draw the sidebar; returns the chosen backend and the (validated) settings to use.
+
+    `current` is the running session's confirmed settings, or None when nothing runs.
+    """
+    backend, backend_name, model = backend_choice()
+    dialect = dialect_for_model(model)
+    base = current or SessionSettings(model=model, instructions=PRESETS["Helpful assistant"], voice="alloy")
+    with st.sidebar.form("session-settings"):
+        st.subheader("Session")
+        preset = st.selectbox("Instructions preset", list(PRESETS), key="preset")
+        instructions = st.text_area("Instructions", value=PRESETS[preset] or base.instructions, height=120,
+                                    key=f"instructions-{preset}")
+        voices = list(GA_VOICES if dialect == "ga" else BETA_VOICES)
+        voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
+                             help="Fixed once the assistant has spoken: a change then needs a new session.")
+        turn = st.radio("Turn detection", list(TURNS), key="turn")
+        with st.expander("Turn detection details"):
+            threshold = st.slider("VAD threshold", 0.0, 1.0, 0.5, 0.05)
+            padding = st.number_input("Prefix padding (ms)", 0, 5000, 300, 50)
+            silence = st.number_input("Silence duration (ms)", 0, 10000, 500, 50)
+            eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"])
+        transcription_model = st.selectbox("Transcription model", TRANSCRIPTION_MODELS)
+        language = st.selectbox("Transcription language", list(LANGUAGES))
+        noise = st.selectbox("Noise reduction", ["off", "near_field", "far_field"])
+        speed = st.slider("Speed", 0.25, 1.5, 1.0, 0.05)
+        max_tokens = st.text_input("Max output tokens (1–4096 or inf)", "inf")
+        temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05, disabled=dialect == "ga")
+        applied = st.form_submit_button("Apply", type="primary", use_container_width=True)
+    try:
+        kind = TURNS[turn]
+        turn_detection = (None if kind == "manual" else
+                          ServerVad(threshold=threshold, prefix_padding_ms=int(padding), silence_duration_ms=int(silence))
+                          if kind == "server_vad" else SemanticVad(eagerness=eagerness))
+        tokens = "inf" if max_tokens.strip().lower() == "inf" else _int(max_tokens, "max output tokens")
+        settings = base.changed(
+            model=base.model if current else model, instructions=instructions, voice=voice, speed=speed,
+            turn_detection=turn_detection, max_output_tokens=tokens,
+            transcription=TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
+            noise_reduction=None if noise == "off" else noise,
+            temperature=temperature if dialect == "beta" else None)
+        validate_for_dialect(settings, dialect)
+    except SettingsError as exc:
+        st.sidebar.error(f"Not applied: {exc}")
+        settings = base
+    st.session_state["settings_applied"] = applied
+    return Choice(backend, backend_name, settings)
+
+
+def _int(text: str, field: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise SettingsError(field.replace(" ", "_"), f"must be a whole number or inf (got {text!r})") from None

@@ -1,0 +1,271 @@
+"""The relay: a browser's peer on one side, an upstream Realtime call on the other.
+
+Browser frames arrive on the loop that serves the browser's peer (Streamlit's, under
+streamlit-webrtc). The upstream call runs on a loop of its own (`LoopThread`), so a slow UI rerun
+on Streamlit's loop cannot stall the upstream jitter buffer and vice versa. Each track is touched
+only on its own loop; frames cross with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+import av
+from aiortc import RTCIceServer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from koe.audio import RATE, PcmQueueTrack, frame_to_mono, rms_dbfs
+from koe.client import Backend, RealtimeConnection, RealtimeError
+from koe.protocol import ServerEvent, SessionSettings, SettingsError
+
+log = logging.getLogger("koe.relay")
+
+UPSTREAM_QUEUE_FRAMES = 10  # 200 ms: more than that behind means the upstream loop is stalled
+REPLY_CAP_MS = 400  # hard bound on reply audio held for the browser
+REPLY_TARGET_MS = 100  # above this, silent frames are skipped so standing delay drains
+SILENCE_DBFS = -60.0
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop on a daemon thread, shared by all relays of the process."""
+
+    def __init__(self, name: str = "koe-relay") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+
+class BrowserFrames(MediaStreamTrack):
+    """The browser's frames, sent upstream as they come: no pacing of its own, so no added delay
+    and no drift (the browser's clock drives it). Bounded: a stalled consumer loses the oldest."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frames: asyncio.Queue[av.AudioFrame] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
+
+    def put(self, frame: av.AudioFrame) -> None:
+        if self._frames.full():
+            self._frames.get_nowait()
+        self._frames.put_nowait(frame)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self._frames.get()
+
+
+@dataclass
+class RelayStatus:
+    state: str = "idle"  # idle | connecting | live | ended | failed
+    message: str = ""
+    input_dbfs: float = -100.0
+    output_dbfs: float = -100.0
+
+
+class Relay:
+    """Relays one browser conversation to a backend and records it.
+
+    Set `on_end(reason)` to learn when the call ended (by the user or the backend), and
+    `on_event(direction, event_dict, at)` to receive every event both ways (the session store's
+    `record_event`, bound to the conversation) and `on_latency(item_id, ms)` for the reply latency the
+    relay measures where it matters: end of the user's speech to the first voiced frame for the browser.
+    """
+
+    def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
+                 ice_servers: list[RTCIceServer] | None = None) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.status = RelayStatus()
+        self.to_browser = PcmQueueTrack(capacity_ms=REPLY_CAP_MS)
+        self._loop_thread = loop_thread
+        self.on_event: Callable[[str, dict, float], None] = lambda direction, event, at: None
+        self.on_latency: Callable[[str, int], None] = lambda item_id, ms: None
+        self.on_end: Callable[[str], None] = lambda reason: None
+        self._ice_servers = ice_servers
+        self._browser_loop: asyncio.AbstractEventLoop | None = None
+        self._upstream: BrowserFrames | None = None
+        self._connection: RealtimeConnection | None = None
+        self._reply_item: str | None = None
+        self._reply_start = 0  # to_browser sample index where the current reply's audio began
+        self._speech_stopped_at: float | None = None
+        self._assistant_spoke = False
+
+    @property
+    def assistant_spoke(self) -> bool:
+        return self._assistant_spoke
+
+    # -- browser side (called on the browser peer's loop) ----------------------------------------
+    def on_browser_frame(self, frame: av.AudioFrame) -> None:
+        """Sink callback: every browser frame in order (s16 stereo 48 kHz, 20 ms)."""
+        self._browser_loop = self._browser_loop or asyncio.get_running_loop()
+        self.status.input_dbfs = rms_dbfs(frame.to_ndarray())
+        upstream = self._upstream
+        if upstream is not None:
+            self._loop_thread.loop.call_soon_threadsafe(upstream.put, frame)
+
+    # -- lifecycle (any thread) ------------------------------------------------------------------
+    def start(self) -> concurrent.futures.Future:
+        self.status.state, self.status.message = "connecting", "Negotiating with the backend…"
+        return self._loop_thread.submit(self._start())
+
+    def stop(self, reason: str = "stopped by the user") -> None:
+        """Close the upstream call; waits a few seconds at most."""
+        future = self._loop_thread.submit(self._stop(reason))
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            future.result(timeout=5)
+
+    def call(self, coro_fn: Callable[[RealtimeConnection], Awaitable[T]], timeout_s: float = 10.0) -> T:
+        """Run `coro_fn(connection)` on the relay's loop and wait for its result (for the UI thread)."""
+        connection = self._connection
+        if connection is None or self.status.state != "live":
+            raise RealtimeError("the conversation is not connected")
+        return self._loop_thread.submit(coro_fn(connection)).result(timeout=timeout_s)
+
+    def update(self, settings: SessionSettings, only: set[str] | None = None) -> SessionSettings:
+        """Apply settings to the running session; returns what the server confirmed."""
+        if settings.voice != self.settings.voice and self.assistant_spoke:
+            raise SettingsError("voice", "cannot change once the assistant has spoken: "
+                                         "stop and start again to use the new voice")
+        dialect = self._connection.dialect if self._connection else "ga"
+        self.on_event("client", {"type": "session.update", "session": settings.to_wire(dialect, only=only)},
+                       time.time())
+        confirmed = self.call(lambda connection: connection.update(settings, only=only))
+        self.settings = confirmed
+        return confirmed
+
+    def send(self, event: dict) -> None:
+        """Send one client event (push to talk, response.create, ...)."""
+        self.call(lambda connection: connection.send(event))
+        self.on_event("client", event, time.time())
+
+    def restart(self, settings: SessionSettings, history: list[tuple[str, str]]) -> concurrent.futures.Future:
+        """A new upstream session with new settings (the voice is fixed once the assistant spoke),
+        seeded with the conversation so far as text, while the browser's call goes on."""
+        self.settings = settings
+        self.status.state, self.status.message = "connecting", "Starting a new session with the new voice…"
+        return self._loop_thread.submit(self._restart(history))
+
+    async def _restart(self, history: list[tuple[str, str]]) -> None:
+        old, self._connection = self._connection, None
+        if old is not None:
+            await old.close("restarted with new settings")
+        if self._upstream is not None:
+            self._upstream.stop()
+        self._assistant_spoke = False
+        await self._start()
+        connection = self._connection
+        if connection is None:
+            return
+        text_type = {"user": "input_text", "assistant": "output_text" if connection.dialect == "ga" else "text"}
+        for role, text in history:
+            await connection.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": role, "content": [{"type": text_type[role], "text": text}]}})
+
+    # -- upstream side (on the relay loop) -------------------------------------------------------
+    async def _start(self) -> None:
+        self._upstream = BrowserFrames()
+        connection = self._connection = RealtimeConnection(
+            self.backend, self.settings, audio=self._upstream, on_audio=self._on_upstream_audio,
+            ice_servers=self._ice_servers)
+        connection.add_listener(self._on_server_event)
+        try:
+            await connection.connect()
+        except (RealtimeError, SettingsError) as exc:
+            self.status.state, self.status.message = "failed", f"Could not connect: {exc}"
+            self._connection = None
+            return
+        except Exception as exc:  # anything else still ends as a message, never a traceback in the UI
+            log.exception("upstream connect failed")
+            self.status.state, self.status.message = "failed", f"Could not connect: {exc}"
+            self._connection = None
+            return
+        self.settings = connection.settings or self.settings
+        self.status.state, self.status.message = "live", "Connected: speak now."
+        asyncio.ensure_future(self._watch(connection))
+
+    async def _watch(self, connection: RealtimeConnection) -> None:
+        await connection.closed.wait()
+        if self.status.state == "live":  # not our own stop: the backend ended the call
+            self.status.state = "ended"
+            self.status.message = f"The backend ended the session: {connection.close_reason}."
+            self.on_event("app", {"type": "koe.session_ended", "reason": connection.close_reason}, time.time())
+            self.on_end(connection.close_reason or "ended by the backend")
+
+    async def _stop(self, reason: str) -> None:
+        connection, self._connection = self._connection, None
+        if self.status.state in ("live", "connecting"):
+            self.status.state, self.status.message = "ended", f"Ended: {reason}."
+        if connection is not None:
+            await connection.close(reason)
+            self.on_end(reason)
+        if self._upstream is not None:
+            self._upstream.stop()
+            self._upstream = None
+
+    def _on_upstream_audio(self, frame: av.AudioFrame) -> None:
+        samples = frame_to_mono(frame)
+        level = rms_dbfs(samples)
+        self.status.output_dbfs = level
+        if self._browser_loop is not None:
+            self._browser_loop.call_soon_threadsafe(self._to_browser, samples, level, time.monotonic())
+
+    def _to_browser(self, samples, level: float, received_at: float) -> None:
+        """On the browser loop: queue reply audio, keeping the standing delay small."""
+        track = self.to_browser
+        if level < SILENCE_DBFS and track.queued_ms > REPLY_TARGET_MS:
+            return  # drop silence, not speech, to drain the delay a fast remote clock builds up
+        if level >= SILENCE_DBFS and self._speech_stopped_at is not None and self._reply_item is not None:
+            self.on_latency(self._reply_item, round(1000 * (received_at - self._speech_stopped_at)))
+            self._speech_stopped_at = None
+        track.push(samples)
+
+    def _on_server_event(self, event: ServerEvent) -> None:
+        at = time.time()
+        self.on_event("server", event.model_dump(mode="json"), at)
+        kind = event.type
+        if kind == "input_audio_buffer.speech_stopped":
+            self._speech_stopped_at = time.monotonic()
+        elif kind == "response.output_item.added":
+            self._reply_item = (getattr(event, "item", None) or {}).get("id")
+        elif kind == "output_audio_buffer.started":
+            self._assistant_spoke = True
+            if self._browser_loop is not None:
+                self._browser_loop.call_soon_threadsafe(self._mark_reply_start)
+        elif kind in ("input_audio_buffer.speech_started", "output_audio_buffer.cleared"):
+            # Barge-in: drop what we still hold and tell the server what the browser really heard.
+            if self._browser_loop is not None:
+                self._browser_loop.call_soon_threadsafe(self._barge_in, self._reply_item)
+
+    def _mark_reply_start(self) -> None:
+        self._reply_start = self.to_browser.played_samples + self.to_browser.queued_ms * RATE // 1000
+
+    def _barge_in(self, item_id: str | None) -> None:
+        track = self.to_browser
+        dropped = track.clear()
+        if item_id is None or not dropped:
+            return
+        heard_ms = max(0, track.played_samples - self._reply_start) * 1000 // RATE
+        event = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                 "audio_end_ms": heard_ms}
+        connection = self._connection
+        if connection is not None:
+            self._loop_thread.loop.call_soon_threadsafe(asyncio.ensure_future, self._send_quietly(connection, event))
+
+    async def _send_quietly(self, connection: RealtimeConnection, event: dict) -> None:
+        with contextlib.suppress(RealtimeError):
+            await connection.send(event)
+            self.on_event("client", event, time.time())
