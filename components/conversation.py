@@ -55,7 +55,10 @@ def talk(choice: Choice, store: SessionStore) -> Relay:
     busy = ctx is not None and (ctx.state.playing or ctx.state.signalling)
     if relay is None or (relay.status.state in ("ended", "failed") and not busy):
         # Each START gets a fresh relay: the previous reply track ended with its peer.
+        previous = relay
         relay = Relay(choice.backend, choice.settings, runtime.loop_thread())
+        if previous is not None:  # keep saying how the last conversation ended
+            relay.status.message = f"{previous.status.message} Press START to talk again."
         st.session_state["relay"] = relay
     elif relay.status.state == "idle":
         relay.backend, relay.settings = choice.backend, choice.settings

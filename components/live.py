@@ -24,9 +24,9 @@ def _meter(label: str, dbfs: float) -> None:
 def status_and_meters(relay: Relay) -> None:
     status = relay.status
     text = f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
-    if status.state == "failed":
+    if status.state == "failed" or status.message.startswith("Could not connect"):
         st.error(text)
-    elif status.state == "ended":
+    elif status.state == "ended" or status.message.startswith(("Ended", "The backend ended")):
         st.warning(text)
     else:
         st.info(text)
@@ -50,8 +50,9 @@ def transcript(store: SessionStore) -> None:
         cached = ((conversation_id, version), store.transcript(conversation_id), store.usage(conversation_id))
         st.session_state["transcript_cache"] = cached
     _, table, usage = cached
-    st.dataframe(table.drop(columns=["item_id"], errors="ignore"), hide_index=True, use_container_width=True,
-                 column_config={"latency_ms": st.column_config.NumberColumn("reply latency (ms)")})
+    # A static table: long replies wrap, and it costs the browser little to redraw.
+    st.table(table.drop(columns=["item_id"], errors="ignore").rename(columns={"latency_ms": "reply latency (ms)"}))
     if len(usage):
-        tokens = int(usage["input_tokens"].sum() + usage["output_tokens"].sum()) if "input_tokens" in usage else 0
+        tokens = int(usage[["input_text_tokens", "input_audio_tokens", "output_text_tokens",
+                            "output_audio_tokens"]].to_numpy().sum())
         st.caption(f"{len(usage)} replies · {tokens} tokens · estimated cost ${usage['cost_usd'].sum():.4f}")

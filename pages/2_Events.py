@@ -1,0 +1,42 @@
+"""Events: the raw event log, reply latency per turn, tokens and estimated cost."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from components import runtime
+from components.conversation_picker import pick
+
+st.set_page_config(page_title="Koe — Events", page_icon="📈", layout="wide")
+st.title("📈 Events")
+
+store = runtime.store()
+today = store.totals(since=time.time() - 86_400)
+st.caption(f"Last 24 hours: {today['conversations']} conversations · {today['input_tokens']} tokens in · "
+           f"{today['output_tokens']} tokens out · estimated ${today['cost_usd']:.4f}")
+conversation_id = pick(store, "events")
+if conversation_id:
+    transcript = store.transcript(conversation_id)
+    latency = transcript.dropna(subset=["latency_ms"])
+    st.subheader("Reply latency per turn")
+    if len(latency):
+        st.bar_chart(latency.reset_index(drop=True)["latency_ms"], y_label="ms", x_label="turn")
+    else:
+        st.caption("No replies yet.")
+    st.subheader("Tokens and estimated cost")
+    usage = store.usage(conversation_id)
+    if len(usage):
+        st.dataframe(usage, hide_index=True, use_container_width=True)
+        st.metric("Estimated cost (USD)", f"{usage['cost_usd'].sum():.4f}")
+    else:
+        st.caption("No usage reported yet.")
+    st.subheader("Event log")
+    all_events = store.events(conversation_id)
+    kinds = sorted(all_events["type"].unique()) if len(all_events) else []
+    left, right = st.columns([3, 1])
+    chosen = left.multiselect("Types", kinds, key="event-types")
+    direction = right.selectbox("Direction", ["all", "server", "client", "app"], key="event-direction")
+    events = store.events(conversation_id, types=chosen or None, direction=None if direction == "all" else direction)
+    st.dataframe(events, hide_index=True, use_container_width=True)

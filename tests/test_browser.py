@@ -1,0 +1,163 @@
+"""The app in a real browser: Debian's Chromium, headless, a fake microphone playing synthesized speech.
+
+`streamlit run app.py` on the local backend; START, talk, see the transcript, hear the reply (read from
+the page's RTCPeerConnection stats), change a setting, STOP, reload, find it in History.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+WEBRTC_IFRAME = 'iframe[title="streamlit_webrtc.component.webrtc_streamer"]'
+# Keep every RTCPeerConnection the page makes, so the test can read its stats.
+RECORD_PEERS = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  if (!Native || Native.__koe) return;
+  window.__koePeers = [];
+  const Recording = function (...args) { const pc = new Native(...args); window.__koePeers.push(pc); return pc; };
+  Recording.prototype = Native.prototype;
+  Recording.__koe = true;
+  Object.setPrototypeOf(Recording, Native);
+  window.RTCPeerConnection = Recording;
+})();
+"""
+INBOUND_AUDIO = """
+async () => {
+  let energy = 0, samples = 0;
+  for (const pc of window.__koePeers || []) {
+    const stats = await pc.getStats();
+    stats.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      energy += s.totalAudioEnergy || 0; samples += s.totalSamplesReceived || 0; } });
+  }
+  return {energy, samples};
+}
+"""
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory, models) -> Path:
+    """3 s of silence (time to connect), the question, then silence: 48 kHz mono 16-bit."""
+    speech = models.tts.synthesize("Please count from one to five.")
+    silence = np.zeros(48_000 * 3, np.int16)
+    samples = np.concatenate([silence, speech, silence, silence])
+    path = tmp_path_factory.mktemp("mic") / "question.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48_000)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    port = free_port()
+    data = tmp_path_factory.mktemp("data")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(KOE_DATA_DIR=str(data), HF_HUB_OFFLINE="1")
+    log = open(data / "streamlit.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                "--server.address", "127.0.0.1", "--server.headless", "true"],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError((data / "streamlit.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield url, data
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture
+def browser(tmp_path, mic_wav):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            ignore_default_args=["--mute-audio"],
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={mic_wav}%noloop", "--autoplay-policy=no-user-gesture-required"],
+        )
+        context.add_init_script(RECORD_PEERS)
+        yield context
+        context.close()
+
+
+def test_talk_in_the_browser_then_find_it_in_history(app, browser):
+    url, data = app
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    webrtc = page.frame_locator(WEBRTC_IFRAME)
+    webrtc.get_by_role("button", name="Start").click()
+    page.get_by_text("Connected: speak now.").wait_for(timeout=90_000)
+
+    # The user's words, then the AI's reply, appear in the live transcript.
+    table = page.locator('[data-testid="stTable"]')
+    table.get_by_text("count", exact=False).first.wait_for(timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stTable\"] tbody tr').length >= 2",
+                           timeout=60_000)
+    rows = table.locator("tbody tr").all_inner_texts()
+    assert "You" in rows[0] and "count" in rows[0].lower(), rows
+    assert "AI" in rows[1], rows
+
+    # The browser received the AI's voice: audio energy on the inbound track.
+    iframe = next(f for f in page.frames if "webrtc_streamer" in f.url)
+    deadline = time.monotonic() + 30
+    stats = {"energy": 0}
+    while time.monotonic() < deadline and stats["energy"] <= 0.01:
+        stats = iframe.evaluate(INBOUND_AUDIO)
+        time.sleep(0.5)
+    assert stats["samples"] > 48_000 and stats["energy"] > 0.01, stats
+
+    # A sidebar change is applied to the running session and confirmed by the server.
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_label("Instructions", exact=True).fill("Answer in one short sentence, like a pirate.")
+    sidebar.get_by_role("button", name="Apply").click()
+    sidebar.get_by_text("session.updated").wait_for(timeout=20_000)
+
+    # STOP ends cleanly.
+    webrtc.get_by_role("button", name="Stop").click()
+    page.get_by_text("Ended: stopped by the user").wait_for(timeout=20_000)
+
+    # After a reload, History holds the conversation.
+    page.goto(url + "/History")
+    page.get_by_text("You:", exact=False).first.wait_for(timeout=30_000)
+    conversation = "\n".join(page.locator('[data-testid="stMarkdown"]').all_inner_texts())
+    assert "You: Please count" in conversation and "AI: " in conversation, conversation
