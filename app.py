@@ -13,6 +13,7 @@ from components.settings_form import sidebar
 st.set_page_config(page_title="Koe — talk to a realtime AI", page_icon="🗣️", layout="wide")
 st.title("🗣️ Koe")
 
+runtime.configure_logging()
 store = runtime.store()
 relay = current_relay()
 running = relay is not None and relay.status.state == "live"

@@ -13,6 +13,7 @@ import functools
 
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, create_audio_sink_track, webrtc_streamer
+from streamlit_webrtc.shutdown import SessionShutdownObserver
 
 from koe.protocol import dialect_for_model
 from koe.relay import Relay
@@ -60,6 +61,11 @@ def talk(choice: Choice, store: SessionStore) -> Relay:
         if previous is not None:  # keep saying how the last conversation ended
             relay.status.message = f"{previous.status.message} Press START to talk again."
         st.session_state["relay"] = relay
+        # A reload or a closed tab ends the Streamlit session without STOP: close the upstream call then.
+        observer = st.session_state.get("relay_observer")
+        if observer is not None:
+            observer.stop()
+        st.session_state["relay_observer"] = SessionShutdownObserver(relay.stop)
     elif relay.status.state == "idle":
         relay.backend, relay.settings = choice.backend, choice.settings
     ice = {"iceServers": runtime.ice_servers()}
@@ -67,7 +73,9 @@ def talk(choice: Choice, store: SessionStore) -> Relay:
         key="talk",
         mode=WebRtcMode.SENDRECV,
         media_stream_constraints={"audio": AUDIO_CONSTRAINTS, "video": False},
-        sink_audio_track=create_audio_sink_track(relay.on_browser_frame, key="koe-mic"),
+        # The browser's track ends when its tab closes or reloads: end the upstream call with it.
+        sink_audio_track=create_audio_sink_track(relay.on_browser_frame, key="koe-mic",
+                                                 on_ended=lambda: relay.close("the browser disconnected")),
         source_audio_track=relay.to_browser,
         on_change=functools.partial(_on_change, store, choice.backend_name),
         frontend_rtc_configuration=ice,

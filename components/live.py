@@ -51,7 +51,9 @@ def transcript(store: SessionStore) -> None:
         st.session_state["transcript_cache"] = cached
     _, table, usage = cached
     # A static table: long replies wrap, and it costs the browser little to redraw.
-    st.table(table.drop(columns=["item_id"], errors="ignore").rename(columns={"latency_ms": "reply latency (ms)"}))
+    shown = table.drop(columns=["item_id"]).rename(columns={"latency_ms": "reply latency (ms)"})
+    shown["time"] = shown["time"].dt.strftime("%H:%M:%S")
+    st.table(shown)
     if len(usage):
         tokens = int(usage[["input_text_tokens", "input_audio_tokens", "output_text_tokens",
                             "output_audio_tokens"]].to_numpy().sum())

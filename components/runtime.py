@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -29,6 +30,16 @@ def secret(name: str) -> str | None:
 
 def data_dir() -> Path:
     return Path(secret("KOE_DATA_DIR") or "data")
+
+
+@st.cache_resource(show_spinner=False)
+def configure_logging() -> None:
+    """Koe's own log lines (model loading, calls, per-reply stage timings) on the server's stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    koe = logging.getLogger("koe")
+    koe.addHandler(handler)
+    koe.setLevel(logging.INFO)
 
 
 @st.cache_resource(show_spinner=False)

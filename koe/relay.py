@@ -100,6 +100,7 @@ class Relay:
         self._upstream: BrowserFrames | None = None
         self._connection: RealtimeConnection | None = None
         self._reply_item: str | None = None
+        self._reply_playing = False  # between output_audio_buffer.started and .stopped/.cleared
         self._reply_start = 0  # to_browser sample index where the current reply's audio began
         self._speech_stopped_at: float | None = None
         self._assistant_spoke = False
@@ -122,11 +123,14 @@ class Relay:
         self.status.state, self.status.message = "connecting", "Negotiating with the backend…"
         return self._loop_thread.submit(self._start())
 
+    def close(self, reason: str) -> concurrent.futures.Future:
+        """Close the upstream call without waiting (safe on any loop)."""
+        return self._loop_thread.submit(self._stop(reason))
+
     def stop(self, reason: str = "stopped by the user") -> None:
-        """Close the upstream call; waits a few seconds at most."""
-        future = self._loop_thread.submit(self._stop(reason))
+        """Close the upstream call; waits a few seconds at most (not for use on an event loop)."""
         with contextlib.suppress(concurrent.futures.TimeoutError):
-            future.result(timeout=5)
+            self.close(reason).result(timeout=5)
 
     def call(self, coro_fn: Callable[[RealtimeConnection], Awaitable[T]], timeout_s: float = 10.0) -> T:
         """Run `coro_fn(connection)` on the relay's loop and wait for its result (for the UI thread)."""
@@ -242,21 +246,25 @@ class Relay:
         elif kind == "response.output_item.added":
             self._reply_item = (getattr(event, "item", None) or {}).get("id")
         elif kind == "output_audio_buffer.started":
-            self._assistant_spoke = True
+            self._assistant_spoke = self._reply_playing = True
             if self._browser_loop is not None:
                 self._browser_loop.call_soon_threadsafe(self._mark_reply_start)
+        elif kind == "output_audio_buffer.stopped":
+            self._reply_playing = False
         elif kind in ("input_audio_buffer.speech_started", "output_audio_buffer.cleared"):
             # Barge-in: drop what we still hold and tell the server what the browser really heard.
             if self._browser_loop is not None:
-                self._browser_loop.call_soon_threadsafe(self._barge_in, self._reply_item)
+                item = self._reply_item if self._reply_playing else None  # a finished reply stays whole
+                self._browser_loop.call_soon_threadsafe(self._barge_in, item)
+            self._reply_playing = False
 
     def _mark_reply_start(self) -> None:
         self._reply_start = self.to_browser.played_samples + self.to_browser.queued_ms * RATE // 1000
 
     def _barge_in(self, item_id: str | None) -> None:
         track = self.to_browser
-        dropped = track.clear()
-        if item_id is None or not dropped:
+        track.clear()
+        if item_id is None:
             return
         heard_ms = max(0, track.played_samples - self._reply_start) * 1000 // RATE
         event = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,

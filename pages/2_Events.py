@@ -22,7 +22,9 @@ if conversation_id:
     latency = transcript.dropna(subset=["latency_ms"])
     st.subheader("Reply latency per turn")
     if len(latency):
-        st.bar_chart(latency.reset_index(drop=True)["latency_ms"], y_label="ms", x_label="turn")
+        per_turn = latency["latency_ms"].reset_index(drop=True)
+        per_turn.index += 1
+        st.bar_chart(per_turn, y_label="ms", x_label="reply")
     else:
         st.caption("No replies yet.")
     st.subheader("Tokens and estimated cost")

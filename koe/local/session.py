@@ -7,6 +7,7 @@ loop (and with it every call's audio) never waits on a model.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -74,6 +75,7 @@ class LocalSession:
         self._manual = AudioBuffer()
         self._user_item: str | None = None  # id promised in speech_started
         self._early: asyncio.Future | None = None  # transcript started when the silence began
+        self._early_job: concurrent.futures.Future | None = None
         self._response: Response | None = None
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
@@ -131,9 +133,14 @@ class LocalSession:
             self.emit("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=self._user_item)
         elif isinstance(event, SilenceBegan):
             # Transcribe while the silence window runs: most turns end here, and the text is ready.
-            self._early = self._run(self.models.stt.transcribe, event.audio, self._language())
+            # One pass at a time: pauses between words must not queue up work for the model.
+            if self._early_job is None or self._early_job.done():
+                self._early_job = self._executor.submit(self.models.stt.transcribe, event.audio, self._language())
+                self._early = asyncio.wrap_future(self._early_job)
         elif isinstance(event, SpeechResumed):
             self._early = None
+            if self._early_job is not None:
+                self._early_job.cancel()  # drops it unless it already started
         elif isinstance(event, SpeechStopped):
             item_id = self._user_item or new_id("item")
             self._user_item = None
