@@ -7,20 +7,23 @@ import streamlit as st
 from components import runtime
 from components.controls import apply_settings, push_to_talk
 from components.conversation import current_relay, talk
-from components.live import status_and_meters, transcript
+from components.gate import require_access
+from components.live import cost_meter, status_and_meters, transcript
 from components.settings_form import sidebar
 
 st.set_page_config(page_title="Koe — talk to a realtime AI", page_icon="🗣️", layout="wide")
+runtime.configure_logging()
+visitor = require_access()
 st.title("🗣️ Koe")
 
-runtime.configure_logging()
 store = runtime.store()
 relay = current_relay()
 running = relay is not None and relay.status.state == "live"
 choice = sidebar(relay.settings if running else None)
-relay = talk(choice, store)
+relay = talk(choice, store, visitor)
 apply_settings(relay, choice)
 push_to_talk(relay)
 status_and_meters(relay)
+cost_meter(relay, store, visitor)
 st.subheader("Transcript")
 transcript(store)

@@ -2,22 +2,26 @@
 
 Audio path: browser mic → Opus → the peer streamlit-webrtc runs → `sink_audio_track` (every frame,
 in order, no intermediate queue that could skip or repeat audio) → Relay → upstream call. The
-reply comes back through the Relay into our own bounded `PcmQueueTrack`, passed as
-`source_audio_track`: unlike `PcmAudioSource` it caps what it holds, so a fast remote clock cannot
-build standing delay, and it is cleared on barge-in.
+reply comes back through the Relay as frames handed straight on (`FrameQueueTrack`, passed as
+`source_audio_track`): no second clock, so no standing delay can build up, a small bound on what it
+holds, and a `clear()` on barge-in. (`PcmAudioSource` would re-pace the audio and holds without limit.)
 """
 
 from __future__ import annotations
 
 import functools
+import time
 
 import streamlit as st
 from streamlit_webrtc import WebRtcMode, create_audio_sink_track, webrtc_streamer
 from streamlit_webrtc.shutdown import SessionShutdownObserver
 
+from koe.access import Visitor
+from koe.ice import to_aiortc
+from koe.limits import LimitReached
 from koe.protocol import dialect_for_model
 from koe.relay import Relay
-from koe.store import SessionStore
+from koe.store import LOCAL_BACKEND, SessionStore
 
 from components import runtime
 from components.settings_form import Choice
@@ -30,34 +34,51 @@ def current_relay() -> Relay | None:
     return st.session_state.get("relay")
 
 
-def _on_change(store: SessionStore, backend_name: str) -> None:
+def _ice(visitor: Visitor) -> tuple[list[dict], list[dict]]:
+    """(browser, server) ICE servers, kept for this session until half their credentials' life is
+    gone: minting new ones on every rerun would change the component's arguments each time."""
+    kept = st.session_state.get("koe_ice")
+    if kept is None or kept[0] < time.time():
+        kept = (time.time() + runtime.config().ice.turn_ttl_s / 2, *runtime.ice_servers(visitor.id))
+        st.session_state["koe_ice"] = kept
+    return kept[1], kept[2]
+
+
+def _on_change(store: SessionStore, backend_name: str, visitor: Visitor) -> None:
     ctx = st.session_state.get("talk")
     relay = current_relay()
     if ctx is None or relay is None:
         return
     if ctx.state.playing and relay.status.state == "idle":
         settings = relay.settings
+        try:  # the limits decide, before anything is connected or stored
+            guard = runtime.limiter().admit(visitor.id, model=settings.model, billed=backend_name != LOCAL_BACKEND,
+                                            exempt=visitor.owner)
+        except LimitReached as exc:
+            relay.refuse(str(exc))
+            return
         conversation_id = store.start_conversation(
             backend=backend_name, model=settings.model, dialect=dialect_for_model(settings.model),
-            settings=settings.model_dump(mode="json"))
+            settings=settings.model_dump(mode="json"), visitor=visitor.id)
         st.session_state["conversation_id"] = conversation_id
         relay.on_event = functools.partial(store.record_event, conversation_id)
         relay.on_latency = functools.partial(store.set_latency, conversation_id)
         relay.on_end = functools.partial(store.end_conversation, conversation_id)
-        relay.start()
+        relay.start(guard)
     elif not ctx.state.playing and not ctx.state.signalling:
         relay.stop()
 
 
-def talk(choice: Choice, store: SessionStore) -> Relay:
+def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
     """Render START/STOP; returns the relay of this browser session."""
+    browser_ice, server_ice = _ice(visitor)
     relay = current_relay()
     ctx = st.session_state.get("talk")
     busy = ctx is not None and (ctx.state.playing or ctx.state.signalling)
     if relay is None or (relay.status.state in ("ended", "failed") and not busy):
         # Each START gets a fresh relay: the previous reply track ended with its peer.
         previous = relay
-        relay = Relay(choice.backend, choice.settings, runtime.loop_thread())
+        relay = Relay(choice.backend, choice.settings, runtime.loop_thread(), ice_servers=to_aiortc(server_ice))
         if previous is not None:  # keep saying how the last conversation ended
             relay.status.message = f"{previous.status.message} Press START to talk again."
         st.session_state["relay"] = relay
@@ -68,7 +89,6 @@ def talk(choice: Choice, store: SessionStore) -> Relay:
         st.session_state["relay_observer"] = SessionShutdownObserver(relay.stop)
     elif relay.status.state == "idle":
         relay.backend, relay.settings = choice.backend, choice.settings
-    ice = {"iceServers": runtime.ice_servers()}
     webrtc_streamer(
         key="talk",
         mode=WebRtcMode.SENDRECV,
@@ -77,8 +97,8 @@ def talk(choice: Choice, store: SessionStore) -> Relay:
         sink_audio_track=create_audio_sink_track(relay.on_browser_frame, key="koe-mic",
                                                  on_ended=lambda: relay.close("the browser disconnected")),
         source_audio_track=relay.to_browser,
-        on_change=functools.partial(_on_change, store, choice.backend_name),
-        frontend_rtc_configuration=ice,
-        server_rtc_configuration=ice,
+        on_change=functools.partial(_on_change, store, choice.backend_name, visitor),
+        frontend_rtc_configuration={"iceServers": browser_ice},
+        server_rtc_configuration={"iceServers": server_ice},
     )
     return relay

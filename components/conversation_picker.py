@@ -1,12 +1,21 @@
-"""Pick a past conversation: search box, list, selection (shared by History and Events)."""
+"""Pick a past conversation: search box, list, selection (shared by History and Events).
+
+A visitor sees only their own conversations; the owner sees all. The `id` query parameter preselects
+one, and is refused with a message when it is malformed, unknown or someone else's.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import streamlit as st
 
+from koe.access import Visitor
 from koe.store import SessionStore
+
+MAX_SEARCH_CHARS = 200
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the shape of the ids the store makes (conv_…)
 
 
 def _label(conversation: dict) -> str:
@@ -16,17 +25,33 @@ def _label(conversation: dict) -> str:
     return f"{started} · {title} · {conversation.get('turns', 0)} turns · {ended}"
 
 
-def pick(store: SessionStore, key: str) -> str | None:
-    """Returns the chosen conversation id (the `id` query parameter preselects one)."""
-    search = st.text_input("Search transcripts", key=f"{key}-search", max_chars=200).strip() or None
-    conversations = store.conversations(search=search)
+def refusal(store: SessionStore, wanted: str, visitor: Visitor) -> str | None:
+    """Why `wanted` may not be opened by `visitor`, or None when it may."""
+    if not _ID.fullmatch(wanted):
+        return "The link's conversation id is not valid."
+    found = store.conversation(wanted)
+    if found is None:
+        return "No conversation has the id in the link."
+    if not visitor.can_see(found["visitor"]):
+        return "The conversation in the link belongs to another visitor: you can open only your own."
+    return None
+
+
+def pick(store: SessionStore, key: str, visitor: Visitor) -> str | None:
+    """Returns the chosen conversation id."""
+    # Streamlit cuts longer input to max_chars on the server too, whatever the browser sends.
+    search = st.text_input("Search transcripts", key=f"{key}-search", max_chars=MAX_SEARCH_CHARS).strip()
+    wanted = st.query_params.get("id")
+    if wanted is not None and (reason := refusal(store, wanted, visitor)) is not None:
+        st.warning(f"{reason} Showing {'the' if visitor.owner else 'your'} latest conversation instead.")
+        wanted = None
+    conversations = store.conversations(search=search or None, visitor=None if visitor.owner else visitor.id)
     if not conversations:
         st.info("No conversation matches." if search else "No conversation yet: talk on the main page first.")
         return None
     ids = [c["id"] for c in conversations]
-    wanted = st.query_params.get("id")
-    if wanted and wanted not in ids:
-        st.warning("That conversation does not exist (or is not yours).")
+    if wanted is not None and wanted not in ids:
+        st.info("The conversation in the link does not match the search.")
     index = ids.index(wanted) if wanted in ids else 0
     labels = {c["id"]: _label(c) for c in conversations}
     chosen = st.selectbox("Conversation", ids, index=index, format_func=labels.get, key=f"{key}-pick")

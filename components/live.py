@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from koe.access import Visitor
+from koe.limits import start_of_day
 from koe.relay import Relay
 from koe.store import SessionStore
+
+from components import runtime
 
 STATUS_ICONS = {"idle": "⏸️", "connecting": "⏳", "live": "🟢", "ended": "⏹️", "failed": "🔴"}
 
@@ -35,6 +39,32 @@ def status_and_meters(relay: Relay) -> None:
         _meter("🎙️ You", status.input_dbfs if status.state == "live" else -100)
     with right:
         _meter("🔊 AI", status.output_dbfs if status.state == "live" else -100)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+@st.fragment(run_every="2s")
+def cost_meter(relay: Relay | None, store: SessionStore, visitor: Visitor) -> None:
+    """This session's time, tokens and estimated cost against its limits; today's totals."""
+    guard = relay.guard if relay is not None else None
+    if guard is not None and relay.status.state in ("live", "ended"):
+        limits = guard.limits
+        minutes = f" of {_clock(limits.max_session_minutes * 60)}" if limits.max_session_minutes else ""
+        cap = f" of ${limits.max_session_cost_usd:.2f}" if limits.max_session_cost_usd and guard.billed else ""
+        st.caption(f"This session: {_clock(guard.elapsed_s)}{minutes} · {guard.input_tokens} tokens in, "
+                   f"{guard.output_tokens} out · estimated ${guard.cost_usd:.4f}{cap}")
+    today = store.totals(since=start_of_day(), visitor=None if visitor.owner else visitor.id)
+    whose = "Today" if visitor.owner else "You today"
+    line = (f"{whose}: {today['conversations']} conversations · {today['input_tokens']} tokens in, "
+            f"{today['output_tokens']} out · estimated ${today['cost_usd']:.4f}")
+    if visitor.owner:
+        limiter = runtime.limiter()
+        budget = limiter.limits.max_daily_cost_usd
+        line += (f" · {limiter.active} running now" + (f" · ${limiter.spent_today:.4f} of the ${budget:.2f} daily "
+                                                       "budget spent" if budget else ""))
+    st.caption(line)
 
 
 @st.fragment(run_every="1s")

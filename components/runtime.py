@@ -5,31 +5,42 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 import streamlit as st
+from streamlit_webrtc.credentials import get_cloudflare_ice_servers, get_hf_ice_servers, get_twilio_ice_servers
 
+from koe.access import Backoff, Passes
+from koe.client import Backend
+from koe.config import Config, load_config
+from koe.ice import browser_ice_servers, server_ice_servers
+from koe.limits import Limiter
 from koe.local import LocalServer
 from koe.local.stages.models import warm
 from koe.relay import LoopThread
 from koe.store import SessionStore
 
+log = logging.getLogger("koe.app")
 
-def secret(name: str) -> str | None:
+
+def secret(name: str) -> object | None:
     """A setting from the environment, else from .streamlit/secrets.toml; never sent to the browser."""
     value = os.environ.get(name)
     if value:
         return value
     try:
-        return st.secrets.get(name) or None
+        value = st.secrets.get(name)
     except FileNotFoundError:  # no secrets file at all
         return None
     except Exception:  # a malformed secrets file must not take the app down
         return None
+    # TOML may hold a code as a number: settings are text (lists, such as URLs, stay lists).
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value or None
 
 
-def data_dir() -> Path:
-    return Path(secret("KOE_DATA_DIR") or "data")
+@st.cache_resource(show_spinner=False)
+def config() -> Config:
+    """Every setting, validated once per process (raises ConfigError, naming the bad setting)."""
+    return load_config(secret)
 
 
 @st.cache_resource(show_spinner=False)
@@ -49,7 +60,24 @@ def loop_thread() -> LoopThread:
 
 @st.cache_resource(show_spinner=False)
 def store() -> SessionStore:
-    return SessionStore(data_dir() / "koe.sqlite3")
+    return SessionStore(config().backend.data_dir / "koe.sqlite3")
+
+
+@st.cache_resource(show_spinner=False)
+def limiter() -> Limiter:
+    return Limiter(config().limits,
+                   sessions_since=lambda visitor, since: store().totals(since, visitor)["conversations"],
+                   spent_since=lambda since: store().totals(since)["cost_usd"])
+
+
+@st.cache_resource(show_spinner=False)
+def passes() -> Passes:
+    return Passes(config().access)
+
+
+@st.cache_resource(show_spinner=False)
+def backoff() -> Backoff:
+    return Backoff()
 
 
 @st.cache_resource(show_spinner=False)
@@ -59,6 +87,45 @@ def local_server() -> LocalServer:
     return LocalServer(port=0).start()
 
 
-def ice_servers() -> list[dict]:
-    """ICE servers for both peers. None are needed on one machine; deployments add STUN/TURN here."""
+def local_backend() -> Backend:
+    """`KOE_LOCAL_URL` (a `python -m koe.local` elsewhere) when set, else the embedded server."""
+    backend = config().backend
+    if backend.local_url:
+        key = backend.local_api_key.get_secret_value() if backend.local_api_key else None
+        return Backend(backend.local_url, api_key=key)
+    return Backend(local_server().url)
+
+
+def openai_backend() -> Backend | None:
+    backend = config().backend
+    if backend.openai_api_key is None:
+        return None
+    return Backend(backend.openai_base_url, api_key=backend.openai_api_key.get_secret_value())
+
+
+def _provider_ice_servers() -> list[dict]:
+    """Short-lived TURN credentials from a hosted provider whose keys are set (cached by streamlit-webrtc)."""
+    keys = config().providers
+    fetches = []
+    if keys.cloudflare_turn_key_id and keys.cloudflare_turn_key_api_token:
+        fetches.append(("Cloudflare", lambda: get_cloudflare_ice_servers(
+            keys.cloudflare_turn_key_id, keys.cloudflare_turn_key_api_token.get_secret_value())))
+    if keys.twilio_account_sid and keys.twilio_auth_token:
+        fetches.append(("Twilio", lambda: get_twilio_ice_servers(
+            keys.twilio_account_sid, keys.twilio_auth_token.get_secret_value())))
+    if keys.hf_token:
+        fetches.append(("Hugging Face", lambda: get_hf_ice_servers(keys.hf_token.get_secret_value())))
+    for provider, fetch in fetches:
+        try:
+            return [dict(server) for server in fetch()]
+        except Exception as exc:  # a provider outage must not stop the app: say so, try the next one
+            log.warning("no TURN credentials from %s: %s", provider, type(exc).__name__)
     return []
+
+
+def ice_servers(visitor_id: str) -> tuple[list[dict], list[dict]]:
+    """(browser, server) ICE servers; none are needed on one machine. Long-lived TURN credentials
+    are in the server's list only."""
+    provided = _provider_ice_servers()
+    ice = config().ice
+    return browser_ice_servers(ice, visitor_id, provided), server_ice_servers(ice, visitor_id, provided)

@@ -12,6 +12,7 @@ from koe.protocol import (
     BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, SemanticVad, ServerVad, SessionSettings, SettingsError,
     TranscriptionSettings, dialect_for_model, validate_for_dialect,
 )
+from koe.store import LOCAL_BACKEND
 
 from components import runtime
 
@@ -33,14 +34,14 @@ def model_label(model: str) -> str:
 
 def backend_choice() -> tuple[Backend, str, str]:
     """Which backend and model; the key is read here, on the server, and stays here."""
-    key = runtime.secret("OPENAI_API_KEY")
-    options = ["OpenAI", "Local (offline)"] if key else ["Local (offline)"]
+    openai = runtime.openai_backend()
+    options = ["OpenAI", "Local (offline)"] if openai else ["Local (offline)"]
     name = st.sidebar.radio("Backend", options, key="backend",
                             help="OpenAI needs OPENAI_API_KEY in the environment or .streamlit/secrets.toml.")
     model = st.sidebar.selectbox("Model", [*GA_MODELS, *BETA_MODELS], format_func=model_label, key="model")
-    if name == "OpenAI":
-        return Backend(api_key=key), "openai", model
-    return Backend(runtime.local_server().url), "local", model
+    if openai is not None and name == "OpenAI":
+        return openai, "openai", model
+    return runtime.local_backend(), LOCAL_BACKEND, model
 
 
 def sidebar(current: SessionSettings | None) -> Choice:

@@ -159,3 +159,45 @@ class PcmQueueTrack(MediaStreamTrack):
         frame = mono_to_frame(samples, self._pts)
         self._pts += FRAME_SAMPLES
         return frame
+
+
+class FrameQueueTrack(MediaStreamTrack):
+    """Frames handed on as they come, for relaying one peer's audio into another.
+
+    No pacing of its own: the producer's clock drives it, so it adds no delay and cannot drift.
+    Bounded: when the consumer stalls, the oldest frames go. `pts` is restamped continuously, since
+    the frames may come from different peers over the track's life.
+    """
+
+    kind = "audio"
+
+    def __init__(self, max_frames: int = 10) -> None:
+        super().__init__()
+        self._frames: asyncio.Queue[av.AudioFrame] = asyncio.Queue(max_frames)
+        self._pts = 0
+        self.played_samples = 0
+
+    @property
+    def queued_samples(self) -> int:
+        return sum(frame.samples for frame in self._frames._queue)  # type: ignore[attr-defined]
+
+    def put(self, frame: av.AudioFrame) -> None:
+        if self._frames.full():
+            self._frames.get_nowait()
+        self._frames.put_nowait(frame)
+
+    def clear(self) -> int:
+        """Drop the frames not yet sent; returns how many samples were dropped."""
+        dropped = self.queued_samples
+        while not self._frames.empty():
+            self._frames.get_nowait()
+        return dropped
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._frames.get()
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, frame.sample_rate)
+        self._pts += frame.samples
+        self.played_samples += frame.samples
+        return frame

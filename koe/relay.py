@@ -21,16 +21,19 @@ import av
 from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from koe.audio import RATE, PcmQueueTrack, frame_to_mono, rms_dbfs
+from koe.audio import RATE, FrameQueueTrack, frame_to_mono, rms_dbfs
 from koe.client import Backend, RealtimeConnection, RealtimeError
+from koe.limits import SessionGuard
 from koe.protocol import ServerEvent, SessionSettings, SettingsError
 
 log = logging.getLogger("koe.relay")
 
-UPSTREAM_QUEUE_FRAMES = 10  # 200 ms: more than that behind means the upstream loop is stalled
-REPLY_CAP_MS = 400  # hard bound on reply audio held for the browser
-REPLY_TARGET_MS = 100  # above this, silent frames are skipped so standing delay drains
-SILENCE_DBFS = -60.0
+QUEUE_FRAMES = 10  # 200 ms each way: more than that behind means a loop stalled, and old audio goes
+VOICE_DBFS = -50.0  # a reply frame louder than this is speech (for the latency figure)
+# One frame of reordering tolerance on the relay's receive hop instead of aiortc's four: the hop
+# is the relay's own, and each prefetched frame is 20 ms added to every reply (bench/relay.py).
+RELAY_JITTER_PREFETCH = 1
+LIMIT_TICK_S = 0.5  # how often the session's time limits are checked
 
 T = TypeVar("T")
 
@@ -45,27 +48,6 @@ class LoopThread:
 
     def submit(self, coro) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-
-class BrowserFrames(MediaStreamTrack):
-    """The browser's frames, sent upstream as they come: no pacing of its own, so no added delay
-    and no drift (the browser's clock drives it). Bounded: a stalled consumer loses the oldest."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._frames: asyncio.Queue[av.AudioFrame] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
-
-    def put(self, frame: av.AudioFrame) -> None:
-        if self._frames.full():
-            self._frames.get_nowait()
-        self._frames.put_nowait(frame)
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await self._frames.get()
 
 
 @dataclass
@@ -83,6 +65,7 @@ class Relay:
     `on_event(direction, event_dict, at)` to receive every event both ways (the session store's
     `record_event`, bound to the conversation) and `on_latency(item_id, ms)` for the reply latency the
     relay measures where it matters: end of the user's speech to the first voiced frame for the browser.
+    A `SessionGuard` given to `start` ends the call when a limit is reached (time, idleness, cost).
     """
 
     def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
@@ -90,20 +73,21 @@ class Relay:
         self.backend = backend
         self.settings = settings
         self.status = RelayStatus()
-        self.to_browser = PcmQueueTrack(capacity_ms=REPLY_CAP_MS)
+        self.to_browser = FrameQueueTrack(QUEUE_FRAMES)
         self._loop_thread = loop_thread
         self.on_event: Callable[[str, dict, float], None] = lambda direction, event, at: None
         self.on_latency: Callable[[str, int], None] = lambda item_id, ms: None
         self.on_end: Callable[[str], None] = lambda reason: None
         self._ice_servers = ice_servers
         self._browser_loop: asyncio.AbstractEventLoop | None = None
-        self._upstream: BrowserFrames | None = None
+        self._upstream: FrameQueueTrack | None = None
         self._connection: RealtimeConnection | None = None
         self._reply_item: str | None = None
         self._reply_playing = False  # between output_audio_buffer.started and .stopped/.cleared
         self._reply_start = 0  # to_browser sample index where the current reply's audio began
         self._speech_stopped_at: float | None = None
         self._assistant_spoke = False
+        self.guard: SessionGuard | None = None
 
     @property
     def assistant_spoke(self) -> bool:
@@ -119,9 +103,14 @@ class Relay:
             self._loop_thread.loop.call_soon_threadsafe(upstream.put, frame)
 
     # -- lifecycle (any thread) ------------------------------------------------------------------
-    def start(self) -> concurrent.futures.Future:
+    def start(self, guard: SessionGuard | None = None) -> concurrent.futures.Future:
+        self.guard = guard
         self.status.state, self.status.message = "connecting", "Negotiating with the backend…"
-        return self._loop_thread.submit(self._start())
+        return self._loop_thread.submit(self._begin())
+
+    def refuse(self, reason: str) -> None:
+        """Say why the session may not start (a limit); nothing was connected."""
+        self.status.state, self.status.message = "failed", f"Not started: {reason}."
 
     def close(self, reason: str) -> concurrent.futures.Future:
         """Close the upstream call without waiting (safe on any loop)."""
@@ -173,6 +162,7 @@ class Relay:
         await self._start()
         connection = self._connection
         if connection is None:
+            self._release()
             return
         text_type = {"user": "input_text", "assistant": "output_text" if connection.dialect == "ga" else "text"}
         for role, text in history:
@@ -180,11 +170,38 @@ class Relay:
                 "type": "message", "role": role, "content": [{"type": text_type[role], "text": text}]}})
 
     # -- upstream side (on the relay loop) -------------------------------------------------------
+    async def _begin(self) -> None:
+        await self._start()
+        if self.status.state != "live":
+            self._release()
+        elif self.guard is not None:
+            asyncio.ensure_future(self._enforce_limits(self.guard))
+
+    async def _enforce_limits(self, guard: SessionGuard) -> None:
+        """The limits no event announces (session minutes, idle time), on a timer; ends with the call."""
+        while self.status.state in ("live", "connecting"):
+            reason = guard.check()
+            if reason is not None:
+                await self._limit_reached(reason)
+                return
+            await asyncio.sleep(LIMIT_TICK_S)
+
+    async def _limit_reached(self, reason: str) -> None:
+        if self.status.state not in ("live", "connecting"):
+            return  # already ending
+        log.info("ending a session: %s", reason)
+        self.on_event("app", {"type": "koe.limit_reached", "reason": reason}, time.time())
+        await self._stop(reason)
+
+    def _release(self) -> None:
+        if self.guard is not None:
+            self.guard.release()
+
     async def _start(self) -> None:
-        self._upstream = BrowserFrames()
+        self._upstream = FrameQueueTrack(QUEUE_FRAMES)
         connection = self._connection = RealtimeConnection(
             self.backend, self.settings, audio=self._upstream, on_audio=self._on_upstream_audio,
-            ice_servers=self._ice_servers)
+            ice_servers=self._ice_servers, jitter_prefetch=RELAY_JITTER_PREFETCH)
         connection.add_listener(self._on_server_event)
         try:
             await connection.connect()
@@ -208,6 +225,7 @@ class Relay:
             self.status.message = f"The backend ended the session: {connection.close_reason}."
             self.on_event("app", {"type": "koe.session_ended", "reason": connection.close_reason}, time.time())
             self.on_end(connection.close_reason or "ended by the backend")
+            self._release()
 
     async def _stop(self, reason: str) -> None:
         connection, self._connection = self._connection, None
@@ -219,27 +237,27 @@ class Relay:
         if self._upstream is not None:
             self._upstream.stop()
             self._upstream = None
+        self._release()
 
     def _on_upstream_audio(self, frame: av.AudioFrame) -> None:
-        samples = frame_to_mono(frame)
-        level = rms_dbfs(samples)
+        level = rms_dbfs(frame_to_mono(frame))
         self.status.output_dbfs = level
         if self._browser_loop is not None:
-            self._browser_loop.call_soon_threadsafe(self._to_browser, samples, level, time.monotonic())
+            self._browser_loop.call_soon_threadsafe(self._to_browser, frame, level, time.monotonic())
 
-    def _to_browser(self, samples, level: float, received_at: float) -> None:
-        """On the browser loop: queue reply audio, keeping the standing delay small."""
-        track = self.to_browser
-        if level < SILENCE_DBFS and track.queued_ms > REPLY_TARGET_MS:
-            return  # drop silence, not speech, to drain the delay a fast remote clock builds up
-        if level >= SILENCE_DBFS and self._speech_stopped_at is not None and self._reply_item is not None:
+    def _to_browser(self, frame: av.AudioFrame, level: float, received_at: float) -> None:
+        """On the browser loop: hand the reply frame on, and time the first voiced one of a reply."""
+        if level >= VOICE_DBFS and self._speech_stopped_at is not None and self._reply_item is not None:
             self.on_latency(self._reply_item, round(1000 * (received_at - self._speech_stopped_at)))
             self._speech_stopped_at = None
-        track.push(samples)
+        self.to_browser.put(frame)
 
     def _on_server_event(self, event: ServerEvent) -> None:
         at = time.time()
-        self.on_event("server", event.model_dump(mode="json"), at)
+        payload = event.model_dump(mode="json")
+        self.on_event("server", payload, at)
+        if self.guard is not None and (reason := self.guard.observe(payload)) is not None:
+            asyncio.ensure_future(self._limit_reached(reason))
         kind = event.type
         if kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped_at = time.monotonic()
@@ -259,7 +277,7 @@ class Relay:
             self._reply_playing = False
 
     def _mark_reply_start(self) -> None:
-        self._reply_start = self.to_browser.played_samples + self.to_browser.queued_ms * RATE // 1000
+        self._reply_start = self.to_browser.played_samples + self.to_browser.queued_samples
 
     def _barge_in(self, item_id: str | None) -> None:
         track = self.to_browser

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -521,6 +521,28 @@ class SessionStore:
                                  params).fetchone()
         return {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_usd": tokens[2],
                 "conversations": count[0]}
+
+    def daily_totals(self, days: int = 7, visitor: str | None = None) -> pd.DataFrame:
+        """Per local day, newest first, over the last `days` days: day, conversations, input_tokens,
+        output_tokens, cost_usd; optionally one visitor's only."""
+        since = (datetime.now().date() - timedelta(days=days - 1)).isoformat()
+        mine = "" if visitor is None else " AND c.visitor = ?"
+        params = (since,) if visitor is None else (since, visitor)
+        with self._read() as conn:
+            started = pd.read_sql_query(
+                "SELECT date(c.started_at, 'unixepoch', 'localtime') AS day, COUNT(*) AS conversations"
+                f" FROM conversations c WHERE day >= ?{mine} GROUP BY day", conn, params=params)
+            spent = pd.read_sql_query(
+                "SELECT date(u.at, 'unixepoch', 'localtime') AS day,"
+                " SUM(u.input_text_tokens + u.input_audio_tokens) AS input_tokens,"
+                " SUM(u.output_text_tokens + u.output_audio_tokens) AS output_tokens, SUM(u.cost_usd) AS cost_usd"
+                f" FROM usage u JOIN conversations c ON c.id = u.conversation_id WHERE day >= ?{mine} GROUP BY day",
+                conn, params=params)
+        table = started.merge(spent, on="day", how="outer").fillna(0)
+        return table.astype({"day": "str", "conversations": "int64", "input_tokens": "int64",
+                             "output_tokens": "int64", "cost_usd": "float64"}).sort_values(
+            "day", ascending=False, ignore_index=True)[["day", "conversations", "input_tokens", "output_tokens",
+                                                         "cost_usd"]]
 
     def version(self, conversation_id: str) -> int:
         """Grows with every commit that touched the conversation: poll it, redraw on change."""

@@ -6,12 +6,14 @@ import streamlit as st
 
 from components import runtime
 from components.conversation_picker import pick
+from components.gate import require_access
 
 st.set_page_config(page_title="Koe — History", page_icon="📜", layout="wide")
+visitor = require_access()
 st.title("📜 History")
 
 store = runtime.store()
-conversation_id = pick(store, "history")
+conversation_id = pick(store, "history", visitor)
 if conversation_id:
     meta = store.conversation(conversation_id)
     st.caption(f"{meta['backend']} · {meta['model']} · {meta.get('end_reason') or 'still running'}")

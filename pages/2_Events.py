@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from components import runtime
+from components.conversation import current_relay
 from components.conversation_picker import pick
+from components.gate import require_access
+from components.live import cost_meter
 
 st.set_page_config(page_title="Koe — Events", page_icon="📈", layout="wide")
+visitor = require_access()
 st.title("📈 Events")
 
 store = runtime.store()
-today = store.totals(since=time.time() - 86_400)
-st.caption(f"Last 24 hours: {today['conversations']} conversations · {today['input_tokens']} tokens in · "
-           f"{today['output_tokens']} tokens out · estimated ${today['cost_usd']:.4f}")
-conversation_id = pick(store, "events")
+cost_meter(current_relay(), store, visitor)
+with st.expander("Tokens and estimated cost per day" + ("" if visitor.owner else " (yours)")):
+    st.dataframe(store.daily_totals(days=7, visitor=None if visitor.owner else visitor.id), hide_index=True,
+                 use_container_width=True)
+conversation_id = pick(store, "events", visitor)
 if conversation_id:
     transcript = store.transcript(conversation_id)
     latency = transcript.dropna(subset=["latency_ms"])

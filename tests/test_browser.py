@@ -71,12 +71,11 @@ def mic_wav(tmp_path_factory, models) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def serve(data: Path, **settings: str):
+    """`streamlit run app.py` with `settings` in its environment; yields (url, data dir), log in data/streamlit.log."""
     port = free_port()
-    data = tmp_path_factory.mktemp("data")
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(KOE_DATA_DIR=str(data), HF_HUB_OFFLINE="1")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY" and not k.startswith("KOE_")}
+    env.update(KOE_DATA_DIR=str(data), HF_HUB_OFFLINE="1", **settings)
     log = open(data / "streamlit.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -99,6 +98,11 @@ def app(tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    yield from serve(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture
@@ -130,11 +134,11 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
 
     # The user's words, then the AI's reply, appear in the live transcript.
     table = page.locator('[data-testid="stTable"]')
-    table.get_by_text("count", exact=False).first.wait_for(timeout=60_000)
     page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stTable\"] tbody tr').length >= 2",
                            timeout=60_000)
     rows = table.locator("tbody tr").all_inner_texts()
-    assert "You" in rows[0] and "count" in rows[0].lower(), rows
+    # Whisper tiny hears the browser-processed voice as "count from 1 to 5", now and then "come 1 to 5".
+    assert "You" in rows[0] and any(word in rows[0].lower() for word in ("five", "5")), rows
     assert "AI" in rows[1], rows
 
     # The browser received the AI's voice: audio energy on the inbound track.
@@ -160,4 +164,5 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     page.goto(url + "/History")
     page.get_by_text("You:", exact=False).first.wait_for(timeout=30_000)
     conversation = "\n".join(page.locator('[data-testid="stMarkdown"]').all_inner_texts())
-    assert "You: Please count" in conversation and "AI: " in conversation, conversation
+    said = next(line for line in conversation.splitlines() if line.startswith("You: "))
+    assert any(word in said.lower() for word in ("five", "5")) and "AI: " in conversation, conversation

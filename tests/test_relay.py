@@ -10,10 +10,10 @@ import av
 import numpy as np
 import pytest
 
-from koe.audio import FRAME_SAMPLES, RATE, PcmQueueTrack, rms_dbfs
+from koe.audio import FRAME_SAMPLES, RATE, FrameQueueTrack, mono_to_frame, rms_dbfs
 from koe.client import Backend
 from koe.protocol import SessionSettings
-from koe.relay import REPLY_CAP_MS, LoopThread, Relay
+from koe.relay import QUEUE_FRAMES, LoopThread, Relay
 
 SETTINGS = SessionSettings(instructions="You are a helpful assistant. Answer briefly.", voice="alloy")
 
@@ -126,7 +126,7 @@ async def test_barge_in_drops_held_audio_and_truncates_at_what_was_played(backen
                                      for d, e in relay.events), 10, "the relay's truncate")
         truncate = next(e for d, e in relay.events if d == "client" and e["type"] == "conversation.item.truncate")
         assert 500 < truncate["audio_end_ms"] < 20_000  # what the browser heard, not what was generated
-        assert relay.to_browser.queued_ms <= REPLY_CAP_MS
+        assert relay.to_browser.queued_samples <= QUEUE_FRAMES * FRAME_SAMPLES
         await wait_until(lambda: "conversation.item.truncated" in types(relay), 10, "the server's truncated")
     finally:
         await browser.close()
@@ -159,9 +159,11 @@ async def test_start_stop_cycles_leave_nothing_behind(local_server, backend, loo
     assert threading.active_count() <= base_threads + 1  # aioice may keep one resolver thread
 
 
-def test_the_reply_track_is_bounded():
-    track = PcmQueueTrack(capacity_ms=REPLY_CAP_MS)
-    for _ in range(100):
-        track.push(np.ones(FRAME_SAMPLES, np.int16))
-    assert track.queued_ms == REPLY_CAP_MS
-    assert track.clear() == REPLY_CAP_MS and track.queued_ms == 0
+def test_relayed_audio_is_bounded_and_restamped():
+    track = FrameQueueTrack(QUEUE_FRAMES)
+    for pts in range(0, 100 * FRAME_SAMPLES, FRAME_SAMPLES):
+        track.put(mono_to_frame(np.ones(FRAME_SAMPLES, np.int16), pts=pts + 12345))
+    assert track.queued_samples == QUEUE_FRAMES * FRAME_SAMPLES  # the oldest went
+    first = asyncio.run(track.recv())
+    assert first.pts == 0 and track.played_samples == FRAME_SAMPLES
+    assert track.clear() == (QUEUE_FRAMES - 1) * FRAME_SAMPLES and track.queued_samples == 0

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from typing import AsyncIterator, Callable
 
 import av
 import httpx
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pydantic import BaseModel
 
@@ -26,6 +28,15 @@ log = logging.getLogger("koe.client")
 Listener = Callable[[ServerEvent], None]
 
 
+def set_jitter_prefetch(receiver: RTCRtpReceiver, frames: int) -> None:
+    """How many frames the audio receiver holds back for reordering (aiortc fixes it at 4 = 80 ms).
+
+    aiortc has no public setting for it, so this replaces the receiver's private buffer (pinned
+    aiortc version): worth it on a hop that sees little reordering, such as a relay's own.
+    """
+    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=frames)  # noqa: SLF001
+
+
 class RealtimeConnection:
     """A call to a Realtime backend (OpenAI or Koe's local server): same code for both.
 
@@ -36,7 +47,8 @@ class RealtimeConnection:
 
     def __init__(self, backend: Backend, settings: SessionSettings, *, audio: MediaStreamTrack | None = None,
                  on_audio: Callable[[av.AudioFrame], None] | None = None,
-                 ice_servers: list[RTCIceServer] | None = None, event_queue_size: int = 4096) -> None:
+                 ice_servers: list[RTCIceServer] | None = None, event_queue_size: int = 4096,
+                 extra_voices: Iterable[str] = (), jitter_prefetch: int | None = None) -> None:
         self.backend = backend
         self.dialect: Dialect = dialect_for_model(settings.model)
         self.requested = settings
@@ -47,6 +59,8 @@ class RealtimeConnection:
         self._audio = audio
         self._on_audio = on_audio
         self._ice_servers = ice_servers or []  # never the implicit public STUN server
+        self._jitter_prefetch = jitter_prefetch
+        self.extra_voices = tuple(extra_voices)  # voices this backend offers beyond OpenAI's
         self._listeners: list[Listener] = []
         self._queues: list[asyncio.Queue[ServerEvent | None]] = []
         self._queue_size = event_queue_size
@@ -59,7 +73,7 @@ class RealtimeConnection:
     async def connect(self, timeout_s: float = 30.0) -> "RealtimeConnection":
         """Negotiate, then wait until the server confirms the session (`session.updated`)."""
         try:
-            validate_for_dialect(self.requested, self.dialect)
+            validate_for_dialect(self.requested, self.dialect, self.extra_voices)
         except SettingsError:
             await self.close()
             raise
@@ -81,6 +95,9 @@ class RealtimeConnection:
             pc.addTrack(self._audio)
         else:
             pc.addTransceiver("audio", direction="sendrecv")
+        if self._jitter_prefetch is not None:
+            for transceiver in pc.getTransceivers():
+                set_jitter_prefetch(transceiver.receiver, self._jitter_prefetch)
         channel = self._channel = pc.createDataChannel("oai-events")
         channel.on("message", self._on_message)
         channel.on("close", lambda: self._mark_closed("the event channel closed"))
@@ -131,7 +148,7 @@ class RealtimeConnection:
         Invalid values are refused here, before anything is sent; a server-side refusal raises
         the server's error.
         """
-        validate_for_dialect(settings, self.dialect)
+        validate_for_dialect(settings, self.dialect, self.extra_voices)
         session = settings.to_wire(self.dialect, only=only)
         session.pop("model", None)  # the model cannot change within a call
         event_id = new_id("event")

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from koe.local.session import LocalSession
+from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.models import LocalModels, get_models
 from koe.protocol import Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
 
@@ -52,11 +53,17 @@ class ClientSecret:
 
 class LocalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
-                 max_session_s: float = 3600.0, models: LocalModels | None = None) -> None:
+                 max_session_s: float = 3600.0, models: LocalModels | None = None,
+                 chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
+                 chat_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
+        OpenAI-compatible chat-completions endpoint instead of the bundled model."""
         self.host, self.port = host, port
         self.api_key = api_key
         self.max_session_s = max_session_s
         self._models = models
+        endpoint = ChatEndpoint.configured(chat_base_url, chat_model, chat_api_key, chat_timeout_s)
+        self.chat: ChatModel | None = ChatModel(endpoint) if endpoint else None
         self._models_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="koe-models")
         self._secrets: dict[str, ClientSecret] = {}
@@ -110,6 +117,8 @@ class LocalServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.chat is not None:
+            self.chat.close()
 
     async def close_calls(self) -> None:
         for call_id in list(self._calls):
@@ -196,7 +205,8 @@ class LocalServer:
         models = await self.models()
         call_id = new_id("rtc")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = LocalSession(dialect, settings, models, self._executor, max_session_s=self.max_session_s)
+        session = LocalSession(dialect, settings, models, self._executor, max_session_s=self.max_session_s,
+                               replies=self.chat)
         session.on_end = lambda: asyncio.ensure_future(self._end_call(call_id))
         self._calls[call_id] = (pc, session)
 

@@ -21,10 +21,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono
 from koe.local.conversation import Conversation, Item
-from koe.local.stages.models import LocalModels
+from koe.local.stages.chat import ChatEndpointError
+from koe.local.stages.models import LocalModels, get_japanese_models
+from koe.local.stages.replies import ReplyStream
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped
 from koe.local.stages.vad import VadStream
+from koe.local.voices import japanese_voice
 from koe.protocol import (
     Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
 )
@@ -60,11 +63,14 @@ class Response:
 
 class LocalSession:
     def __init__(self, dialect: Dialect, settings: SessionSettings, models: LocalModels, executor: Executor,
-                 max_session_s: float = 3600.0) -> None:
+                 max_session_s: float = 3600.0, replies: ReplyStream | None = None) -> None:
         self.id = new_id("sess")
         self.dialect = dialect
         self.settings = settings
         self.models = models
+        self.replies: ReplyStream = replies or models.llm  # a chat endpoint, when one is configured
+        self._bundled_replies = replies is None
+        self._warned_japanese = False
         self.reply_track = PcmQueueTrack(capacity_ms=20_000, on_drained=self._on_drained)
         self._executor = executor
         self._channel = None  # the oai-events data channel, once the client opened it
@@ -104,6 +110,7 @@ class LocalSession:
         self._channel = channel
         channel.on("message", self.handle)
         self.emit("session.created", session=self.session_object())
+        self._on_language()
 
     # -- input audio ---------------------------------------------------------------------------
     def listen(self, track: MediaStreamTrack) -> None:
@@ -135,7 +142,7 @@ class LocalSession:
             # Transcribe while the silence window runs: most turns end here, and the text is ready.
             # One pass at a time: pauses between words must not queue up work for the model.
             if self._early_job is None or self._early_job.done():
-                self._early_job = self._executor.submit(self.models.stt.transcribe, event.audio, self._language())
+                self._early_job = self._executor.submit(self._transcribe, event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
         elif isinstance(event, SpeechResumed):
             self._early = None
@@ -164,7 +171,7 @@ class LocalSession:
         if self.settings.transcription is not None or respond:
             # No speech came after the silence began (it would have dropped the early pass), so the
             # early transcript holds every word of the turn.
-            text = await (early if early is not None else self._run(self.models.stt.transcribe, audio, self._language()))
+            text = await (early if early is not None else self._run(self._transcribe, audio))
             item.text = text
             marks["transcribed"] = time.monotonic()
             if self.settings.transcription is not None:
@@ -199,6 +206,10 @@ class LocalSession:
             await self._generate(response, messages, max_tokens, where)
         except asyncio.CancelledError:
             pass  # barge-in or response.cancel: _interrupt already told the client
+        except ChatEndpointError as exc:  # the person running the server can fix this: say what happened
+            log.warning("reply failed: %s", exc)
+            response.status, response.reason = "failed", str(exc)
+            self.error(str(exc), "chat_endpoint_error", type_="server_error")
         except Exception as exc:  # a failed reply is reported in response.done, the call goes on
             log.exception("reply failed")
             response.status, response.reason = "failed", str(exc)
@@ -211,13 +222,13 @@ class LocalSession:
 
         def produce() -> None:
             try:
-                for delta in self.models.llm.stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                                    cancelled=lambda: response.status != "in_progress"):
+                for delta in self.replies.stream(messages, max_tokens=max_tokens, temperature=temperature,
+                                                 cancelled=lambda: response.status != "in_progress"):
                     loop.call_soon_threadsafe(deltas.put_nowait, delta)
             finally:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
-        response.input_tokens = sum(self.models.llm.count_tokens(m["content"]) + 4 for m in messages)
+        response.input_tokens = sum(self.replies.count_tokens(m["content"]) + 4 for m in messages)
         producer = loop.run_in_executor(self._executor, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
@@ -234,7 +245,7 @@ class LocalSession:
         await producer
 
     async def _speak(self, response: Response, clause: str, where: dict) -> None:
-        pcm = await self._run(self.models.tts.synthesize, clause, self.settings.speed)
+        pcm = await self._run(self._synthesize, clause)
         if pcm.size == 0 or response.status != "in_progress":
             return
         track = self.reply_track
@@ -246,7 +257,8 @@ class LocalSession:
             self.emit("output_audio_buffer.started", response_id=response.id)
             response.marks["first_audio"] = time.monotonic()
             self._log_timings(response)
-        delta = clause if not response.item.text else " " + clause
+        gap = "" if not response.item.text or self._japanese() else " "  # Japanese leaves no space between sentences
+        delta = gap + clause
         response.item.text += delta
         end = (response.spoken[-1][0] if response.spoken else 0) + pcm.size
         response.spoken.append((end, response.item.text))
@@ -356,6 +368,7 @@ class LocalSession:
         self.settings = updated
         self._apply_turn_detection()
         self.emit("session.updated", session=self.session_object())
+        self._on_language()
 
     def _on_input_audio_buffer_commit(self, event) -> None:
         audio = self._manual.take() if self._detector is None else self._detector.take()
@@ -452,9 +465,37 @@ class LocalSession:
         else:
             self._detector.update(threshold, padding, silence)
 
-    def _language(self) -> str | None:
+    def _language(self) -> str:
         transcription = self.settings.transcription
         return transcription.language if transcription and transcription.language else "en"
+
+    def _japanese(self) -> bool:
+        """Japanese mode: the user's language is set to "ja", so speech in and out is Japanese."""
+        return self._language() == "ja"
+
+    def _on_language(self) -> None:
+        """Entering Japanese mode: load its models before the user's first turn ends, and be honest
+        about the bundled reply model."""
+        if not self._japanese():
+            return
+        self._executor.submit(get_japanese_models)
+        if self._bundled_replies and not self._warned_japanese:
+            self._warned_japanese = True
+            self.error("Japanese mode: speech in and out is Japanese, but the bundled reply model "
+                       "(SmolLM2-135M) speaks little Japanese, so its replies will be poor. Configure a chat "
+                       "endpoint (KOE_CHAT_BASE_URL, KOE_CHAT_MODEL) for real Japanese replies.",
+                       "local_reply_model_limited", type_="warning")
+
+    # Both run in the executor: the Japanese models load there on first use, never on the loop.
+    def _transcribe(self, audio16k: np.ndarray) -> str:
+        if self._japanese():
+            return get_japanese_models().stt.transcribe(audio16k, "ja")
+        return self.models.stt.transcribe(audio16k, self._language())
+
+    def _synthesize(self, clause: str) -> np.ndarray:
+        if self._japanese():
+            return get_japanese_models().tts.synthesize(clause, self.settings.speed, japanese_voice(self.settings.voice))
+        return self.models.tts.synthesize(clause, self.settings.speed)
 
     def _run(self, fn, *args) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -5,6 +5,7 @@ beta is flat. A `None` sub-object means "off" and is written as JSON null.
 """
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -247,9 +248,13 @@ def _decode(dialect: Dialect, session: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def validate_for_dialect(settings: SessionSettings, dialect: Dialect) -> None:
-    """Check what only one dialect allows; raises SettingsError."""
-    voices = GA_VOICES if dialect == "ga" else BETA_VOICES
+def validate_for_dialect(settings: SessionSettings, dialect: Dialect, extra_voices: Iterable[str] = ()) -> None:
+    """Check what only one dialect allows; raises SettingsError.
+
+    `extra_voices` are voices a particular backend offers besides OpenAI's (the local backend's
+    Japanese voices, for one).
+    """
+    voices = (*(GA_VOICES if dialect == "ga" else BETA_VOICES), *extra_voices)
     if settings.voice not in voices:
         allowed = ", ".join(voices)
         message = f"must be one of {allowed} in the {dialect} interface (got {settings.voice!r})"

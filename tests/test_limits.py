@@ -1,0 +1,207 @@
+"""Limits end sessions cleanly, in the engine: admission, session minutes, idle time, cost, concurrency.
+
+The relay tests run real peers against the local server (as tests/test_relay.py does) with short
+limits; the session store shows each ended conversation keeps its transcript and says why it ended.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+
+from koe.limits import LimitReached, Limiter, Limits, start_of_day
+from koe.relay import Relay
+from koe.store import SessionStore
+
+from test_relay import SETTINGS, FakeBrowser, loop_thread, wait_until  # noqa: F401  (loop_thread is a fixture)
+
+
+def limiter(limits: Limits, *, spent: float = 0.0, sessions: int = 0) -> Limiter:
+    return Limiter(limits, sessions_since=lambda visitor, since: sessions, spent_since=lambda since: spent)
+
+
+# -- admission and arithmetic, no peers ----------------------------------------------------------------
+def test_admission_refuses_beyond_concurrency_and_gives_slots_back():
+    gate = limiter(Limits(max_concurrent_sessions=2))
+    first, second = gate.admit("a", model="gpt-realtime", billed=True), gate.admit("b", model="gpt-realtime", billed=True)
+    with pytest.raises(LimitReached, match="all 2 conversation slots"):
+        gate.admit("c", model="gpt-realtime", billed=True)
+    first.release()
+    first.release()  # idempotent: one slot back, not two
+    assert gate.active == 1
+    gate.admit("c", model="gpt-realtime", billed=True)
+    second.release()
+
+
+def test_admission_refuses_a_visitor_over_the_hourly_quota_but_not_the_owner():
+    gate = limiter(Limits(max_sessions_per_hour=3), sessions=3)
+    with pytest.raises(LimitReached, match="3 conversations in the last hour"):
+        gate.admit("a", model="gpt-realtime", billed=True)
+    gate.admit("owner", model="gpt-realtime", billed=True, exempt=True)
+
+
+def test_admission_refuses_once_the_daily_budget_is_spent():
+    with pytest.raises(LimitReached, match=r"\$5.00 budget"):
+        limiter(Limits(), spent=5.0).admit("a", model="gpt-realtime", billed=True)
+
+
+def test_zero_turns_a_limit_off():
+    gate = limiter(Limits(max_concurrent_sessions=0, max_sessions_per_hour=0, max_daily_cost_usd=0), spent=1e9,
+                   sessions=10**6)
+    guards = [gate.admit("a", model="gpt-realtime", billed=True) for _ in range(50)]
+    assert gate.active == 50 and guards[0].check() is None
+
+
+def test_cost_comes_from_response_done_usage_and_local_sessions_are_free():
+    usage = {"input_tokens": 1000, "output_tokens": 1000, "input_token_details": {"audio_tokens": 1000},
+             "output_token_details": {"audio_tokens": 1000}}
+    done = {"type": "response.done", "response": {"id": "resp_1", "usage": usage}}
+    gate = limiter(Limits(max_session_cost_usd=0.10))
+    billed = gate.admit("a", model="gpt-realtime", billed=True)
+    assert billed.observe(done) is None  # 1000 audio tokens in at $32/M, 1000 out at $64/M: $0.096
+    assert billed.cost_usd == pytest.approx(0.096) and gate.spent_today == pytest.approx(0.096)
+    assert billed.input_tokens == 1000 and billed.output_tokens == 1000
+    assert billed.observe(done) == "the session reached its $0.10 cost cap"
+    free = gate.admit("b", model="gpt-realtime", billed=False)
+    assert free.observe(done) is None and free.cost_usd == 0
+
+
+def test_the_day_rolls_over():
+    now = [start_of_day() + 23.9 * 3600]
+    gate = Limiter(Limits(max_daily_cost_usd=1.0), sessions_since=lambda v, s: 0, spent_since=lambda since: 0.0,
+                   wall_clock=lambda: now[0])
+    gate.spend(1.0)
+    with pytest.raises(LimitReached):
+        gate.admit("a", model="gpt-realtime", billed=True)
+    now[0] += 3600  # the next day: the stored spend since its midnight is read again
+    gate.admit("a", model="gpt-realtime", billed=True)
+
+
+# -- real sessions through the relay -------------------------------------------------------------------
+@pytest.fixture
+def store(tmp_path):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    yield store
+    store.close()
+
+
+def recorded(relay: Relay, store: SessionStore, visitor: str = "v_test") -> str:
+    """Wire the relay to a new stored conversation, as the app does."""
+    conversation_id = store.start_conversation(backend="openai", model=relay.settings.model, dialect="ga",
+                                               settings={}, visitor=visitor)
+    relay.on_event = functools.partial(store.record_event, conversation_id)
+    relay.ended = []
+    relay.on_end = lambda reason: (relay.ended.append(reason), store.end_conversation(conversation_id, reason))
+    return conversation_id
+
+
+async def run_until_ended(relay: Relay, timeout_s: float) -> None:
+    await wait_until(lambda: relay.ended, timeout_s, "the limit to end the session")
+
+
+async def test_session_minutes_end_the_call_and_keep_the_transcript(backend, speech, loop_thread, store):
+    gate = limiter(Limits(max_session_minutes=0.15, idle_timeout_s=0))  # 9 s
+    relay = Relay(backend, SETTINGS, loop_thread)
+    conversation_id = recorded(relay, store)
+    relay.start(gate.admit("v_test", model=SETTINGS.model, billed=False)).result(timeout=30)
+    assert relay.status.state == "live" and gate.active == 1
+    browser = FakeBrowser(relay)
+    try:
+        browser.say(speech("Hello there, how are you?"))
+        await run_until_ended(relay, 40)
+    finally:
+        await browser.close()
+        relay.stop()
+    assert relay.status.message == "Ended: the session reached its 0.15-minute limit."
+    assert gate.active == 0
+    store.flush()
+    meta = store.conversation(conversation_id)
+    assert meta["end_reason"] == "the session reached its 0.15-minute limit"
+    transcript = store.transcript(conversation_id)
+    assert "how are you" in " ".join(transcript["text"]).lower()
+    assert "koe.limit_reached" in set(store.events(conversation_id)["type"])
+
+
+async def test_idle_timeout_ends_a_silent_session(backend, loop_thread, store):
+    gate = limiter(Limits(idle_timeout_s=1.5))
+    relay = Relay(backend, SETTINGS, loop_thread)
+    conversation_id = recorded(relay, store)
+    started = time.monotonic()
+    relay.start(gate.admit("v_test", model=SETTINGS.model, billed=False)).result(timeout=30)
+    browser = FakeBrowser(relay)  # sends silence
+    try:
+        await run_until_ended(relay, 15)
+    finally:
+        await browser.close()
+        relay.stop()
+    assert 1.5 <= time.monotonic() - started < 10
+    assert "idle timeout" in relay.status.message and gate.active == 0
+    store.flush()
+    assert "idle timeout" in store.conversation(conversation_id)["end_reason"]
+
+
+async def test_the_session_cost_cap_ends_the_call_after_the_reply_that_crossed_it(backend, speech, loop_thread, store):
+    gate = limiter(Limits(max_session_cost_usd=0.0001, idle_timeout_s=0))
+    relay = Relay(backend, SETTINGS, loop_thread)  # the local server, billed at gpt-realtime's prices
+    conversation_id = recorded(relay, store)
+    relay.start(gate.admit("v_test", model="gpt-realtime", billed=True)).result(timeout=30)
+    browser = FakeBrowser(relay)
+    try:
+        browser.say(speech("Please count from one to five."))
+        await run_until_ended(relay, 60)
+    finally:
+        await browser.close()
+        relay.stop()
+    assert relay.status.message == "Ended: the session reached its $0.00 cost cap."
+    assert relay.guard.cost_usd >= 0.0001 and gate.spent_today == pytest.approx(relay.guard.cost_usd)
+    store.flush()
+    rows = store.transcript(conversation_id)
+    assert (rows["speaker"] == "AI").any()  # the reply that crossed the cap is kept
+    assert store.usage(conversation_id)["cost_usd"].sum() == pytest.approx(relay.guard.cost_usd)
+
+
+async def test_the_daily_budget_ends_running_sessions(backend, speech, loop_thread, store):
+    gate = limiter(Limits(max_daily_cost_usd=1.0, idle_timeout_s=0), spent=0.99999)
+    relay = Relay(backend, SETTINGS, loop_thread)
+    recorded(relay, store)
+    relay.start(gate.admit("v_test", model="gpt-realtime", billed=True)).result(timeout=30)
+    browser = FakeBrowser(relay)
+    try:
+        browser.say(speech("Please count from one to five."))
+        await run_until_ended(relay, 60)
+    finally:
+        await browser.close()
+        relay.stop()
+    assert "today's $1.00 budget for this demo is spent" in relay.status.message
+    with pytest.raises(LimitReached):
+        gate.admit("v_other", model="gpt-realtime", billed=True)
+
+
+async def test_concurrency_refuses_a_second_session_until_the_first_ends(backend, loop_thread):
+    gate = limiter(Limits(max_concurrent_sessions=1))
+    first = Relay(backend, SETTINGS, loop_thread)
+    first.start(gate.admit("a", model=SETTINGS.model, billed=False)).result(timeout=30)
+    second = Relay(backend, SETTINGS, loop_thread)
+    try:
+        with pytest.raises(LimitReached) as refused:
+            gate.admit("b", model=SETTINGS.model, billed=False)
+        second.refuse(str(refused.value))
+        assert second.status.state == "failed" and second.status.message.startswith("Not started: all 1 conversation slots")
+    finally:
+        first.stop()
+    assert gate.active == 0
+    second.start(gate.admit("b", model=SETTINGS.model, billed=False)).result(timeout=30)
+    assert second.status.state == "live"
+    second.stop()
+    assert gate.active == 0
+
+
+async def test_a_failed_connection_gives_its_slot_back(loop_thread):
+    from koe.client import Backend
+
+    gate = limiter(Limits(max_concurrent_sessions=1))
+    relay = Relay(Backend("http://127.0.0.1:9", api_key="x"), SETTINGS, loop_thread)
+    relay.start(gate.admit("a", model=SETTINGS.model, billed=False)).result(timeout=30)
+    assert relay.status.state == "failed" and gate.active == 0

@@ -1,0 +1,150 @@
+"""The gate and the History/Events pages under Streamlit's AppTest (no browser): access codes, whose
+conversations a visitor sees, and bad query parameters and form inputs refused with a message."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from koe.access import AccessConfig, Passes, Visitor
+from koe.store import SessionStore
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the pages import `components` from the repository root
+SECRETS = {"KOE_ACCESS_CODE": "visitors-welcome", "KOE_ADMIN_CODE": "owner-only", "KOE_SESSION_SECRET": "pass-key"}
+ALICE, BOB = Visitor("v_alice", "visitor"), Visitor("v_bob", "visitor")
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    """Two visitors' conversations on disk; a fresh process-wide cache (config, store) per test."""
+    monkeypatch.setenv("KOE_DATA_DIR", str(tmp_path))
+    for name in ("KOE_ACCESS_CODE", "KOE_ADMIN_CODE", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    ids = {}
+    for visitor, words in ((ALICE, "alice talks about apples"), (BOB, "bob talks about bananas")):
+        conversation_id = store.start_conversation(backend="local", model="gpt-realtime", dialect="ga", settings={},
+                                                   visitor=visitor.id)
+        store.record_event(conversation_id, "server", {
+            "type": "conversation.item.input_audio_transcription.completed", "item_id": f"item_{visitor.id}",
+            "content_index": 0, "transcript": words})
+        store.end_conversation(conversation_id, "stopped by the user")
+        ids[visitor.id] = conversation_id
+    store.close()
+    st.cache_resource.clear()
+    yield ids
+    st.cache_resource.clear()
+
+
+def page(name: str, *, secrets: dict | None = None, visitor: Visitor | None = None, **query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=30)
+    for key, value in (SECRETS if secrets is None else secrets).items():
+        at.secrets[key] = value
+    if visitor is not None:  # as after a reload: the signed pass in the URL
+        at.query_params["pass"] = Passes(AccessConfig(access_code=SECRETS["KOE_ACCESS_CODE"],
+                                                      admin_code=SECRETS["KOE_ADMIN_CODE"],
+                                                      session_secret=SECRETS["KOE_SESSION_SECRET"])).issue(visitor)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(str(e.value) for kind in ("markdown", "error", "warning", "info", "caption") for e in getattr(at, kind))
+
+
+def enter(at: AppTest, code: str) -> AppTest:
+    at.text_input(key="koe-access-code").input(code)
+    return at.button[0].click().run()
+
+
+def test_no_page_opens_without_the_code(data):
+    for name in ("1_History.py", "2_Events.py"):
+        at = page(name)
+        assert "This demo needs an access code." in texts(at)
+        assert not at.selectbox and "apples" not in texts(at) and "bananas" not in texts(at)
+
+
+def test_a_wrong_code_is_refused_and_the_right_one_lets_in(data):
+    at = enter(page("1_History.py"), "not-the-code")
+    assert "That code is not right" in texts(at) and not at.selectbox
+    at = enter(at, "")
+    assert "Enter the code you were given." in texts(at)
+    at = enter(at, "visitors-welcome")
+    assert not at.exception and "This demo needs an access code." not in texts(at)
+    # A new visitor sees none of the others' conversations, and the URL now holds their pass.
+    assert "No conversation yet" in texts(at)
+    assert at.query_params["pass"].split(".")[1] == "visitor"
+
+
+def test_the_admin_code_shows_every_conversation(data):
+    at = enter(page("1_History.py"), "owner-only")
+    assert len(at.selectbox(key="history-pick").options) == 2
+
+
+def test_a_visitor_sees_only_their_own_and_cannot_open_another_by_id(data):
+    at = page("1_History.py", visitor=ALICE)
+    assert "apples" in texts(at) and "bananas" not in texts(at)
+    at = page("1_History.py", visitor=ALICE, id=data["v_bob"])
+    assert "belongs to another visitor" in texts(at) and "bananas" not in texts(at) and "apples" in texts(at)
+    assert at.query_params["id"] == data["v_alice"]  # the refused id is replaced, not kept
+    at = page("2_Events.py", visitor=ALICE, id=data["v_bob"])
+    assert "belongs to another visitor" in texts(at) and "bananas" not in "\n".join(
+        str(frame.value) for frame in at.dataframe)
+
+
+def test_the_owner_may_open_any_conversation_by_id(data):
+    at = page("1_History.py", visitor=Visitor("v_owner", "owner"), id=data["v_bob"])
+    assert "bananas" in texts(at) and "belongs to another visitor" not in texts(at)
+
+
+@pytest.mark.parametrize("garbage", ["<script>alert(1)</script>", "x" * 100_000, "conv_doesnotexist", "'; DROP TABLE"])
+def test_bad_ids_in_the_link_are_refused_with_a_message(data, garbage):
+    at = page("1_History.py", visitor=ALICE, id=garbage)
+    assert not at.exception
+    assert "not valid" in texts(at) or "No conversation has the id" in texts(at)
+    assert "apples" in texts(at)  # nothing lost: the visitor's own conversation is shown
+
+
+def test_a_forged_or_expired_pass_asks_for_the_code_again(data):
+    at = page("1_History.py", **{"pass": "v_bob.owner.9999999999.0123456789abcdef0123456789abcdef"})
+    assert "enter the access code again" in texts(at) and "This demo needs an access code." in texts(at)
+    assert "pass" not in at.query_params and "bananas" not in texts(at)
+
+
+def test_huge_and_odd_search_strings_are_handled(data):
+    at = page("1_History.py", visitor=ALICE)
+    at.text_input(key="history-search").input("%' OR 1=1 --").run()
+    assert "No conversation matches." in texts(at) and not at.exception
+    at.text_input(key="history-search").input("APPLES").run()
+    assert "apples" in texts(at)
+    at.text_input(key="history-search").set_value("a" * 5000).run()  # past the field's cap: cut, not an error
+    assert at.text_input(key="history-search").value == "a" * 200
+    assert "No conversation matches." in texts(at) and not at.exception
+
+
+def test_open_mode_without_codes_lets_everyone_in_as_the_owner(data):
+    at = page("1_History.py", secrets={})
+    assert "bananas" in texts(at) and len(at.selectbox(key="history-pick").options) == 2
+    assert "pass" not in at.query_params
+
+
+def test_a_bad_setting_is_named_and_stops_the_page(data):
+    at = page("1_History.py", secrets={"KOE_MAX_SESSION_MINUTES": "ten", "OPENAI_API_KEY": "sk-test-do-not-show"})
+    assert "KOE_MAX_SESSION_MINUTES" in texts(at) and "sk-test-do-not-show" not in texts(at)
+    assert not at.selectbox
+
+
+def test_with_an_oidc_provider_configured_the_page_asks_to_sign_in_first(data):
+    auth = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32, "client_id": "koe",
+            "client_secret": "oidc-client-secret", "server_metadata_url": "https://id.example.com/.well-known/openid"}
+    at = page("1_History.py", secrets={"auth": auth})
+    assert "Sign in to use this demo." in texts(at) and not at.selectbox and not at.exception
+    at = at.button[0].click().run()  # without Authlib (or a reachable provider) sign-in fails with a message
+    assert not at.exception and not at.selectbox
+    assert "oidc-client-secret" not in texts(at)
