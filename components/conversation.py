@@ -78,7 +78,8 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
     if relay is None or (relay.status.state in ("ended", "failed") and not busy):
         # Each START gets a fresh relay: the previous reply track ended with its peer.
         previous = relay
-        relay = Relay(choice.backend, choice.settings, runtime.loop_thread(), ice_servers=to_aiortc(server_ice))
+        relay = Relay(choice.backend, choice.settings, runtime.loop_thread(), ice_servers=to_aiortc(server_ice),
+                      extra_voices=choice.extra_voices)
         if previous is not None:  # keep saying how the last conversation ended
             relay.status.message = f"{previous.status.message} Press START to talk again."
         st.session_state["relay"] = relay

@@ -34,6 +34,8 @@ def status_and_meters(relay: Relay) -> None:
         st.warning(text)
     else:
         st.info(text)
+    if status.notice:
+        st.warning(f"The backend says: {status.notice}")
     left, right = st.columns(2)
     with left:
         _meter("🎙️ You", status.input_dbfs if status.state == "live" else -100)

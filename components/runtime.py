@@ -84,7 +84,10 @@ def backoff() -> Backoff:
 def local_server() -> LocalServer:
     """The embedded offline backend: one per process, models loaded once in the background."""
     threading.Thread(target=warm, name="koe-warm", daemon=True).start()
-    return LocalServer(port=0).start()
+    backend = config().backend
+    key = backend.chat_api_key.get_secret_value() if backend.chat_api_key else None
+    return LocalServer(port=0, chat_base_url=backend.chat_base_url, chat_model=backend.chat_model,
+                       chat_api_key=key).start()
 
 
 def local_backend() -> Backend:

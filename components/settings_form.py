@@ -12,6 +12,7 @@ from koe.protocol import (
     BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, SemanticVad, ServerVad, SessionSettings, SettingsError,
     TranscriptionSettings, dialect_for_model, validate_for_dialect,
 )
+from koe.local.voices import JAPANESE_VOICES
 from koe.store import LOCAL_BACKEND
 
 from components import runtime
@@ -26,6 +27,7 @@ class Choice:
     backend: Backend
     backend_name: str  # "openai" | "local"
     settings: SessionSettings
+    extra_voices: tuple[str, ...] = ()  # voices the backend has beyond OpenAI's
 
 
 def model_label(model: str) -> str:
@@ -57,8 +59,10 @@ def sidebar(current: SessionSettings | None) -> Choice:
         preset = st.selectbox("Instructions preset", list(PRESETS), key="preset")
         instructions = st.text_area("Instructions", value=PRESETS[preset] or base.instructions, height=120,
                                     key=f"instructions-{preset}")
-        voices = list(GA_VOICES if dialect == "ga" else BETA_VOICES)
+        extra = JAPANESE_VOICES if backend_name == LOCAL_BACKEND else ()
+        voices = [*(GA_VOICES if dialect == "ga" else BETA_VOICES), *extra]
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
+                             format_func=lambda v: f"{v} (Japanese, local)" if v in extra else v,
                              help="Fixed once the assistant has spoken: a change then needs a new session.")
         turn = st.radio("Turn detection", list(TURNS), key="turn")
         with st.expander("Turn detection details"):
@@ -85,12 +89,17 @@ def sidebar(current: SessionSettings | None) -> Choice:
             transcription=TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
             noise_reduction=None if noise == "off" else noise,
             temperature=temperature if dialect == "beta" else None)
-        validate_for_dialect(settings, dialect)
+        validate_for_dialect(settings, dialect, extra)
     except SettingsError as exc:
         st.sidebar.error(f"Not applied: {exc}")
         settings = base
     st.session_state["settings_applied"] = applied
-    return Choice(backend, backend_name, settings)
+    if backend_name == LOCAL_BACKEND and settings.transcription and settings.transcription.language == "ja" \
+            and not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url:
+        st.sidebar.warning("Japanese: you are heard in Japanese and answered in a Japanese voice, but the bundled "
+                           "reply model speaks little Japanese. Set KOE_CHAT_BASE_URL (and KOE_CHAT_MODEL) to a chat "
+                           "endpoint such as Ollama or vLLM for real Japanese replies.")
+    return Choice(backend, backend_name, settings, tuple(extra))
 
 
 def _int(text: str, field: str) -> int:

@@ -35,6 +35,10 @@ class BackendConfig(BaseModel):
     local_url: str | None = Field(None, pattern=r"^https?://", validation_alias="KOE_LOCAL_URL")
     local_api_key: SecretStr | None = Field(None, validation_alias="KOE_LOCAL_API_KEY")
     data_dir: Path = Field(Path("data"), validation_alias="KOE_DATA_DIR")
+    # The embedded local backend's replies from any OpenAI-compatible chat endpoint (vLLM, Ollama...).
+    chat_base_url: str | None = Field(None, pattern=r"^https?://", validation_alias="KOE_CHAT_BASE_URL")
+    chat_model: str | None = Field(None, validation_alias="KOE_CHAT_MODEL")
+    chat_api_key: SecretStr | None = Field(None, validation_alias="KOE_CHAT_API_KEY")
 
 
 class ProviderKeys(BaseModel):

@@ -35,6 +35,9 @@ VOICE_DBFS = -50.0  # a reply frame louder than this is speech (for the latency 
 RELAY_JITTER_PREFETCH = 1
 LIMIT_TICK_S = 0.5  # how often the session's time limits are checked
 
+# Errors that are part of normal play (a cancel with nothing to cancel), not news for the user.
+QUIET_ERRORS = {"response_cancel_not_active"}
+
 T = TypeVar("T")
 
 
@@ -56,6 +59,7 @@ class RelayStatus:
     message: str = ""
     input_dbfs: float = -100.0
     output_dbfs: float = -100.0
+    notice: str = ""  # the backend's latest error or warning, in its own words
 
 
 class Relay:
@@ -69,7 +73,7 @@ class Relay:
     """
 
     def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
-                 ice_servers: list[RTCIceServer] | None = None) -> None:
+                 ice_servers: list[RTCIceServer] | None = None, extra_voices: tuple[str, ...] = ()) -> None:
         self.backend = backend
         self.settings = settings
         self.status = RelayStatus()
@@ -79,6 +83,7 @@ class Relay:
         self.on_latency: Callable[[str, int], None] = lambda item_id, ms: None
         self.on_end: Callable[[str], None] = lambda reason: None
         self._ice_servers = ice_servers
+        self._extra_voices = extra_voices
         self._browser_loop: asyncio.AbstractEventLoop | None = None
         self._upstream: FrameQueueTrack | None = None
         self._connection: RealtimeConnection | None = None
@@ -201,7 +206,7 @@ class Relay:
         self._upstream = FrameQueueTrack(QUEUE_FRAMES)
         connection = self._connection = RealtimeConnection(
             self.backend, self.settings, audio=self._upstream, on_audio=self._on_upstream_audio,
-            ice_servers=self._ice_servers, jitter_prefetch=RELAY_JITTER_PREFETCH)
+            ice_servers=self._ice_servers, jitter_prefetch=RELAY_JITTER_PREFETCH, extra_voices=self._extra_voices)
         connection.add_listener(self._on_server_event)
         try:
             await connection.connect()
@@ -269,6 +274,10 @@ class Relay:
                 self._browser_loop.call_soon_threadsafe(self._mark_reply_start)
         elif kind == "output_audio_buffer.stopped":
             self._reply_playing = False
+        elif kind == "error":
+            info = getattr(event, "error", None)  # a malformed error event arrives as an unknown event
+            if getattr(info, "message", None) and getattr(info, "code", None) not in QUIET_ERRORS:
+                self.status.notice = info.message
         elif kind in ("input_audio_buffer.speech_started", "output_audio_buffer.cleared"):
             # Barge-in: drop what we still hold and tell the server what the browser really heard.
             if self._browser_loop is not None:
