@@ -27,22 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from koe.client import Backend  # noqa: E402
-from koe.client.simulated_user import SimulatedUser  # noqa: E402
+from koe.client.simulated_user import QUESTIONS as UTTERANCES, SimulatedUser  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
 from koe.local.stages.models import get_japanese_models, warm  # noqa: E402
 from koe.local.voices import JAPANESE_VOICES  # noqa: E402
 from koe.protocol import SessionSettings, TranscriptionSettings  # noqa: E402
 
-UTTERANCES = [
-    "Please count from one to five.",
-    "What is the capital of France?",
-    "Tell me a fun fact about cats.",
-    "How are you doing today?",
-    "Name three colors of the rainbow.",
-    "What should I cook for dinner tonight?",
-    "Can you recommend a good book?",
-    "Why is the sky blue?",
-]
 JAPANESE_UTTERANCES = [
     "東京駅までの行き方を教えてください。",
     "今日の天気はどうですか？",

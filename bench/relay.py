@@ -48,22 +48,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
 from koe.audio import RATE, PcmQueueTrack, rms_dbfs  # noqa: E402
 from koe.client import Backend  # noqa: E402
-from koe.client.simulated_user import VOICE_DBFS, SimulatedUser  # noqa: E402
+from koe.client.simulated_user import QUESTIONS as UTTERANCES, VOICE_DBFS, SimulatedUser  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
 from koe.local.stages.models import warm  # noqa: E402
 from koe.protocol import SessionSettings  # noqa: E402
 from koe.relay import LoopThread, Relay  # noqa: E402
 
-UTTERANCES = [
-    "What is the capital of France?",
-    "Tell me a fun fact about cats.",
-    "How are you doing today?",
-    "Name three colors of the rainbow.",
-    "Why is the sky blue?",
-    "Can you recommend a good book?",
-    "What should I cook for dinner tonight?",
-    "Please count from one to five.",
-]
 GOAL_MS = 20
 FRAMES_PER_S = 50
 KEEPS_UP_FPS = 47.5  # 95% of real time

@@ -48,7 +48,7 @@ def rms_dbfs(samples: np.ndarray) -> float:
 
 
 class Resampler:
-    """Streaming resampler (swresample through PyAV) from 48 kHz mono int16 to another rate."""
+    """Streaming resampler (swresample through PyAV) of int16 mono samples, 48 kHz in by default."""
 
     def __init__(self, out_rate: int, in_rate: int = RATE) -> None:
         self._in_rate = in_rate
@@ -58,8 +58,30 @@ class Resampler:
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         frame = mono_to_frame(samples, self._pts, self._in_rate)
         self._pts += samples.size
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return self._join(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        """The samples the filter still holds: the end of a whole clip."""
+        return self._join(self._resampler.resample(None))
+
+    @staticmethod
+    def _join(frames: list[av.AudioFrame]) -> np.ndarray:
+        out = [f.to_ndarray().reshape(-1) for f in frames]
         return np.concatenate(out) if out else np.zeros(0, np.int16)
+
+
+def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """A whole int16 mono clip at another rate (its tail flushed, so no end is lost)."""
+    samples = np.ascontiguousarray(samples, dtype=np.int16)
+    if src_rate == dst_rate or samples.size == 0:
+        return samples
+    resampler = Resampler(dst_rate, src_rate)
+    return np.concatenate([resampler(samples), resampler.flush()])
+
+
+def to_float32(samples: np.ndarray) -> np.ndarray:
+    """int16 samples as float32 in [-1, 1), the form VAD and Whisper take."""
+    return samples.astype(np.float32) / 32768.0
 
 
 class PcmQueueTrack(MediaStreamTrack):

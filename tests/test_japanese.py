@@ -17,7 +17,7 @@ from koe.local import LocalServer
 from koe.local.stages.assets import whisper_base_dir
 from koe.local.stages.joined import PackageFile, joined
 from koe.local.stages.models import JapaneseModels, get_japanese_models
-from koe.local.stages.resample import resample, to_float32
+from koe.audio import resample, to_float32
 from koe.local.voices import DEFAULT_JAPANESE_VOICE, JAPANESE_VOICES, japanese_voice
 from koe.protocol import SessionSettings, SettingsError, TranscriptionSettings, validate_for_dialect
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from koe.local.stages.models import LocalModels, get_models
-from koe.local.stages.resample import resample, to_float32
+from koe.audio import resample, to_float32
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted,
                                     SpeechStopped)
@@ -225,3 +225,14 @@ def test_llm_trims_old_history_to_fit(loaded):
     chat += [{"role": role, "content": turn} for _ in range(10) for role in ("user", "assistant")]
     chat.append({"role": "user", "content": "Say hi."})
     assert "".join(loaded.llm.stream(chat, max_tokens=8, temperature=0.0)).strip()
+
+
+def test_the_first_piece_goes_out_without_a_boundary_after_a_dozen_words():
+    splitter = ClauseSplitter()
+    japanese = "今日はとてもいい天気なので公園に散歩に行きましょう"
+    pieces = [piece for ch in japanese for piece in splitter.push(ch)]
+    assert pieces == [japanese[:12]]  # each Japanese character counts as a word
+    assert splitter.flush() == [japanese[12:]]
+    words = "well I think that the answer you are looking for is probably around here".split()
+    pieces = [piece for word in words for piece in splitter.push(word + " ")]
+    assert pieces == [" ".join(words[:12])]

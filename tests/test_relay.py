@@ -167,3 +167,21 @@ def test_relayed_audio_is_bounded_and_restamped():
     first = asyncio.run(track.recv())
     assert first.pts == 0 and track.played_samples == FRAME_SAMPLES
     assert track.clear() == (QUEUE_FRAMES - 1) * FRAME_SAMPLES and track.queued_samples == 0
+
+
+def test_in_order_audio_hands_packets_on_at_once_and_drops_late_ones():
+    from aiortc.rtp import RtpPacket
+
+    from koe.client.jitter import InOrderAudio
+
+    def packet(seq: int) -> RtpPacket:
+        p = RtpPacket(sequence_number=seq, timestamp=seq * 960)
+        p._data = bytes([seq % 256])
+        return p
+
+    buffer = InOrderAudio()
+    assert buffer.add(packet(65534))[1].data == bytes([254])
+    assert buffer.add(packet(65535))[1] is not None
+    assert buffer.add(packet(1))[1].timestamp == 960  # across the wrap, one lost: still handed on
+    assert buffer.add(packet(0))[1] is None  # late: already past it
+    assert buffer.add(packet(1))[1] is None  # repeated

@@ -11,12 +11,12 @@ from typing import AsyncIterator, Callable
 
 import av
 import httpx
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pydantic import BaseModel
 
 from koe.client.errors import BackendTimeout, ConnectionClosed, RealtimeError
+from koe.client.jitter import hand_on_at_once
 from koe.client.signaling import Backend, exchange_sdp, hang_up
 from koe.protocol import (
     Dialect, ServerEvent, SessionSettings, SettingsError, dialect_for_model, new_id, parse_server_event,
@@ -26,15 +26,6 @@ from koe.protocol import (
 log = logging.getLogger("koe.client")
 
 Listener = Callable[[ServerEvent], None]
-
-
-def set_jitter_prefetch(receiver: RTCRtpReceiver, frames: int) -> None:
-    """How many frames the audio receiver holds back for reordering (aiortc fixes it at 4 = 80 ms).
-
-    aiortc has no public setting for it, so this replaces the receiver's private buffer (pinned
-    aiortc version): worth it on a hop that sees little reordering, such as a relay's own.
-    """
-    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=frames)  # noqa: SLF001
 
 
 class RealtimeConnection:
@@ -48,7 +39,7 @@ class RealtimeConnection:
     def __init__(self, backend: Backend, settings: SessionSettings, *, audio: MediaStreamTrack | None = None,
                  on_audio: Callable[[av.AudioFrame], None] | None = None,
                  ice_servers: list[RTCIceServer] | None = None, event_queue_size: int = 4096,
-                 extra_voices: Iterable[str] = (), jitter_prefetch: int | None = None) -> None:
+                 extra_voices: Iterable[str] = (), in_order_audio: bool = False) -> None:
         self.backend = backend
         self.dialect: Dialect = dialect_for_model(settings.model)
         self.requested = settings
@@ -59,7 +50,7 @@ class RealtimeConnection:
         self._audio = audio
         self._on_audio = on_audio
         self._ice_servers = ice_servers or []  # never the implicit public STUN server
-        self._jitter_prefetch = jitter_prefetch
+        self._in_order_audio = in_order_audio  # hand reply packets on at once (see koe.client.jitter)
         self.extra_voices = tuple(extra_voices)  # voices this backend offers beyond OpenAI's
         self._listeners: list[Listener] = []
         self._queues: list[asyncio.Queue[ServerEvent | None]] = []
@@ -95,9 +86,9 @@ class RealtimeConnection:
             pc.addTrack(self._audio)
         else:
             pc.addTransceiver("audio", direction="sendrecv")
-        if self._jitter_prefetch is not None:
+        if self._in_order_audio:
             for transceiver in pc.getTransceivers():
-                set_jitter_prefetch(transceiver.receiver, self._jitter_prefetch)
+                hand_on_at_once(transceiver.receiver)
         channel = self._channel = pc.createDataChannel("oai-events")
         channel.on("message", self._on_message)
         channel.on("close", lambda: self._mark_closed("the event channel closed"))

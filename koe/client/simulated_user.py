@@ -19,6 +19,17 @@ from koe.client.connection import RealtimeConnection
 from koe.client.signaling import Backend
 from koe.protocol import ServerEvent, SessionSettings
 
+# Short questions a small model answers in a sentence: the benchmarks' turns.
+QUESTIONS = (
+    "Please count from one to five.",
+    "What is the capital of France?",
+    "Tell me a fun fact about cats.",
+    "How are you doing today?",
+    "Name three colors of the rainbow.",
+    "What should I cook for dinner tonight?",
+    "Can you recommend a good book?",
+    "Why is the sky blue?",
+)
 VOICE_DBFS = -45.0  # quieter than this counts as silence (Opus leaves a faint noise floor)
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono
+from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono, to_float32
 from koe.local.conversation import Conversation, Item
 from koe.local.stages.chat import ChatEndpointError
 from koe.local.stages.models import LocalModels, get_japanese_models
@@ -123,7 +123,7 @@ class LocalSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            pcm16k = self._to_16k(frame_to_mono(frame)).astype(np.float32) / 32768.0
+            pcm16k = to_float32(self._to_16k(frame_to_mono(frame)))
             if self._detector is None:
                 self._manual.append(pcm16k)
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 FIRST_MIN_WORDS = 3
+FIRST_MAX_WORDS = 12  # the first piece goes out by then even without a boundary: speech starts sooner
 LONG_WORDS = 25  # past this, a clause boundary is good enough
 MAX_WORDS = 50  # past this without any boundary, cut between words
 
@@ -18,7 +19,8 @@ _CLOSERS = "\"')\\]’”»"
 _SENTENCE_END = re.compile(rf"[.!?]+[{_CLOSERS}]*(?=\s)|[。！？]+[{_CLOSERS}」』]*|\n")
 _CLAUSE_END = re.compile(rf"[,;:][{_CLOSERS}]*(?=\s)|—|[、，；：]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
-_GAP = re.compile(r"(?<=\S)\s+")
+# A word: one CJK character (Japanese has no spaces), or a run of anything else but spaces.
+_WORD = re.compile(rf"{_CJK.pattern}|[^\s\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]+")
 _LAST_WORD = re.compile(r"(\S+)$")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "fig", "approx", "dept"}
 
@@ -27,6 +29,12 @@ def _words(text: str) -> int:
     """Words, counting each CJK character as one (Japanese has no spaces)."""
     cjk = len(_CJK.findall(text))
     return cjk + sum(1 for token in _CJK.sub(" ", text).split() if any(c.isalnum() for c in token))
+
+
+def _after_words(text: str, n: int) -> int | None:
+    """Where the n-th word ends, once a further word has begun (so the n-th is whole)."""
+    words = list(_WORD.finditer(text))
+    return words[n - 1].end() if len(words) > n else None
 
 
 def _is_abbreviation(text: str, period: int) -> bool:
@@ -67,11 +75,11 @@ class ClauseSplitter:
         clause_ends = (m.end() for m in _CLAUSE_END.finditer(text))
         if self._first:
             ends = sorted([*sentence_ends, *clause_ends])
-            return next((end for end in ends if _words(text[:end]) >= FIRST_MIN_WORDS), None)
+            cut = next((end for end in ends if _words(text[:end]) >= FIRST_MIN_WORDS), None)
+            return cut if cut is not None else _after_words(text, FIRST_MAX_WORDS)
         sentence = next(sentence_ends, None)
         clause = next((end for end in clause_ends if _words(text[:end]) >= LONG_WORDS), None)
         cuts = [end for end in (sentence, clause) if end is not None]
         if cuts:
             return min(cuts)
-        gaps = [m.start() for m in _GAP.finditer(text)]  # each gap ends a word
-        return gaps[MAX_WORDS - 1] if len(gaps) >= MAX_WORDS else None
+        return _after_words(text, MAX_WORDS)

@@ -8,7 +8,7 @@ import numpy as np
 from piper import PiperVoice, SynthesisConfig
 
 from koe.local.stages.assets import piper_joe_paths
-from koe.local.stages.resample import resample
+from koe.audio import resample
 
 OUTPUT_RATE = 48_000
 VOICE = "joe"

