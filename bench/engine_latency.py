@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.figures import TimingsCollector, percentile  # noqa: E402
 from koe.client import Backend  # noqa: E402
 from koe.client.simulated_user import QUESTIONS as UTTERANCES, SimulatedUser  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
@@ -43,23 +44,6 @@ JAPANESE_UTTERANCES = [
     "週末に何をしたらいいですか？",
     "猫について面白いことを教えて。",
 ]
-
-
-class TimingsCollector(logging.Handler):
-    """Collects the per-turn stage times the local server logs (same process)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.turns: list[dict[str, int]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if hasattr(record, "timings_ms"):
-            self.turns.append(record.timings_ms)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def conversation(server: LocalServer, settings: SessionSettings, utterances: list[str],

@@ -47,6 +47,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
 from koe.audio import RATE, PcmQueueTrack, rms_dbfs  # noqa: E402
+from bench.figures import TimingsCollector, percentile  # noqa: E402
 from koe.client import Backend  # noqa: E402
 from koe.client.simulated_user import QUESTIONS as UTTERANCES, VOICE_DBFS, SimulatedUser  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
@@ -64,23 +65,6 @@ CONNECT_TIMEOUT_S = 40.0
 TALK = SessionSettings(instructions="You are a helpful assistant. Answer in one short sentence.",
                        voice="alloy", max_output_tokens=24)
 IDLE = SessionSettings(voice="alloy", turn_detection=None, transcription=None)  # the backend runs no model
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class TimingsCollector(logging.Handler):
-    """Collects the per-turn stage times the local server logs (same process)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.turns: list[dict[str, int]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if hasattr(record, "timings_ms"):
-            self.turns.append(record.timings_ms)
 
 
 class SentClock:

@@ -48,9 +48,9 @@ def push_to_talk(relay: Relay) -> None:
         return
     talk_col, send_col = st.columns(2)
     try:
-        if talk_col.button("🎙️ Talk", use_container_width=True, help="Start a new turn (clears what was heard)"):
+        if talk_col.button("🎙️ Talk", width="stretch", help="Start a new turn (clears what was heard)"):
             relay.send({"type": "input_audio_buffer.clear"})
-        if send_col.button("📨 Send", type="primary", use_container_width=True, help="End your turn and get a reply"):
+        if send_col.button("📨 Send", type="primary", width="stretch", help="End your turn and get a reply"):
             relay.send({"type": "input_audio_buffer.commit"})
             relay.send({"type": "response.create"})
     except RealtimeError as exc:

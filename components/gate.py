@@ -65,7 +65,7 @@ def _signed_in_subject() -> str | None:
     if st.button("Sign in", type="primary"):
         try:
             st.login()
-        except Exception as exc:  # e.g. Authlib missing or an incomplete [auth] section
+        except Exception as exc:  # e.g. an incomplete [auth] section
             st.error(f"Sign-in is not available: {exc}")
     st.stop()
 

@@ -11,6 +11,7 @@ import streamlit as st
 
 from koe.access import Visitor
 from koe.limits import start_of_day
+from koe.loop_watch import LoopWatch
 from koe.relay import Relay
 from koe.store import SessionStore
 
@@ -25,7 +26,8 @@ def _meter(label: str, dbfs: float) -> None:
 
 
 @st.fragment(run_every="0.5s")
-def status_and_meters(relay: Relay) -> None:
+def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None:
+    """`loop_watch` (for the owner): how late the loop that carries the audio runs, a gap in the sound."""
     status = relay.status
     text = f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
     if status.state == "failed" or status.message.startswith("Could not connect"):
@@ -41,6 +43,10 @@ def status_and_meters(relay: Relay) -> None:
         _meter("🎙️ You", status.input_dbfs if status.state == "live" else -100)
     with right:
         _meter("🔊 AI", status.output_dbfs if status.state == "live" else -100)
+    if loop_watch is not None:
+        lag = loop_watch.lag()
+        st.caption(f"Media loop late by p50 {lag.p50_ms:.0f} ms · p99 {lag.p99_ms:.0f} ms · "
+                   f"worst {lag.worst_ms:.0f} ms in the last 10 s (each ms late is a gap in the sound)")
 
 
 def _clock(seconds: float) -> str:

@@ -8,6 +8,7 @@ import threading
 
 import streamlit as st
 from streamlit_webrtc.credentials import get_cloudflare_ice_servers, get_hf_ice_servers, get_twilio_ice_servers
+from streamlit_webrtc.eventloop import get_global_event_loop
 
 from koe.access import Backoff, Passes
 from koe.client import Backend
@@ -16,6 +17,7 @@ from koe.ice import browser_ice_servers, server_ice_servers
 from koe.limits import Limiter
 from koe.local import LocalServer
 from koe.local.stages.models import warm
+from koe.loop_watch import LoopWatch
 from koe.relay import LoopThread
 from koe.store import SessionStore
 
@@ -56,6 +58,12 @@ def configure_logging() -> None:
 @st.cache_resource(show_spinner=False)
 def loop_thread() -> LoopThread:
     return LoopThread()
+
+
+@st.cache_resource(show_spinner=False)
+def media_loop_watch() -> LoopWatch:
+    """How late Streamlit's loop runs: it carries the browsers' audio (streamlit-webrtc's peers)."""
+    return LoopWatch(get_global_event_loop()).start()
 
 
 @st.cache_resource(show_spinner=False)

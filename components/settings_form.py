@@ -76,7 +76,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
         speed = st.slider("Speed", 0.25, 1.5, 1.0, 0.05)
         max_tokens = st.text_input("Max output tokens (1–4096 or inf)", "inf")
         temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05, disabled=dialect == "ga")
-        applied = st.form_submit_button("Apply", type="primary", use_container_width=True)
+        applied = st.form_submit_button("Apply", type="primary", width="stretch")
     try:
         kind = TURNS[turn]
         turn_detection = (None if kind == "manual" else

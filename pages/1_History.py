@@ -18,7 +18,7 @@ if conversation_id:
     meta = store.conversation(conversation_id)
     st.caption(f"{meta['backend']} · {meta['model']} · {meta.get('end_reason') or 'still running'}")
     table = store.transcript(conversation_id)
-    st.dataframe(table.drop(columns=["item_id"], errors="ignore"), hide_index=True, use_container_width=True)
+    st.dataframe(table.drop(columns=["item_id"], errors="ignore"), hide_index=True, width="stretch")
     with st.expander("Read as a conversation", expanded=True):
         for row in table.itertuples():
             st.markdown(f"**{row.speaker}:** {row.text}")
@@ -27,4 +27,4 @@ if conversation_id:
                                                   ("markdown", "md", "text/markdown")]):
         column.download_button(f"Download {fmt.upper() if fmt != 'markdown' else 'Markdown'}",
                                store.export(conversation_id, fmt), file_name=f"{conversation_id}.{ext}",
-                               mime=mime, use_container_width=True)
+                               mime=mime, width="stretch")

@@ -18,7 +18,7 @@ store = runtime.store()
 cost_meter(current_relay(), store, visitor)
 with st.expander("Tokens and estimated cost per day" + ("" if visitor.owner else " (yours)")):
     st.dataframe(store.daily_totals(days=7, visitor=None if visitor.owner else visitor.id), hide_index=True,
-                 use_container_width=True)
+                 width="stretch")
 conversation_id = pick(store, "events", visitor)
 if conversation_id:
     transcript = store.transcript(conversation_id)
@@ -33,7 +33,7 @@ if conversation_id:
     st.subheader("Tokens and estimated cost")
     usage = store.usage(conversation_id)
     if len(usage):
-        st.dataframe(usage, hide_index=True, use_container_width=True)
+        st.dataframe(usage, hide_index=True, width="stretch")
         st.metric("Estimated cost (USD)", f"{usage['cost_usd'].sum():.4f}")
     else:
         st.caption("No usage reported yet.")
@@ -44,4 +44,4 @@ if conversation_id:
     chosen = left.multiselect("Types", kinds, key="event-types")
     direction = right.selectbox("Direction", ["all", "server", "client", "app"], key="event-direction")
     events = store.events(conversation_id, types=chosen or None, direction=None if direction == "all" else direction)
-    st.dataframe(events, hide_index=True, use_container_width=True)
+    st.dataframe(events, hide_index=True, width="stretch")

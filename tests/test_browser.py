@@ -6,6 +6,7 @@ the page's RTCPeerConnection stats), change a setting, STOP, reload, find it in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -61,8 +62,11 @@ def mic_wav(tmp_path_factory, models) -> Path:
     """3 s of silence (time to connect), the question, then silence: 48 kHz mono 16-bit."""
     speech = models.tts.synthesize("Please count from one to five.")
     silence = np.zeros(48_000 * 3, np.int16)
-    samples = np.concatenate([silence, speech, silence, silence])
-    path = tmp_path_factory.mktemp("mic") / "question.wav"
+    return write_wav(tmp_path_factory.mktemp("mic") / "question.wav", np.concatenate([silence, speech, silence, silence]))
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    """48 kHz mono int16 samples as the WAV file Chromium's fake microphone plays."""
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -105,13 +109,14 @@ def app(tmp_path_factory):
     yield from serve(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture
-def browser(tmp_path, mic_wav):
+@contextlib.contextmanager
+def chromium(profile: Path, mic_wav: Path):
+    """Debian's Chromium, headless, its microphone playing `mic_wav` once; the page's peers recorded."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            str(profile), executable_path=CHROMIUM, headless=True,
             ignore_default_args=["--mute-audio"],
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -121,6 +126,12 @@ def browser(tmp_path, mic_wav):
         context.add_init_script(RECORD_PEERS)
         yield context
         context.close()
+
+
+@pytest.fixture
+def browser(tmp_path, mic_wav):
+    with chromium(tmp_path / "profile", mic_wav) as context:
+        yield context
 
 
 def test_talk_in_the_browser_then_find_it_in_history(app, browser):

@@ -15,7 +15,7 @@ import pytest
 
 from koe.local import LocalServer
 
-from test_browser import CHROMIUM, WEBRTC_IFRAME, browser, mic_wav, serve  # noqa: F401  (fixtures)
+from test_browser import WEBRTC_IFRAME, browser, mic_wav, pytestmark, serve  # noqa: F401  (fixtures, skip)
 
 ACCESS_CODE = "let-me-talk"
 KEY = f"sk-test-{secrets.token_hex(16)}"
@@ -39,14 +39,21 @@ def enter_code(page, code: str) -> None:
     page.get_by_role("button", name="Enter").click()
 
 
+def assert_every_page_gated(page, url: str, prompt: str, absent: tuple[str, ...] = ()) -> None:
+    """Each page shows `prompt` and nothing of the conversations: no START, no list, none of `absent`."""
+    for path in ("", "/History", "/Events"):
+        page.goto(url + path)
+        page.get_by_text(prompt).wait_for()
+        assert page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").count() == 0
+        assert page.get_by_text("Conversation", exact=True).count() == 0
+        assert not [text for text in absent if text in page.content()], path
+
+
 def test_the_access_code_gate(demo, browser):
     url, _ = demo
     page = browser.new_page()
     page.set_default_timeout(30_000)
-    for path in ("", "/History", "/Events"):
-        page.goto(url + path)
-        page.get_by_text("This demo needs an access code.").wait_for()
-        assert page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").count() == 0
+    assert_every_page_gated(page, url, "This demo needs an access code.")
     enter_code(page, "wrong-code")
     page.get_by_text("That code is not right").wait_for()
     enter_code(page, ACCESS_CODE)

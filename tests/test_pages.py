@@ -19,6 +19,17 @@ SECRETS = {"KOE_ACCESS_CODE": "visitors-welcome", "KOE_ADMIN_CODE": "owner-only"
 ALICE, BOB = Visitor("v_alice", "visitor"), Visitor("v_bob", "visitor")
 
 
+def said(store: SessionStore, visitor_id: str, words: str) -> str:
+    """A finished conversation of `visitor_id` in which they said `words`; its id."""
+    conversation_id = store.start_conversation(backend="local", model="gpt-realtime", dialect="ga", settings={},
+                                               visitor=visitor_id)
+    store.record_event(conversation_id, "server", {
+        "type": "conversation.item.input_audio_transcription.completed", "item_id": f"item_{visitor_id}",
+        "content_index": 0, "transcript": words})
+    store.end_conversation(conversation_id, "stopped by the user")
+    return conversation_id
+
+
 @pytest.fixture
 def data(tmp_path, monkeypatch):
     """Two visitors' conversations on disk; a fresh process-wide cache (config, store) per test."""
@@ -26,15 +37,8 @@ def data(tmp_path, monkeypatch):
     for name in ("KOE_ACCESS_CODE", "KOE_ADMIN_CODE", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     store = SessionStore(tmp_path / "koe.sqlite3")
-    ids = {}
-    for visitor, words in ((ALICE, "alice talks about apples"), (BOB, "bob talks about bananas")):
-        conversation_id = store.start_conversation(backend="local", model="gpt-realtime", dialect="ga", settings={},
-                                                   visitor=visitor.id)
-        store.record_event(conversation_id, "server", {
-            "type": "conversation.item.input_audio_transcription.completed", "item_id": f"item_{visitor.id}",
-            "content_index": 0, "transcript": words})
-        store.end_conversation(conversation_id, "stopped by the user")
-        ids[visitor.id] = conversation_id
+    ids = {visitor.id: said(store, visitor.id, words)
+           for visitor, words in ((ALICE, "alice talks about apples"), (BOB, "bob talks about bananas"))}
     store.close()
     st.cache_resource.clear()
     yield ids
@@ -145,6 +149,6 @@ def test_with_an_oidc_provider_configured_the_page_asks_to_sign_in_first(data):
             "client_secret": "oidc-client-secret", "server_metadata_url": "https://id.example.com/.well-known/openid"}
     at = page("1_History.py", secrets={"auth": auth})
     assert "Sign in to use this demo." in texts(at) and not at.selectbox and not at.exception
-    at = at.button[0].click().run()  # without Authlib (or a reachable provider) sign-in fails with a message
+    at = at.button[0].click().run()  # asks the browser to go to the provider (test_oidc.py follows it)
     assert not at.exception and not at.selectbox
     assert "oidc-client-secret" not in texts(at)
