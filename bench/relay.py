@@ -39,21 +39,24 @@ import time
 from collections import deque
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
+from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
-from koe.audio import RATE, PcmQueueTrack, rms_dbfs  # noqa: E402
+from koe.audio import RATE, PcmQueueTrack, frames, rms_dbfs  # noqa: E402
 from bench.figures import TimingsCollector, percentile  # noqa: E402
 from koe.client import Backend  # noqa: E402
 from koe.client.simulated_user import QUESTIONS as UTTERANCES, VOICE_DBFS, SimulatedUser  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
 from koe.local.stages.models import warm  # noqa: E402
+from koe.loop_watch import LoopWatch  # noqa: E402
 from koe.protocol import SessionSettings  # noqa: E402
 from koe.relay import LoopThread, Relay  # noqa: E402
+from test_relay import wait_until  # noqa: E402
 
 GOAL_MS = 20
 FRAMES_PER_S = 50
@@ -95,32 +98,6 @@ async def feed_forever(track: PcmQueueTrack, audio: np.ndarray) -> None:
         if track.queued_ms < 600:
             track.push(audio)
         await asyncio.sleep(0.2)
-
-
-async def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-class LagProbe:
-    """How late a 20 ms sleep wakes up on a loop: the loop's stalls."""
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            start = time.monotonic()
-            await asyncio.sleep(0.02)
-            self.lags.append(1000 * (time.monotonic() - start - 0.02))
-            if len(self.lags) > 100_000:
-                del self.lags[:50_000]
-
-    def p99(self) -> float:
-        return percentile(self.lags, 0.99) if self.lags else float("nan")
 
 
 class QueueSampler:
@@ -211,21 +188,13 @@ class RelayedCall:
 
     async def _sink(self, track: MediaStreamTrack) -> None:
         """What streamlit-webrtc's sink track does: read every frame on this loop, hand it over."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames(track):
             self.sunk.append(time.monotonic())
             self.relay.on_browser_frame(frame)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
         """The synthetic browser's speaker."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames(track):
             self.heard.append((time.monotonic(), rms_dbfs(frame.to_ndarray())))
 
     def stream(self, audio: np.ndarray) -> None:
@@ -437,8 +406,9 @@ async def measure_cpu(backend: Backend, loop_thread: LoopThread, audio: np.ndarr
 async def capacity_level(backend: Backend, loop_thread: LoopThread, audio: np.ndarray, n: int,
                          window_s: float) -> dict:
     calls: list[RelayedCall] = []
-    main_probe, relay_probe = LagProbe(), LagProbe()
-    probes = [asyncio.ensure_future(main_probe.run()), loop_thread.submit(relay_probe.run())]
+    # Each loop's lateness over the last window_s: read right after the CPU window, it covers that window.
+    watches = [LoopWatch(asyncio.get_running_loop(), window_s, "the browsers' loop").start(),
+               LoopWatch(loop_thread.loop, window_s, "the relays' loop").start()]
     try:
         started = time.monotonic()
         pending = [RelayedCall(backend, IDLE, loop_thread) for _ in range(n)]
@@ -454,15 +424,14 @@ async def capacity_level(backend: Backend, loop_thread: LoopThread, audio: np.nd
             call.sunk.clear()
             if call.dropped is not None:
                 call.dropped = 0
-        main_probe.lags.clear()
-        relay_probe.lags.clear()
         begin = time.monotonic()
         cpu = await cpu_window(window_s)
         end = time.monotonic()
+        main_lag, relay_lag = (watch.lag().p99_ms for watch in watches)
         await queue.stop()
     finally:
-        for probe in probes:
-            probe.cancel()
+        for watch in watches:
+            watch.stop()
         await close_all(calls)
     elapsed = end - begin
     down_fps, up_fps, gaps = [], [], []
@@ -476,7 +445,7 @@ async def capacity_level(backend: Backend, loop_thread: LoopThread, audio: np.nd
     row = {
         "n": n, "setup_s": setup_s, "down_min": min(down_fps), "down_mean": statistics.mean(down_fps),
         "gap_p99": percentile(gaps, 0.99) if gaps else float("inf"), "gap_max": max(gaps, default=float("inf")),
-        "up_min": min(up_fps), "drops": drops, "main_lag": main_probe.p99(), "relay_lag": relay_probe.p99(),
+        "up_min": min(up_fps), "drops": drops, "main_lag": main_lag, "relay_lag": relay_lag,
         "cpu": cpu, "queue": percentile(list(queue.samples), 0.5) if queue.samples else float("nan"),
     }
     row["ok"] = (row["down_min"] >= KEEPS_UP_FPS and row["up_min"] >= KEEPS_UP_FPS

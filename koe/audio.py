@@ -10,7 +10,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import av
 import numpy as np
@@ -82,6 +82,16 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 def to_float32(samples: np.ndarray) -> np.ndarray:
     """int16 samples as float32 in [-1, 1), the form VAD and Whisper take."""
     return samples.astype(np.float32) / 32768.0
+
+
+async def frames(track: MediaStreamTrack) -> AsyncIterator[av.AudioFrame]:
+    """Every frame a received track gives, until it ends."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        yield frame
 
 
 class PcmQueueTrack(MediaStreamTrack):

@@ -34,8 +34,9 @@ class LoopLag:
 class LoopWatch:
     """Measures an event loop's lateness from inside it; read `lag()` from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, window_s: float = 10.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, window_s: float = 10.0, name: str = "the media loop") -> None:
         self._loop = loop
+        self._name = name
         self._late: deque[tuple[float, float]] = deque()  # (when, ms late), oldest first
         self._window_s = window_s
         self._lock = threading.Lock()
@@ -73,5 +74,5 @@ class LoopWatch:
                 self._late.popleft()
         if late_ms >= WARN_MS and now - self._warned_at >= WARN_EVERY_S:
             self._warned_at = now
-            log.warning("the media loop stalled for %.0f ms: audio to the browser had a gap that long", late_ms)
+            log.warning("%s stalled for %.0f ms: the audio it carries had a gap that long", self._name, late_ms)
         self._arm()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 
+import numpy as np
 import pytest
 
 from koe.limits import LimitReached, Limiter, Limits, start_of_day
@@ -97,8 +98,16 @@ def recorded(relay: Relay, store: SessionStore, visitor: str = "v_test") -> str:
     return conversation_id
 
 
-async def run_until_ended(relay: Relay, timeout_s: float) -> None:
-    await wait_until(lambda: relay.ended, timeout_s, "the limit to end the session")
+async def talk_until_the_limit(relay: Relay, timeout_s: float, said: np.ndarray | None = None) -> None:
+    """A browser on the relay says `said` (else only silence) until a limit ends the call; then all closes."""
+    browser = FakeBrowser(relay)
+    try:
+        if said is not None:
+            browser.say(said)
+        await wait_until(lambda: relay.ended, timeout_s, "the limit to end the session")
+    finally:
+        await browser.close()
+        relay.stop()
 
 
 async def test_session_minutes_end_the_call_and_keep_the_transcript(backend, speech, loop_thread, store):
@@ -107,13 +116,7 @@ async def test_session_minutes_end_the_call_and_keep_the_transcript(backend, spe
     conversation_id = recorded(relay, store)
     relay.start(gate.admit("v_test", model=SETTINGS.model, billed=False)).result(timeout=30)
     assert relay.status.state == "live" and gate.active == 1
-    browser = FakeBrowser(relay)
-    try:
-        browser.say(speech("Hello there, how are you?"))
-        await run_until_ended(relay, 40)
-    finally:
-        await browser.close()
-        relay.stop()
+    await talk_until_the_limit(relay, 40, said=speech("Hello there, how are you?"))
     assert relay.status.message == "Ended: the session reached its 0.15-minute limit."
     assert gate.active == 0
     store.flush()
@@ -130,12 +133,7 @@ async def test_idle_timeout_ends_a_silent_session(backend, loop_thread, store):
     conversation_id = recorded(relay, store)
     started = time.monotonic()
     relay.start(gate.admit("v_test", model=SETTINGS.model, billed=False)).result(timeout=30)
-    browser = FakeBrowser(relay)  # sends silence
-    try:
-        await run_until_ended(relay, 15)
-    finally:
-        await browser.close()
-        relay.stop()
+    await talk_until_the_limit(relay, 15)  # only silence
     assert 1.5 <= time.monotonic() - started < 10
     assert "idle timeout" in relay.status.message and gate.active == 0
     store.flush()
@@ -147,13 +145,7 @@ async def test_the_session_cost_cap_ends_the_call_after_the_reply_that_crossed_i
     relay = Relay(backend, SETTINGS, loop_thread)  # the local server, billed at gpt-realtime's prices
     conversation_id = recorded(relay, store)
     relay.start(gate.admit("v_test", model="gpt-realtime", billed=True)).result(timeout=30)
-    browser = FakeBrowser(relay)
-    try:
-        browser.say(speech("Please count from one to five."))
-        await run_until_ended(relay, 60)
-    finally:
-        await browser.close()
-        relay.stop()
+    await talk_until_the_limit(relay, 60, said=speech("Please count from one to five."))
     assert relay.status.message == "Ended: the session reached its $0.00 cost cap."
     assert relay.guard.cost_usd >= 0.0001 and gate.spent_today == pytest.approx(relay.guard.cost_usd)
     store.flush()
@@ -167,13 +159,7 @@ async def test_the_daily_budget_ends_running_sessions(backend, speech, loop_thre
     relay = Relay(backend, SETTINGS, loop_thread)
     recorded(relay, store)
     relay.start(gate.admit("v_test", model="gpt-realtime", billed=True)).result(timeout=30)
-    browser = FakeBrowser(relay)
-    try:
-        browser.say(speech("Please count from one to five."))
-        await run_until_ended(relay, 60)
-    finally:
-        await browser.close()
-        relay.stop()
+    await talk_until_the_limit(relay, 60, said=speech("Please count from one to five."))
     assert "today's $1.00 budget for this demo is spent" in relay.status.message
     with pytest.raises(LimitReached):
         gate.admit("v_other", model="gpt-realtime", billed=True)

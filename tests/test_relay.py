@@ -63,10 +63,11 @@ class FakeBrowser:
 
 
 async def wait_until(condition, timeout_s: float, what: str) -> None:
+    """Polls `condition` until it holds; TimeoutError naming `what` after `timeout_s` (bench/relay.py uses it too)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
 
 

@@ -12,9 +12,10 @@ from typing import AsyncIterator, Callable
 import av
 import httpx
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from pydantic import BaseModel
 
+from koe.audio import frames
 from koe.client.errors import BackendTimeout, ConnectionClosed, RealtimeError
 from koe.client.jitter import hand_on_at_once
 from koe.client.signaling import Backend, exchange_sdp, hang_up
@@ -223,11 +224,7 @@ class RealtimeConnection:
             self._reader = asyncio.ensure_future(self._read_audio(track))
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames(track):
             if self._on_audio is not None:
                 self._on_audio(frame)
 

@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,6 +50,17 @@ class HttpError(Exception):
 class ClientSecret:
     settings: SessionSettings
     expires_at: float
+
+
+def bound_port(server: Callable[[], uvicorn.Server | None], thread: threading.Thread, timeout_s: float,
+               what: str) -> int:
+    """The port of a uvicorn server starting on `thread`, once bound (`server()` is None until it exists)."""
+    deadline = time.monotonic() + timeout_s
+    while not (server() and server().started):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.02)
+    return server().servers[0].sockets[0].getsockname()[1]
 
 
 class LocalServer:
@@ -102,12 +114,7 @@ class LocalServer:
         """Serve from a background thread; returns once the port is bound (with `port=0`, a free one)."""
         self._thread = threading.Thread(target=asyncio.run, args=(self.serve(),), name="koe-local", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not (self._server and self._server.started):
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the local Realtime server did not start")
-            time.sleep(0.02)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.port = bound_port(lambda: self._server, self._thread, timeout_s, "the local Realtime server")
         log.info("local Realtime server on %s", self.url)
         return self
 

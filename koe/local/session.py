@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono, to_float32
+from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono, frames, to_float32
 from koe.local.conversation import Conversation, Item
 from koe.local.stages.chat import ChatEndpointError
 from koe.local.stages.models import LocalModels, get_japanese_models
@@ -118,11 +118,7 @@ class LocalSession:
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         """Read the user's audio until the track ends."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in frames(track):
             pcm16k = to_float32(self._to_16k(frame_to_mono(frame)))
             if self._detector is None:
                 self._manual.append(pcm16k)
