@@ -33,7 +33,7 @@ class Conversation:
         return self.items[-1].id if self.items else None
 
     def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
-        """Insert after `previous_item_id` (append when None); returns the id it now follows.
+        """Insert after `previous_item_id` (append when None, first when "root"); returns the id it now follows.
 
         Raises KeyError when `previous_item_id` is not in the conversation.
         """
@@ -41,9 +41,15 @@ class Conversation:
             after = self.last_id
             self.items.append(item)
             return after
+        if previous_item_id == "root":  # OpenAI's name for "before everything"
+            self.items.insert(0, item)
+            return None
         index = self.index(previous_item_id)
         self.items.insert(index + 1, item)
         return previous_item_id
+
+    def has(self, item_id: str) -> bool:
+        return any(item.id == item_id for item in self.items)
 
     def index(self, item_id: str) -> int:
         for i, item in enumerate(self.items):

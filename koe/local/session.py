@@ -27,9 +27,10 @@ from koe.local.stages.replies import ReplyStream
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped
 from koe.local.stages.vad import VadStream
-from koe.local.voices import japanese_voice
+from koe.local.voices import JAPANESE_VOICES, japanese_voice
 from koe.protocol import (
     Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
+    validate_for_dialect, wire_path,
 )
 
 log = logging.getLogger("koe.local")
@@ -194,11 +195,11 @@ class LocalSession:
         part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
         where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         self.emit("response.content_part.added", part=part, **where)
-        # The new assistant item is still empty, so the history ends with the user's turn.
-        messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions))
-        limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
-        max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
-        try:
+        try:  # whatever happens from here, response.done follows response.created exactly once
+            # The new assistant item is still empty, so the history ends with the user's turn.
+            messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions))
+            limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
+            max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
             await self._generate(response, messages, max_tokens, where)
         except asyncio.CancelledError:
             pass  # barge-in or response.cancel: _interrupt already told the client
@@ -335,31 +336,38 @@ class LocalSession:
             self.emit("output_audio_buffer.stopped", response_id=playing.id)
 
     # -- client events -------------------------------------------------------------------------
-    def handle(self, message: str) -> None:
+    def handle(self, message: str | bytes) -> None:
+        """The dispatch boundary every transport delivers client events through (one JSON text each).
+
+        The event is validated against this dialect's models before any handler runs: an invalid
+        one gets one `error` carrying its `event_id` and changes nothing. A handler that fails
+        anyway is logged with its traceback and answered with `server_error`; the call goes on.
+        """
         try:
-            data = json.loads(message)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            self.error(f"The message is not a JSON object: {exc}", "invalid_json")
-            return
-        try:
-            event = parse_client_event(data)
+            event = parse_client_event(message, self.dialect)
         except EventError as exc:
-            self.error(exc.message, exc.code, event_id=exc.event_id, param=getattr(exc, "param", None))
+            self.error(exc.message, exc.code, event_id=exc.event_id, param=exc.param)
             return
-        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
-        handler(event)
+        try:
+            getattr(self, "_on_" + event.type.replace(".", "_"))(event)
+        except Exception:
+            log.exception("handling %s failed", event.type)
+            self.error("The server had an error while processing your request. The session goes on.",
+                       "server_error", event_id=event.event_id, type_="server_error")
 
     def _on_session_update(self, event) -> None:
         try:
-            updated = self.settings.merge_wire(self.dialect, event.session)
+            updated = self.settings.merge_wire(self.dialect, event.session.model_dump(exclude_unset=True))
+            validate_for_dialect(updated, self.dialect, JAPANESE_VOICES)
         except SettingsError as exc:
-            self.error(str(exc), "invalid_value", event_id=event.event_id, param=getattr(exc, "field", None))
+            param = "session." + wire_path(self.dialect, exc.field)
+            self.error(f"Invalid value for '{param}': {exc.message}", "invalid_value", event_id=event.event_id,
+                       param=param)
             return
         if updated.voice != self.settings.voice and self._assistant_spoke:
             self.error("Cannot update a conversation's voice if assistant audio is present.",
-                       "cannot_update_voice", event_id=event.event_id, param="session.voice")
+                       "cannot_update_voice", event_id=event.event_id,
+                       param="session." + wire_path(self.dialect, "voice"))
             return
         self.settings = updated
         self._apply_turn_detection()
@@ -367,11 +375,15 @@ class LocalSession:
         self._on_language()
 
     def _on_input_audio_buffer_commit(self, event) -> None:
-        audio = self._manual.take() if self._detector is None else self._detector.take()
-        if len(audio) * 1000 // VAD_RATE < MIN_COMMIT_MS:
-            self.error("Error committing input audio buffer: buffer too small. Expected at least 100ms of audio.",
+        # Measured before taking it: a refused commit leaves the buffer as it was.
+        pending = self._manual.duration_ms if self._detector is None \
+            else len(self._detector.utterance_so_far()) * 1000 // VAD_RATE
+        if pending < MIN_COMMIT_MS:
+            self.error(f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms "
+                       f"of audio, but buffer only has {pending}ms of audio.",
                        "input_audio_buffer_commit_empty", event_id=event.event_id)
             return
+        audio = self._manual.take() if self._detector is None else self._detector.take()
         self._commit(new_id("item"), audio, respond=False)
 
     def _on_input_audio_buffer_clear(self, event) -> None:
@@ -386,15 +398,17 @@ class LocalSession:
             self._drop_playback(self._playing)
 
     def _on_conversation_item_create(self, event) -> None:
-        item_data = event.item
-        content = item_data.get("content") or []
-        text = " ".join(str(p.get("text") or p.get("transcript") or "") for p in content if isinstance(p, dict))
-        role = item_data.get("role", "user")
-        if role not in ("user", "assistant", "system") or item_data.get("type", "message") != "message":
-            self.error("Only message items with role user, assistant or system are supported here.",
-                       "invalid_value", event_id=event.event_id, param="item")
+        data = event.item  # validated: a message's role and parts are known, ids are strings
+        if (data.type or "message") != "message":
+            self.error(f"The local backend runs no tools: '{data.type}' items are not supported, only messages.",
+                       "invalid_value", event_id=event.event_id, param="item.type")
             return
-        item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
+        if data.id is not None and self._conversation.has(data.id):
+            self.error(f"Duplicate item found with id {data.id}.", "invalid_value", event_id=event.event_id,
+                       param="item.id")
+            return
+        text = " ".join(p.text or p.transcript or "" for p in data.content or [])
+        item = Item(id=data.id or new_id("item"), role=data.role or "user", text=text.strip(), audio=False)
         try:
             previous = self._conversation.add(item, event.previous_item_id)
         except KeyError:
@@ -438,12 +452,26 @@ class LocalSession:
                        "Wait until the response is finished before creating a new one.",
                        "conversation_already_has_active_response", event_id=event.event_id)
             return
-        self._start_response(event.response or {})
+        overrides = event.response
+        voice = overrides.voice if overrides is not None else None
+        if voice is not None:
+            try:
+                validate_for_dialect(self.settings.changed(voice=voice if isinstance(voice, str) else voice.id),
+                                     self.dialect, JAPANESE_VOICES)
+            except SettingsError as exc:
+                param = "response.audio.output.voice" if self.dialect == "ga" else "response.voice"
+                self.error(f"Invalid value for '{param}': {exc.message}", "invalid_value", event_id=event.event_id,
+                           param=param)
+                return
+        self._start_response(overrides.model_dump(exclude_unset=True) if overrides is not None else {})
 
     def _on_response_cancel(self, event) -> None:
-        if self._response is None:
-            self.error("Cancellation failed: no active response found", "response_cancel_not_active",
-                       event_id=event.event_id)
+        response = self._response
+        # A cancel naming another (finished) response must not cut the one in progress.
+        if response is None or event.response_id not in (None, response.id):
+            named = f" with id {event.response_id}" if event.response_id else ""
+            self.error(f"Cancellation failed: no active response found{named}.", "response_cancel_not_active",
+                       event_id=event.event_id, param="response_id" if named else None)
             return
         self._interrupt("client_cancelled")
 

@@ -8,6 +8,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from koe.protocol.dialect import Dialect
+from koe.protocol.wire import (
+    BetaItem, BetaResponseParams, BetaSession, GaItem, GaResponseParams, GaSession, WireError, loads_object, wire_error,
+)
 
 __all__ = [
     "CLIENT_EVENTS",
@@ -110,7 +113,12 @@ class Event(_Model):
 
 
 class ClientEvent(Event):
-    pass
+    """A client event. Strict as OpenAI is: unknown keys are refused, nothing is coerced. The
+    dialect-specific parts (`session`, `item`, `response`) are plain objects here; `parse_client_event`
+    checks them against the call's dialect (koe.protocol.wire) and returns the typed variant."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    event_id: str | None = None
 
 
 class SessionUpdate(ClientEvent):
@@ -133,7 +141,7 @@ class OutputAudioBufferClear(ClientEvent):
 class ConversationItemCreate(ClientEvent):
     type: Literal["conversation.item.create"] = "conversation.item.create"
     item: dict[str, Any]
-    previous_item_id: str | None = None  # omitted = append
+    previous_item_id: str | None = None  # omitted = append; "root" = first
 
 
 class ConversationItemTruncate(ClientEvent):
@@ -160,7 +168,32 @@ class ResponseCreate(ClientEvent):
 
 class ResponseCancel(ClientEvent):
     type: Literal["response.cancel"] = "response.cancel"
-    response_id: str | None = None
+    response_id: str | None = None  # omitted = the active response
+
+
+# The same events with their dialect's typed parts: what parse_client_event hands to a server.
+class GaSessionUpdate(SessionUpdate):
+    session: GaSession
+
+
+class BetaSessionUpdate(SessionUpdate):
+    session: BetaSession
+
+
+class GaConversationItemCreate(ConversationItemCreate):
+    item: GaItem
+
+
+class BetaConversationItemCreate(ConversationItemCreate):
+    item: BetaItem
+
+
+class GaResponseCreate(ResponseCreate):
+    response: GaResponseParams | None = None
+
+
+class BetaResponseCreate(ResponseCreate):
+    response: BetaResponseParams | None = None
 
 
 # ---- server → client ---------------------------------------------------------------------------
@@ -418,12 +451,17 @@ def _registry(base: type[_E]) -> dict[str, type[_E]]:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
         name = cls.model_fields["type"].default
-        if isinstance(name, str):
+        if isinstance(name, str) and name not in found:  # the first class of a name; variants come after
             found[name] = cls
     return found
 
 
 CLIENT_EVENTS: dict[str, type[ClientEvent]] = _registry(ClientEvent)
+_DIALECT_EVENTS: dict[Dialect, dict[str, type[ClientEvent]]] = {
+    "ga": {cls.model_fields["type"].default: cls for cls in (GaSessionUpdate, GaConversationItemCreate, GaResponseCreate)},
+    "beta": {cls.model_fields["type"].default: cls
+             for cls in (BetaSessionUpdate, BetaConversationItemCreate, BetaResponseCreate)},
+}
 SERVER_EVENTS: dict[str, type[ServerEvent]] = _registry(ServerEvent)
 
 
@@ -452,28 +490,32 @@ class EventError(Exception):
         return ErrorEvent(error=info)
 
 
-def parse_client_event(data: dict[str, Any]) -> ClientEvent:
-    """Validate a client event; raises EventError worded like OpenAI's errors."""
+def parse_client_event(data: dict[str, Any] | str | bytes, dialect: Dialect = "ga") -> ClientEvent:
+    """Validate a client event (a parsed object, or the JSON text of one) against the models of
+    `dialect`; raises EventError worded like OpenAI's errors (`unknown_parameter`, `invalid_type`,
+    `invalid_value`, `missing_required_parameter`, `invalid_json`), carrying the event's `event_id`."""
+    if not isinstance(data, dict):
+        try:
+            data = loads_object(data)
+        except WireError as exc:
+            raise EventError(exc.code, exc.message) from None
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
     kind = data.get("type")
+    if "type" not in data:
+        raise EventError("missing_required_parameter", "Missing required parameter: 'type'.", event_id, "type")
     if not isinstance(kind, str):
-        message = "Missing required parameter: 'type'."
-        raise EventError("missing_required_parameter", message, event_id, "type")
-    cls = CLIENT_EVENTS.get(kind)
+        message = "Invalid type for 'type': expected a string with the event's type."
+        raise EventError("invalid_type", message, event_id, "type")
+    cls = _DIALECT_EVENTS[dialect].get(kind) or CLIENT_EVENTS.get(kind)
     if cls is None:
         supported = ", ".join(f"'{k}'" for k in sorted(CLIENT_EVENTS))
-        message = f"Invalid value: '{kind}'. Supported values are: {supported}."
+        message = f"Invalid value: '{kind[:80]}'. Supported values are: {supported}."
         raise EventError("invalid_value", message, event_id, "type")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "missing":
-            message = f"Missing required parameter: '{param}'."
-            raise EventError("missing_required_parameter", message, event_id, param) from None
-        message = f"Invalid value for '{param}': {err['msg']} (got {err['input']!r})."
-        raise EventError("invalid_value", message, event_id, param) from None
+        error = wire_error(exc, data)
+        raise EventError(error.code, error.message, event_id, error.param) from None
 
 
 def parse_server_event(data: dict[str, Any]) -> ServerEvent:

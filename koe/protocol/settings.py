@@ -8,13 +8,16 @@ import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from koe.protocol.dialect import BETA_VOICES, GA_VOICES, Dialect
 
 __all__ = [
     "SemanticVad",
     "ServerVad",
+    "Speed",
+    "Temperature",
+    "TokenLimit",
     "SessionSettings",
     "SettingsError",
     "TranscriptionSettings",
@@ -22,6 +25,7 @@ __all__ = [
     "changed_fields",
     "settings_error_from",
     "validate_for_dialect",
+    "wire_path",
 ]
 
 
@@ -89,6 +93,18 @@ class SemanticVad(_Settings):
     interrupt_response: bool = True
 
 
+def _token_limit(v: object) -> object:
+    # One plain message instead of pydantic's one-per-union-member.
+    if v == "inf" or (type(v) is int and 1 <= v <= 4096):
+        return v
+    raise ValueError('must be a whole number from 1 to 4096, or "inf"')
+
+
+# Ranges shared by the settings and by what a client may send (koe.protocol.wire).
+Speed = Annotated[float, Field(ge=0.25, le=1.5)]
+Temperature = Annotated[float, Field(ge=0.6, le=1.2)]  # beta only
+TokenLimit = Annotated[int | Literal["inf"], BeforeValidator(_token_limit)]
+
 # None (at the use site) means manual turns: push to talk.
 TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 _VADS: dict[str, type[_Settings]] = {"server_vad": ServerVad, "semantic_vad": SemanticVad}
@@ -125,13 +141,13 @@ class SessionSettings(_Settings):
     model: str = Field("gpt-realtime", min_length=1)
     instructions: str = ""
     voice: str = "marin"
-    speed: float = Field(1.0, ge=0.25, le=1.5)
+    speed: Speed = 1.0
     output_modalities: Literal["audio", "text"] = "audio"  # audio = audio + transcript
     transcription: TranscriptionSettings | None = Field(default_factory=TranscriptionSettings)
     noise_reduction: Literal["near_field", "far_field"] | None = None
     turn_detection: TurnDetection | None = Field(default_factory=ServerVad)
-    max_output_tokens: int | Literal["inf"] = "inf"
-    temperature: float | None = Field(None, ge=0.6, le=1.2)  # beta only
+    max_output_tokens: TokenLimit = "inf"
+    temperature: Temperature | None = None  # beta only
 
     @field_validator("voice")
     @classmethod
@@ -140,14 +156,6 @@ class SessionSettings(_Settings):
         if not re.fullmatch(r"[a-z0-9_-]+", v):
             raise ValueError("must be a voice name of lowercase letters, digits, '_' or '-'")
         return v
-
-    @field_validator("max_output_tokens", mode="before")
-    @classmethod
-    def _token_limit(cls, v: object) -> object:
-        # One plain message instead of pydantic's one-per-union-member.
-        if v == "inf" or (type(v) is int and 1 <= v <= 4096):
-            return v
-        raise ValueError('must be a whole number from 1 to 4096, or "inf"')
 
     def to_wire(self, dialect: Dialect, only: set[str] | None = None) -> dict[str, Any]:
         """The `session` object for session.update / client_secrets / calls, in `dialect`.
@@ -265,6 +273,14 @@ def validate_for_dialect(settings: SessionSettings, dialect: Dialect, extra_voic
     if dialect == "beta" and isinstance(vad, ServerVad) and vad.idle_timeout_ms is not None:
         field = "turn_detection.idle_timeout_ms"
         raise SettingsError(field, "not part of the beta interface; leave it unset")
+
+
+def wire_path(dialect: Dialect, field: str) -> str:
+    """Where a setting named as in SettingsError.field ("voice", "turn_detection.threshold") sits in
+    the dialect's session object: ("ga", "voice") → "audio.output.voice"."""
+    head, _, rest = field.partition(".")
+    path = _PATHS[dialect].get(head)
+    return field if path is None else ".".join((*path, rest) if rest else path)
 
 
 def changed_fields(old: SessionSettings, new: SessionSettings) -> set[str]:
