@@ -16,6 +16,7 @@ from koe.local.stages.llm import ReplyModel
 from koe.local.stages.stt import Transcriber
 from koe.local.stages.tts import Speaker
 from koe.local.stages.tts_ja import JapaneseSpeaker
+from koe.local.stages.turn_model import TurnModel
 from koe.local.stages.vad import CHUNK, SileroModel, VadStream
 
 log = logging.getLogger("koe.local")
@@ -29,6 +30,7 @@ class LocalModels:
     stt: Transcriber
     llm: ReplyModel
     tts: Speaker
+    turn: TurnModel  # semantic_vad's judge: is the utterance complete?
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def get_models() -> LocalModels:
                 stt=_timed("whisper tiny.en", Transcriber),
                 llm=_timed("smollm2-135m", ReplyModel),
                 tts=_timed("piper joe", Speaker),
+                turn=_timed("smart turn v3.2", TurnModel),
             )
         return _models
 
@@ -92,5 +95,6 @@ def warm(japanese: bool = False) -> LocalModels:
     for _ in models.llm.stream([{"role": "user", "content": "Hi"}], max_tokens=2):
         pass
     models.tts.synthesize("Hello.")
+    models.turn.is_complete(np.zeros(8_000, np.float32))
     log.info("warmed the models in %.2f s", time.perf_counter() - started)
     return models
