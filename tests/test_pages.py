@@ -4,6 +4,7 @@ conversations a visitor sees, and bad query parameters and form inputs refused w
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,22 @@ def test_history_titles_by_first_words_hides_empty_ones_and_shows_words_as_text(
     # The empty one, chosen, says so.
     at = at.selectbox(key="history-pick").set_value(empty).run()
     assert "Nothing was said in this conversation." in texts(at) and not at.exception
+
+
+def test_wrong_codes_from_one_browser_do_not_make_another_wait(data, monkeypatch):
+    """Two browser sessions on one host (AppTest gives no client address, as Streamlit does on loopback):
+    the back-off follows the one that typed wrong codes, and says so, and leaves the other alone."""
+    from components import gate
+
+    waits: list[float] = []  # what the gate would sleep, recorded instead of slept
+    monkeypatch.setattr(gate, "time", types.SimpleNamespace(sleep=waits.append))
+    mallory = page("1_History.py")
+    for attempt in range(4):
+        mallory = enter(mallory, f"guess-{attempt}")
+        assert "That code is not right" in texts(mallory)
+    assert waits == [0.5, 1.0, 2.0]
+    assert "this try waits 2.0 s before it is checked" in texts(mallory)  # and was told so
+    alice = enter(page("1_History.py"), "visitors-welcome")
+    assert waits == [0.5, 1.0, 2.0] and "waits" not in texts(alice) and "No conversation yet" in texts(alice)
+    mallory = enter(mallory, "guess-again")
+    assert waits == [0.5, 1.0, 2.0, 4.0]  # the same browser still waits longer each time
