@@ -108,6 +108,8 @@ def _code_form(container, prompt: str, key: str, visitor_id: str | None = None) 
     backoff = runtime.backoff()
     wait_s = backoff.delay(*keys)
     if wait_s:  # said before the wait, so the visitor sees why nothing happens yet
+        log.warning("access code try waits %.1f s (%s)", wait_s, next((k for k in keys if k.startswith("ip:")),
+                                                                    "address unknown"))
         container.warning(f"Wrong codes were tried from this browser or network: this try waits {wait_s:.1f} s "
                           "before it is checked.")
         time.sleep(wait_s)  # bounded (Backoff.max_s); this is the script thread, not the event loop
