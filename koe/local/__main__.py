@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from koe.local.server import LocalServer
+from koe.local.server import LocalServer, cors_origins_from
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint
 from koe.local.stages.models import get_models, warm
 
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=os.environ.get("KOE_LOCAL_API_KEY"),
                         help="require this bearer key (default: $KOE_LOCAL_API_KEY; none = open)")
     parser.add_argument("--max-session-minutes", type=float, default=60.0)
+    parser.add_argument("--cors-origins", default=os.environ.get("KOE_CORS_ORIGINS", "*"),
+                        help="comma-separated origins whose pages may call the API (default: $KOE_CORS_ORIGINS, "
+                             "else * = any: access is by bearer key, not cookies)")
     reply = parser.add_argument_group("your own reply model (any OpenAI-compatible chat-completions endpoint)")
     reply.add_argument("--chat-base-url", help="e.g. http://127.0.0.1:8080/v1 (default: $KOE_CHAT_BASE_URL; "
                                                "none = the bundled SmolLM2-135M)")
@@ -43,9 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         log.info("replies from %s (model %s)", endpoint.base_url, endpoint.model)
     server = LocalServer(args.host, args.port, api_key=args.api_key, max_session_s=args.max_session_minutes * 60,
                          models=get_models(), chat_base_url=args.chat_base_url, chat_model=args.chat_model,
-                         chat_api_key=args.chat_api_key, chat_timeout_s=args.chat_timeout)
+                         chat_api_key=args.chat_api_key, chat_timeout_s=args.chat_timeout,
+                         cors_origins=cors_origins_from(args.cors_origins))
     print(f"Koe local Realtime server on http://{args.host}:{args.port} "
-          f"(GA: POST /v1/realtime/calls, beta: POST /v1/realtime?model=...)", flush=True)
+          f"(WebRTC: POST /v1/realtime/calls, beta POST /v1/realtime?model=...; WebSocket: GET /v1/realtime?model=...)", flush=True)
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:
