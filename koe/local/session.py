@@ -52,7 +52,8 @@ class Response:
     audio: bool
     task: asyncio.Task | None = None
     status: str = "in_progress"
-    reason: str | None = None
+    reason: str | None = None  # cancelled: turn_detected | client_cancelled
+    error: dict | None = None  # failed: {type, code, message}, as OpenAI's status_details.error
     audio_started: bool = False
     first_sample: int = 0  # the reply track's played_samples when this reply's audio began
     input_tokens: int = 0
@@ -247,11 +248,13 @@ class LocalSession:
             pass  # barge-in or response.cancel: _interrupt already told the client
         except ChatEndpointError as exc:  # the person running the server can fix this: say what happened
             log.warning("reply failed: %s", exc)
-            response.status, response.reason = "failed", str(exc)
+            response.status, response.error = "failed", {"type": "server_error", "code": "chat_endpoint_error",
+                                                         "message": str(exc)}
             self.error(str(exc), "chat_endpoint_error", type_="server_error")
         except Exception as exc:  # a failed reply is reported in response.done, the call goes on
             log.exception("reply failed")
-            response.status, response.reason = "failed", str(exc)
+            response.status, response.error = "failed", {"type": "server_error", "code": "reply_failed",
+                                                         "message": str(exc)}
         self._finish(response, where)
 
     async def _generate(self, response: Response, messages: list[dict[str, str]], max_tokens: int, where: dict) -> None:
@@ -334,8 +337,10 @@ class LocalSession:
     def _response_object(self, response: Response, done: bool = False) -> dict:
         body = {"id": response.id, "object": "realtime.response", "status": response.status,
                 "status_details": None, "output": [response.item.wire(self.dialect)] if done else []}
-        if response.status in ("cancelled", "failed"):
-            body["status_details"] = {"type": response.status, "reason": response.reason}
+        if response.status == "cancelled":
+            body["status_details"] = {"type": "cancelled", "reason": response.reason}
+        elif response.status == "failed":
+            body["status_details"] = {"type": "failed", "error": response.error}
         if done and response.status != "failed":
             spoken = response.item.spoken
             spoken_s = (spoken[-1][0] / RATE) if spoken else 0.0
