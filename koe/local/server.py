@@ -38,8 +38,10 @@ from starlette.websockets import WebSocket
 
 from koe.local.session import LocalSession
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
+from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
 from koe.local.transports import DataChannelTransport, SocketTransport
+from koe.local.voices import JAPANESE_VOICES
 from koe.protocol import BETA_VOICES, Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
 
 log = logging.getLogger("koe.local")
@@ -91,14 +93,18 @@ class LocalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
                  max_session_s: float = 3600.0, models: LocalModels | None = None,
                  chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
-                 chat_timeout_s: float = DEFAULT_TIMEOUT_S, cors_origins: list[str] | None = None) -> None:
+                 chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None,
+                 cors_origins: list[str] | None = None) -> None:
         """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
-        OpenAI-compatible chat-completions endpoint instead of the bundled model.
+        OpenAI-compatible chat-completions endpoint instead of the bundled model. `reply_model` names the
+        bundled model's profile (else $KOE_REPLY_MODEL, else "default"; ValueError if unknown); `models`,
+        when given, brings its own.
 
         `cors_origins`: origins whose pages may call the API (else $KOE_CORS_ORIGINS, else any:
         access is by bearer key, never by cookie, so a foreign page gains nothing without one).
         """
         self.host, self.port = host, port
+        self.reply_profile = models.llm.profile if models is not None else reply_profile(reply_model)
         self.api_key = api_key
         self.max_session_s = max_session_s
         self._models = models
@@ -119,6 +125,7 @@ class LocalServer:
             Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
             WebSocketRoute("/v1/realtime", self.realtime_socket),
             Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
+            Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
         ], exception_handlers={HttpError: lambda request, exc: exc.response}, middleware=[
             Middleware(CORSMiddleware, allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
                        allow_methods=["GET", "POST", "OPTIONS"], allow_headers=CORS_HEADERS, expose_headers=["Location"]),
@@ -131,6 +138,22 @@ class LocalServer:
     @property
     def call_count(self) -> int:
         return len(self._calls)
+
+    def capabilities(self) -> dict:
+        """What answers on this server, for clients to show and check (also `GET /v1/koe/capabilities`):
+
+        {"reply_model": {"profile", "model", "size", "context_tokens", "offline"}, "reply_models": [same, per
+        bundled profile], "japanese_voices": [...]}. With a chat endpoint, reply_model is {"profile": None,
+        "model": its model name, "size": None, "context_tokens": None, "offline": False}. Instructions and
+        history beyond context_tokens (less the reply) are refused with a `context_length_exceeded` error.
+        """
+        if self.chat is not None:
+            reply = {"profile": None, "model": self.chat.endpoint.model, "size": None, "context_tokens": None,
+                     "offline": False}
+        else:
+            reply = self.reply_profile.describe()
+        return {"reply_model": reply, "reply_models": [profile.describe() for profile in PROFILES.values()],
+                "japanese_voices": list(JAPANESE_VOICES)}
 
     # -- running -------------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -169,7 +192,8 @@ class LocalServer:
     async def models(self) -> LocalModels:
         async with self._models_lock:
             if self._models is None:
-                self._models = await asyncio.get_running_loop().run_in_executor(self._executor, get_models)
+                self._models = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, get_models, self.reply_profile.name)
         return self._models
 
     # -- endpoints -----------------------------------------------------------------------------

@@ -24,13 +24,14 @@ from aiortc.mediastreams import MediaStreamTrack
 from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono, frames, to_float32
 from koe.local.conversation import Conversation, Item
 from koe.local.stages.chat import ChatEndpointError
+from koe.local.stages.llm import ContextOverflow
 from koe.local.stages.models import LocalModels, get_japanese_models
 from koe.local.stages.replies import ReplyStream
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped
 from koe.local.stages.vad import VadStream
 from koe.local.transports import Transport
-from koe.local.voices import japanese_voice
+from koe.local.voices import OPENJTALK_VOICE, japanese_voice
 from koe.local.wire_audio import InputDecoder, encode
 from koe.protocol import (
     Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
@@ -78,7 +79,7 @@ class LocalSession:
         self.models = models
         self.replies: ReplyStream = replies or models.llm  # a chat endpoint, when one is configured
         self._bundled_replies = replies is None
-        self._warned_japanese = False
+        self._warned: set[str] = set()  # the Japanese-mode notices already given
         self.transport = transport
         self._observers: list[Transport] = []  # sideband sockets on a WebRTC call: events only
         self._playback: PcmQueueTrack | None = transport.playback  # None: audio goes out in events
@@ -251,6 +252,10 @@ class LocalSession:
             response.status, response.error = "failed", {"type": "server_error", "code": "chat_endpoint_error",
                                                          "message": str(exc)}
             self.error(str(exc), "chat_endpoint_error", type_="server_error")
+        except ContextOverflow as exc:  # the client can fix this: shorter instructions
+            response.status, response.error = "failed", {"type": "invalid_request_error",
+                                                         "code": "context_length_exceeded", "message": str(exc)}
+            self.error(str(exc), "context_length_exceeded", param="session.instructions")
         except Exception as exc:  # a failed reply is reported in response.done, the call goes on
             log.exception("reply failed")
             response.status, response.error = "failed", {"type": "server_error", "code": "reply_failed",
@@ -260,7 +265,7 @@ class LocalSession:
     async def _generate(self, response: Response, messages: list[dict[str, str]], max_tokens: int, where: dict) -> None:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
-        temperature = self.settings.temperature or 0.7
+        temperature = self.settings.temperature  # None (GA has none): the reply model's recommended sampling
 
         def produce() -> None:
             try:
@@ -534,17 +539,24 @@ class LocalSession:
         return self._language() == "ja"
 
     def _on_language(self) -> None:
-        """Entering Japanese mode: load its models before the user's first turn ends, and be honest
-        about the bundled reply model."""
+        """Entering Japanese mode: load its models (and the chosen voice) before the user's first turn
+        ends, and say once what the user will hear: a bundled reply model weak in Japanese, the fast voice."""
         if not self._japanese():
             return
-        self._executor.submit(get_japanese_models)
-        if self._bundled_replies and not self._warned_japanese:
-            self._warned_japanese = True
-            self.error("Japanese mode: speech in and out is Japanese, but the bundled reply model "
-                       "(SmolLM2-135M) speaks little Japanese, so its replies will be poor. Configure a chat "
-                       "endpoint (KOE_CHAT_BASE_URL, KOE_CHAT_MODEL) for real Japanese replies.",
-                       "local_reply_model_limited", type_="warning")
+        voice = japanese_voice(self.settings.voice)
+        self._executor.submit(lambda: get_japanese_models().tts.prepare(voice))
+        profile = self.models.llm.profile
+        if self._bundled_replies and not profile.japanese and "limited" not in self._warned:
+            self._warned.add("limited")
+            self.error(f"Japanese mode: speech in and out is Japanese, but the bundled reply model "
+                       f"({profile.model}) speaks little Japanese, so its replies will be poor. Start the server "
+                       "with --reply-model default, or configure a chat endpoint (KOE_CHAT_BASE_URL, "
+                       "KOE_CHAT_MODEL) for real Japanese replies.", "local_reply_model_limited", type_="warning")
+        if voice == OPENJTALK_VOICE and "voice" not in self._warned:
+            self._warned.add("voice")
+            self.error("Japanese replies are spoken by OpenJTalk's fast voice \"mei\" (HTS, CC BY 3.0); Kokoro's "
+                       "voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo) sound more natural "
+                       "but start speaking about a second later.", "local_fast_voice", type_="warning")
 
     # Both run in the executor: the Japanese models load there on first use, never on the loop.
     def _transcribe(self, audio16k: np.ndarray) -> str:

