@@ -28,7 +28,8 @@ from koe.local.stages.llm import ContextOverflow
 from koe.local.stages.models import LocalModels, get_japanese_models
 from koe.local.stages.replies import ReplyStream
 from koe.local.stages.sentences import ClauseSplitter
-from koe.local.stages.turns import AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped
+from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechResumed,
+                                   SpeechStarted, SpeechStopped)
 from koe.local.stages.vad import VadStream
 from koe.local.transports import Transport
 from koe.local.voices import OPENJTALK_VOICE, japanese_voice
@@ -177,6 +178,8 @@ class LocalSession:
         elif isinstance(event, SilenceBegan):
             # Transcribe while the silence window runs: most turns end here, and the text is ready.
             # One pass at a time: pauses between words must not queue up work for the model.
+            if isinstance(self._detector, SemanticVadDetector):
+                self._ask_turn_model(self._detector, event)  # first: the turn's end waits on it
             if self._early_job is None or self._early_job.done():
                 self._early_job = self._executor.submit(self._transcribe, event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
@@ -190,16 +193,32 @@ class LocalSession:
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
             create = vad is not None and vad.create_response
             early, self._early = self._early, None
-            self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic())
+            self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic(),
+                         waited_ms=event.waited_ms)
+
+    def _ask_turn_model(self, detector: SemanticVadDetector, silence: SilenceBegan) -> None:
+        """semantic_vad: has the user finished? The model runs in the executor; its verdict may end the turn."""
+        def judged(job: asyncio.Future) -> None:
+            if job.cancelled() or detector is not self._detector:
+                return  # the session closed, or the turn detection changed meanwhile
+            if job.exception() is not None:  # without a verdict the turn ends at the eagerness's maximum
+                log.warning("turn model failed: %s", job.exception())
+                return
+            for event in detector.verdict(silence.audio_ms, job.result()):
+                self._on_turn_event(event)
+
+        self._run(self.models.turn.is_complete, silence.audio).add_done_callback(judged)
 
     def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None,
-                stopped_at: float | None = None) -> None:
+                stopped_at: float | None = None, waited_ms: int | None = None) -> None:
         item = Item(id=item_id, role="user")
         previous = self._conversation.add(item)
         self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
         self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
         self.emit("conversation.item.done", item=item.wire(self.dialect), previous_item_id=previous)
         marks = {"speech_stopped": stopped_at or time.monotonic()}
+        if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
+            marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
         self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
@@ -360,8 +379,9 @@ class LocalSession:
 
     @staticmethod
     def _log_timings(response: Response) -> None:
-        """Stage times of a turn, from its first mark: operators read them, the benchmark collects them."""
-        start = min(response.marks.values())
+        """Stage times of a turn from speech_stopped (else its first mark; user_stopped comes before it,
+        so it is negative): operators read them, the benchmark collects them."""
+        start = response.marks.get("speech_stopped", min(response.marks.values()))
         timings = {name: round(1000 * (t - start)) for name, t in response.marks.items()}
         log.info("reply %s: %s", response.id, ", ".join(f"{k} +{v} ms" for k, v in timings.items()),
                  extra={"timings_ms": timings})
@@ -522,13 +542,16 @@ class LocalSession:
         if vad is None:
             self._detector = None
             return
-        # Semantic VAD runs as server VAD here, its eagerness mapped to the silence it waits for.
-        threshold, padding, silence = (vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms) \
-            if isinstance(vad, ServerVad) else (0.5, 300, {"low": 1200, "medium": 800, "high": 400, "auto": 800}[vad.eagerness])
-        if self._detector is None:
-            self._detector = ServerVadDetector(threshold, padding, silence)
-        else:
-            self._detector.update(threshold, padding, silence)
+        clock = self._detector.clock if self._detector is not None else 0
+        if isinstance(vad, ServerVad):
+            if type(self._detector) is ServerVadDetector:
+                self._detector.update(vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms)
+            else:
+                self._detector = ServerVadDetector(vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms, clock)
+        elif isinstance(self._detector, SemanticVadDetector):
+            self._detector.update_eagerness(vad.eagerness)
+        else:  # semantic_vad: Silero hears the silences, the turn model judges them
+            self._detector = SemanticVadDetector(vad.eagerness, clock=clock)
 
     def _language(self) -> str:
         transcription = self.settings.transcription
