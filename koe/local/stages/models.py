@@ -17,6 +17,7 @@ from koe.local.stages.llm import ReplyModel, reply_profile
 from koe.local.stages.stt import Transcriber
 from koe.local.stages.tts import Speaker
 from koe.local.stages.tts_ja import JapaneseSpeaker
+from koe.local.stages.turn_model import TurnModel
 from koe.local.stages.vad import CHUNK, SileroModel, VadStream
 
 log = logging.getLogger("koe.local")
@@ -30,6 +31,7 @@ class LocalModels:
     stt: Transcriber
     llm: ReplyModel
     tts: Speaker
+    turn: TurnModel  # semantic_vad's judge: is the utterance complete?
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def get_models(reply_model: str | None = None) -> LocalModels:
                 stt=_timed("whisper tiny.en", Transcriber),
                 llm=llm,
                 tts=_timed("piper joe", Speaker),
+                turn=_timed("smart turn v3.2", TurnModel),
             )
         return _models if _models.llm is llm else dataclasses.replace(_models, llm=llm)
 
@@ -103,5 +106,6 @@ def warm(japanese: bool = False, reply_model: str | None = None) -> LocalModels:
     for _ in models.llm.stream([{"role": "user", "content": "Hi"}], max_tokens=2):
         pass
     models.tts.synthesize("Hello.")
+    models.turn.is_complete(np.zeros(8_000, np.float32))
     log.info("warmed the models in %.2f s", time.perf_counter() - started)
     return models
