@@ -35,7 +35,8 @@ def jsonable(value):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         return [jsonable(v) for v in value]
-    return value
+    # `object` fields (JSON schemas, metadata) are drawn as any Python value: send its text.
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def nodes(value, path=""):

@@ -1,4 +1,12 @@
-"""Koe's local backend: OpenAI's Realtime WebRTC endpoints, answered by an aiortc peer per call.
+"""Koe's local backend: OpenAI's Realtime endpoints, WebRTC and WebSocket, over one session engine.
+
+- WebRTC: `POST /v1/realtime/calls` (GA) / `POST /v1/realtime?model=` (beta) answered by an aiortc
+  peer per call; `POST /v1/realtime/calls/{id}/hangup`.
+- WebSocket: `GET /v1/realtime?model=` (GA, or beta for `*-realtime-preview*` models, the
+  `OpenAI-Beta: realtime=v1` header or the `openai-beta.realtime-v1` subprotocol), and
+  `GET /v1/realtime?call_id=` to attach a sideband socket to a running WebRTC call.
+- Keys: `POST /v1/realtime/client_secrets` (GA), `POST /v1/realtime/sessions` (beta).
+- CORS on every route (Starlette's middleware), so a page on another origin can call it.
 
 Run it standalone (`python -m koe.local`) or in-process with `LocalServer(...).start()`, which
 serves from a thread of its own so that model work and its loop never touch the caller's loop.
@@ -8,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -19,20 +27,47 @@ from dataclasses import dataclass
 
 import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
+from koe.local.sdp import MAX_SDP_CHARS, OfferError, check_offer
 from koe.local.session import LocalSession
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
+from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
-from koe.protocol import Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
+from koe.local.transports import DataChannelTransport, SocketTransport
+from koe.local.voices import JAPANESE_VOICES
+from koe.protocol import (
+    BETA_VOICES, Dialect, SessionSettings, SettingsError, dialect_for_model, new_id, served_model, validate_for_dialect,
+    wire_path,
+)
+from koe.protocol.wire import BetaSession, BetaSessionRequest, ClientSecretRequest, GaSession, WireError, loads_object, wire_error
 
 log = logging.getLogger("koe.local")
 
 BETA_KEY_TTL_S = 60
-MAX_BODY = 256 * 1024
+MAX_BODY = 256 * 1024  # JSON bodies and SDP offers; a multipart form has two parts of at most this
+OFFER_TIMEOUT_S = 30.0  # an answered offer whose peer has not connected by then is closed
+# CORS: what OpenAI's browser clients send and read (the agents SDK adds its own header; the call
+# id comes back in Location).
+CORS_HEADERS = ["Authorization", "Content-Type", "OpenAI-Beta", "X-OpenAI-Agents-SDK"]
+INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."  # browsers cannot set headers on a WebSocket
+BETA_PROTOCOL = "openai-beta.realtime-v1"
+
+
+def cors_origins_from(value: str | None) -> list[str]:
+    """`--cors-origins` / $KOE_CORS_ORIGINS: comma-separated origins, `*` (the default) for any."""
+    origins = [o.strip() for o in (value or "*").split(",") if o.strip()]
+    return origins or ["*"]
 
 
 def error(status: int, message: str, code: str | None = None, param: str | None = None,
@@ -48,8 +83,27 @@ class HttpError(Exception):
 
 @dataclass
 class ClientSecret:
+    """A short-lived key: it starts one session (then it is spent) until `expires_at` (epoch s)."""
+
+    value: str
     settings: SessionSettings
     expires_at: float
+
+
+def http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (unknown path, wrong method, a malformed form) in OpenAI's shape."""
+    if exc.status_code == 404:
+        return error(404, f"Invalid URL ({request.method} {request.url.path})", "not_found")
+    if exc.status_code == 405:
+        return error(405, f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed")
+    if exc.status_code == 400 and "exceeded maximum size" in str(exc.detail):
+        return error(413, f"The request is too large: {exc.detail}", "request_too_large")
+    return error(exc.status_code, str(exc.detail), "invalid_request")
+
+
+def server_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not bad input: the body says so and nothing more (uvicorn logs the traceback once)."""
+    return error(500, "The server had an error while processing your request.", "server_error", type_="server_error")
 
 
 def bound_port(server: Callable[[], uvicorn.Server | None], thread: threading.Thread, timeout_s: float,
@@ -67,12 +121,22 @@ class LocalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
                  max_session_s: float = 3600.0, models: LocalModels | None = None,
                  chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
-                 chat_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None,
+                 cors_origins: list[str] | None = None, offer_timeout_s: float = OFFER_TIMEOUT_S) -> None:
         """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
-        OpenAI-compatible chat-completions endpoint instead of the bundled model."""
+        OpenAI-compatible chat-completions endpoint instead of the bundled model. `reply_model` names the
+        bundled model's profile (else $KOE_REPLY_MODEL, else "default"; ValueError if unknown); `models`,
+        when given, brings its own.
+
+        `cors_origins`: origins whose pages may call the API (else $KOE_CORS_ORIGINS, else any:
+        access is by bearer key, never by cookie, so a foreign page gains nothing without one).
+        `offer_timeout_s`: a call whose peer has not connected this long after the answer is closed.
+        """
         self.host, self.port = host, port
+        self.reply_profile = models.llm.profile if models is not None else reply_profile(reply_model)
         self.api_key = api_key
         self.max_session_s = max_session_s
+        self.offer_timeout_s = offer_timeout_s
         self._models = models
         endpoint = ChatEndpoint.configured(chat_base_url, chat_model, chat_api_key, chat_timeout_s)
         self.chat: ChatModel | None = ChatModel(endpoint) if endpoint else None
@@ -80,7 +144,11 @@ class LocalServer:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="koe-models")
         self._secrets: dict[str, ClientSecret] = {}
         self._calls: dict[str, tuple[RTCPeerConnection, LocalSession]] = {}
+        self._owners: dict[str, str] = {}  # call id → the ephemeral key that created it
+        self._unconnected: dict[str, asyncio.TimerHandle] = {}  # call id → its connect deadline
+        self._sockets: set[SocketTransport] = set()  # every open WebSocket, sideband ones included
         self._server: uvicorn.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop serving calls, once started
         self._thread: threading.Thread | None = None
         self.app = Starlette(routes=[
             Route("/v1/realtime/calls", self.create_call, methods=["POST"]),
@@ -88,8 +156,14 @@ class LocalServer:
             Route("/v1/realtime/client_secrets", self.create_client_secret, methods=["POST"]),
             Route("/v1/realtime/sessions", self.create_beta_session, methods=["POST"]),
             Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
+            WebSocketRoute("/v1/realtime", self.realtime_socket),
             Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
-        ], exception_handlers={HttpError: lambda request, exc: exc.response})
+            Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
+        ], exception_handlers={HttpError: lambda request, exc: exc.response, HTTPException: http_exception,
+                               Exception: server_error}, middleware=[
+            Middleware(CORSMiddleware, allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
+                       allow_methods=["GET", "POST", "OPTIONS"], allow_headers=CORS_HEADERS, expose_headers=["Location"]),
+        ])
 
     @property
     def url(self) -> str:
@@ -99,9 +173,26 @@ class LocalServer:
     def call_count(self) -> int:
         return len(self._calls)
 
+    def capabilities(self) -> dict:
+        """What answers on this server, for clients to show and check (also `GET /v1/koe/capabilities`):
+
+        {"reply_model": {"profile", "model", "size", "context_tokens", "offline"}, "reply_models": [same, per
+        bundled profile], "japanese_voices": [...]}. With a chat endpoint, reply_model is {"profile": None,
+        "model": its model name, "size": None, "context_tokens": None, "offline": False}. Instructions and
+        history beyond context_tokens (less the reply) are refused with a `context_length_exceeded` error.
+        """
+        if self.chat is not None:
+            reply = {"profile": None, "model": self.chat.endpoint.model, "size": None, "context_tokens": None,
+                     "offline": False}
+        else:
+            reply = self.reply_profile.describe()
+        return {"reply_model": reply, "reply_models": [profile.describe() for profile in PROFILES.values()],
+                "japanese_voices": list(JAPANESE_VOICES)}
+
     # -- running -------------------------------------------------------------------------------
     async def serve(self) -> None:
-        """Serve on the running loop until stopped."""
+        """Serve on the running loop (`self.loop` from then on) until stopped."""
+        self.loop = asyncio.get_running_loop()
         config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # the caller owns signals
@@ -130,11 +221,14 @@ class LocalServer:
     async def close_calls(self) -> None:
         for call_id in list(self._calls):
             await self._end_call(call_id)
+        for socket in list(self._sockets):
+            socket.close()
 
     async def models(self) -> LocalModels:
         async with self._models_lock:
             if self._models is None:
-                self._models = await asyncio.get_running_loop().run_in_executor(self._executor, get_models)
+                self._models = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, get_models, self.reply_profile.name)
         return self._models
 
     # -- endpoints -----------------------------------------------------------------------------
@@ -144,19 +238,18 @@ class LocalServer:
         settings = secret.settings if secret else SessionSettings()
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
-            form = await request.form()
-            offer = form.get("sdp")
-            offer = (await offer.read()).decode() if hasattr(offer, "read") else offer
-            session = form.get("session")
+            form = await self._form(request)
+            offer = await self._text(form.get("sdp"), "sdp")
+            session = await self._text(form.get("session"), "session")
+            await form.close()
             if session is not None:
-                session = (await session.read()).decode() if hasattr(session, "read") else session
-                settings = self._settings_from(session, "ga", settings)
+                settings = self._settings_from(self._object(session, "The session part"), "ga", settings)
         elif content_type.startswith("application/sdp"):
-            offer = (await self._body(request)).decode(errors="replace")
+            offer = await self._text(await self._body(request), "sdp")
         else:
             raise HttpError(error(400, "Content-Type must be application/sdp or multipart/form-data.",
                                   "invalid_content_type"))
-        return await self._answer(offer, "ga", settings)
+        return await self._answer(offer, "ga", settings, secret)
 
     async def create_beta_call(self, request: Request) -> Response:
         """Beta: `POST /v1/realtime?model=...` with the SDP offer and an ephemeral key."""
@@ -164,23 +257,22 @@ class LocalServer:
         model = request.query_params.get("model")
         if not model:
             raise HttpError(error(400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"))
-        settings = secret.settings if secret else SessionSettings(model=model)
+        self._check_model(model, "model")
+        settings = secret.settings if secret else SessionSettings(model=model)  # a beta model: a beta voice
         if settings.model != model:
             raise HttpError(error(400, f"The session was created for {settings.model}, not {model}.",
                                   "invalid_value", "model"))
-        offer = (await self._body(request)).decode(errors="replace")
-        return await self._answer(offer, "beta", settings)
+        offer = await self._text(await self._body(request), "sdp")
+        return await self._answer(offer, "beta", settings, secret)
 
     async def create_client_secret(self, request: Request) -> Response:
+        """GA: a key for one session, `{"expires_after": {"anchor": "created_at", "seconds": 10..7200},
+        "session": {...}}` (both optional) → `{"value": "ek_...", "expires_at", "session"}`."""
         self._authorize(request, ephemeral=False)
         body = await self._json(request)
-        expires = body.get("expires_after") or {}
-        seconds = expires.get("seconds", 600)
-        if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
-            raise HttpError(error(400, "expires_after.seconds must be an integer from 10 to 7200.",
-                                  "invalid_value", "expires_after.seconds"))
-        session = body.get("session") or {"type": "realtime"}
-        settings = self._settings_from(json.dumps(session), "ga", SessionSettings())
+        request_body = self._validated(ClientSecretRequest, body)
+        seconds = request_body.expires_after.seconds if request_body.expires_after else 600
+        settings = self._settings_from(body.get("session") or {"type": "realtime"}, "ga", SessionSettings())
         value, expires_at = self._mint(settings, seconds)
         return JSONResponse({"value": value, "expires_at": int(expires_at),
                              "session": {"object": "realtime.session", **settings.to_wire("ga")}})
@@ -188,39 +280,137 @@ class LocalServer:
     async def create_beta_session(self, request: Request) -> Response:
         self._authorize(request, ephemeral=False)
         body = await self._json(request)
-        model = body.get("model")
-        if not isinstance(model, str) or dialect_for_model(model) != "beta":
+        model = self._validated(BetaSessionRequest, body).model
+        if dialect_for_model(model) != "beta":
             raise HttpError(error(400, "model must name a realtime preview model, such as "
                                        "gpt-4o-realtime-preview-2024-12-17.", "invalid_value", "model"))
-        settings = self._settings_from(json.dumps(body), "beta", SessionSettings(model=model))
+        settings = self._settings_from(body, "beta", SessionSettings(model=model), prefix="")
         value, expires_at = self._mint(settings, BETA_KEY_TTL_S)
         return JSONResponse({"id": new_id("sess"), "object": "realtime.session", **settings.to_wire("beta"),
                              "client_secret": {"value": value, "expires_at": int(expires_at)}})
 
     async def hang_up(self, request: Request) -> Response:
-        self._authorize(request)
+        """Only the key that created the call, or the server's key, may end it: to any other key the
+        call does not exist."""
+        key = self._bearer(request)
         call_id = request.path_params["call_id"]
+        owner = self._owners.get(call_id)
+        if not (self._is_server_key(key) or (owner is not None and hmac.compare_digest(owner.encode(), key.encode()))):
+            if not key.startswith("ek_"):
+                raise HttpError(error(401, "Incorrect API key provided.", "invalid_api_key"))
+            raise HttpError(error(404, f"Call not found: {call_id}", "call_not_found"))
         if call_id not in self._calls:
             raise HttpError(error(404, f"Call not found: {call_id}", "call_not_found"))
         await self._end_call(call_id)
         return Response(status_code=200)
 
+    async def realtime_socket(self, websocket: WebSocket) -> None:
+        """`GET /v1/realtime?model=...` as a WebSocket: a session whose events and audio travel on it.
+
+        With `?call_id=rtc_...` instead, a sideband socket on a running WebRTC call: its events,
+        and client events into it (OpenAI's server-side control of a call).
+        """
+        offered = [p.strip() for p in websocket.scope.get("subprotocols", [])]
+        key = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), None)
+        try:
+            secret = self._authorize(websocket, key=key)
+            call_id = websocket.query_params.get("call_id")
+            if call_id:
+                if secret is not None:
+                    raise HttpError(error(403, "A sideband connection needs the server's key, not an ephemeral key.",
+                                          "invalid_api_key"))
+                if call_id not in self._calls:
+                    raise HttpError(error(404, f"Call not found: {call_id}", "call_not_found", "call_id"))
+                session = self._calls[call_id][1]
+            else:
+                session = None
+                settings, dialect = self._socket_settings(websocket, secret, offered)
+        except HttpError as exc:
+            await self._refuse(websocket, exc.response)
+            return
+        subprotocol = "realtime" if ("realtime" in offered or key is not None) else None
+        if session is None:
+            models = await self.models()
+        await websocket.accept(subprotocol=subprotocol)
+        transport = SocketTransport(websocket)
+        self._sockets.add(transport)
+        if session is None:
+            if secret is not None:  # a client secret starts one session
+                self._secrets.pop(secret.value, None)
+            session = self._new_session(dialect, settings, models, transport)
+            session.on_end = transport.close
+            session.start()
+            log.info("WebSocket session %s started (%s, %s)", session.id, dialect, settings.model)
+        else:
+            session.observe(transport)
+            log.info("sideband socket on call %s", call_id)
+        try:
+            async for message in transport.messages():
+                if transport.closed.is_set():
+                    break
+                session.handle(message)
+        finally:
+            self._sockets.discard(transport)
+            if session.transport is transport:
+                await session.close()
+            else:
+                session.unobserve(transport)
+            transport.close()
+            await transport.wait_closed()
+
+    def _socket_settings(self, websocket: WebSocket, secret: ClientSecret | None,
+                         offered: list[str]) -> tuple[SessionSettings, Dialect]:
+        """The new socket session's settings and dialect, from its key, `model` and beta markers."""
+        model = websocket.query_params.get("model")
+        if secret is None and not model:
+            raise HttpError(error(400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"))
+        model = secret.settings.model if secret is not None else model
+        self._check_model(model, "model")
+        beta_asked = "realtime=v1" in websocket.headers.get("openai-beta", "") or BETA_PROTOCOL in offered
+        dialect: Dialect = "beta" if beta_asked or dialect_for_model(model) == "beta" else "ga"
+        if secret is not None:
+            return secret.settings, dialect
+        # A GA model asked for in the beta dialect still starts with a beta voice.
+        return SessionSettings(model=model, **({"voice": BETA_VOICES[0]} if dialect == "beta" else {})), dialect
+
+    @staticmethod
+    async def _refuse(websocket: WebSocket, response: JSONResponse) -> None:
+        """Refuse a WebSocket before accepting it: the HTTP error itself where the server can send one."""
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(response)
+        else:
+            await websocket.close(code=1008)
+
     # -- calls ---------------------------------------------------------------------------------
-    async def _answer(self, offer: str | None, dialect: Dialect, settings: SessionSettings) -> Response:
-        if not offer or not offer.startswith("v=0") or "m=audio" not in offer:
-            raise HttpError(error(400, "The body must be an SDP offer with an audio m-line.", "invalid_offer", "sdp"))
+    def _new_session(self, dialect: Dialect, settings: SessionSettings, models: LocalModels,
+                     transport: DataChannelTransport | SocketTransport) -> LocalSession:
+        return LocalSession(dialect, settings, models, self._executor, transport, max_session_s=self.max_session_s,
+                            replies=self.chat)
+
+    async def _answer(self, offer: str | None, dialect: Dialect, settings: SessionSettings,
+                      secret: ClientSecret | None) -> Response:
+        """Answer a checked offer with a new call; `secret` (the key that asked) is spent by it."""
+        if not offer:
+            raise HttpError(error(400, "Missing required parameter: 'sdp' (the SDP offer).",
+                                  "missing_required_parameter", "sdp"))
+        try:
+            check_offer(offer)
+        except OfferError as exc:
+            raise HttpError(error(400, str(exc), "invalid_offer", "sdp")) from None
         models = await self.models()
         call_id = new_id("rtc")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = LocalSession(dialect, settings, models, self._executor, max_session_s=self.max_session_s,
-                               replies=self.chat)
+        transport = DataChannelTransport()
+        session = self._new_session(dialect, settings, models, transport)
         session.on_end = lambda: asyncio.ensure_future(self._end_call(call_id))
         self._calls[call_id] = (pc, session)
 
         @pc.on("datachannel")
         def on_channel(channel) -> None:
             if channel.label == "oai-events":
-                session.attach(channel)
+                transport.open(channel)
+                channel.on("message", session.handle)
+                session.start()
 
         @pc.on("track")
         def on_track(track) -> None:
@@ -229,71 +419,171 @@ class LocalServer:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected" and call_id in self._unconnected:
+                self._unconnected.pop(call_id).cancel()
             if pc.connectionState in ("failed", "closed"):
                 await self._end_call(call_id)
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-            pc.addTrack(session.reply_track)
+            pc.addTrack(transport.playback)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and friends on offers it cannot use
             await self._end_call(call_id)
             raise HttpError(error(400, f"The SDP offer could not be used: {exc}", "invalid_offer", "sdp")) from exc
+        if secret is not None:
+            self._secrets.pop(secret.value, None)
+            self._owners[call_id] = secret.value
+        self._unconnected[call_id] = asyncio.get_running_loop().call_later(
+            self.offer_timeout_s, lambda: asyncio.ensure_future(self._end_unconnected(call_id)))
         log.info("call %s started (%s, %s)", call_id, dialect, settings.model)
         return Response(pc.localDescription.sdp, status_code=201, media_type="application/sdp",
                         headers={"Location": f"/v1/realtime/calls/{call_id}"})
 
+    async def _end_unconnected(self, call_id: str) -> None:
+        """An answered offer whose peer never connected (the client went away): free what it holds."""
+        self._unconnected.pop(call_id, None)
+        if call_id in self._calls:
+            log.info("call %s: the peer did not connect within %.0f s; closing it", call_id, self.offer_timeout_s)
+            await self._end_call(call_id)
+
     async def _end_call(self, call_id: str) -> None:
+        timer = self._unconnected.pop(call_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._owners.pop(call_id, None)
         entry = self._calls.pop(call_id, None)
         if entry is None:
             return
         pc, session = entry
+        for socket in session.observers:  # its sideband sockets end with it
+            socket.close()
         await session.close()
         await pc.close()
         log.info("call %s ended", call_id)
 
     # -- request helpers -----------------------------------------------------------------------
-    def _authorize(self, request: Request, ephemeral: bool = True) -> ClientSecret | None:
-        """Check the bearer key: the server's own key, or (where allowed) a live client secret."""
+    @staticmethod
+    def _bearer(request: HTTPConnection) -> str:
         auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+    def _is_server_key(self, key: str) -> bool:
+        """The server's own key; on a server without one, any key but an ephemeral one."""
+        if self.api_key is None:
+            return not key.startswith("ek_")
+        return hmac.compare_digest(key.encode(), self.api_key.encode())
+
+    def _authorize(self, request: HTTPConnection, ephemeral: bool = True, key: str | None = None) -> ClientSecret | None:
+        """Check the key (the bearer header unless `key` is given, as a browser's WebSocket subprotocol
+        gives it): the server's own key (→ None), or where allowed a live, unspent client secret.
+        Raises HttpError 401 otherwise."""
+        if key is None:
+            key = self._bearer(request)
         now = time.time()
         self._secrets = {k: s for k, s in self._secrets.items() if s.expires_at > now}
-        if ephemeral and key in self._secrets:
-            return self._secrets[key]
-        if self.api_key is None or hmac.compare_digest(key.encode(), self.api_key.encode()):
+        if key.startswith("ek_"):
+            secret = self._secrets.get(key)
+            if secret is None:
+                raise HttpError(error(401, "The ephemeral key has expired or was already used; mint a new one.",
+                                      "invalid_api_key"))
+            if not ephemeral:
+                raise HttpError(error(401, "An ephemeral key cannot be used here; use the API key.",
+                                      "invalid_api_key"))
+            return secret
+        if self._is_server_key(key):
             return None
         raise HttpError(error(401, "Incorrect API key provided.", "invalid_api_key"))
 
     def _mint(self, settings: SessionSettings, ttl_s: int) -> tuple[str, float]:
         value = "ek_" + secrets.token_urlsafe(24)
         expires_at = time.time() + ttl_s
-        self._secrets[value] = ClientSecret(settings, expires_at)
+        self._secrets[value] = ClientSecret(value, settings, expires_at)
         return value, expires_at
 
-    def _settings_from(self, raw: str, dialect: Dialect, base: SessionSettings) -> SessionSettings:
+    def _settings_from(self, session: dict, dialect: Dialect, base: SessionSettings,
+                       prefix: str = "session") -> SessionSettings:
+        """The settings a new session starts with: `base` changed by a wire `session` object, checked
+        as session.update checks it, plus the model and voice this server serves. `prefix` is where
+        the object sits in the request, for `param`."""
+        self._validated(GaSession if dialect == "ga" else BetaSession, session, prefix)
+        if isinstance(session.get("model"), str):  # a new call may name its model
+            base = base.model_copy(update={"model": session["model"]})
+        self._check_model(base.model, ".".join(p for p in (prefix, "model") if p))
         try:
-            session = json.loads(raw)
-            if not isinstance(session, dict):
-                raise ValueError("the session must be a JSON object")
-            if isinstance(session.get("model"), str):  # a new call may name its model
-                base = base.model_copy(update={"model": session["model"]})
-            return base.merge_wire(dialect, session)
-        except (ValueError, SettingsError) as exc:
-            raise HttpError(error(400, f"Invalid session: {exc}", "invalid_value", "session")) from exc
+            settings = base.merge_wire(dialect, session)
+            validate_for_dialect(settings, dialect, JAPANESE_VOICES)
+        except SettingsError as exc:
+            param = ".".join(p for p in (prefix, wire_path(dialect, exc.field)) if p)
+            raise HttpError(error(400, f"Invalid value for '{param}': {exc.message}", "invalid_value", param)) from None
+        return settings
 
-    async def _body(self, request: Request) -> bytes:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HttpError(error(413, "The request body is too large.", "request_too_large"))
-        return body
+    @staticmethod
+    def _check_model(model: str, param: str) -> None:
+        if not served_model(model):
+            raise HttpError(error(400, f"The model '{model[:100]}' is not served here: use a gpt-realtime model or "
+                                       "gpt-4o(-mini)-realtime-preview-2024-12-17.", "invalid_value", param))
+
+    @staticmethod
+    def _validated(model: type[BaseModel], data: dict, prefix: str = "") -> BaseModel:
+        """`data` checked against one of koe.protocol.wire's request shapes (HttpError 400 in OpenAI's words)."""
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            refused = wire_error(exc, data, prefix)
+            raise HttpError(error(400, refused.message, refused.code, refused.param)) from None
+
+    @staticmethod
+    def _check_length(request: Request, limit: int) -> None:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise HttpError(error(413, f"The request body is too large (at most {limit // 1024} KB).",
+                                  "request_too_large"))
+
+    async def _body(self, request: Request, limit: int = MAX_BODY) -> bytes:
+        """The body, read no further than `limit` bytes (HttpError 413 beyond)."""
+        self._check_length(request, limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HttpError(error(413, f"The request body is too large (at most {limit // 1024} KB).",
+                                      "request_too_large"))
+        return bytes(body)
+
+    async def _form(self, request: Request) -> FormData:
+        """The multipart form (parts `sdp` and `session`), its whole body read within the limit first."""
+        body = await self._body(request, 2 * MAX_BODY)
+
+        async def stream():
+            yield body
+
+        try:
+            return await MultiPartParser(request.headers, stream(), max_files=2, max_fields=2,
+                                         max_part_size=MAX_BODY).parse()
+        except MultiPartException as exc:
+            raise HttpError(error(400, f"The multipart form could not be read: {exc.message}", "invalid_multipart")) \
+                from None
+
+    @staticmethod
+    async def _text(part: object, name: str) -> str | None:
+        """A body or form part as text: UTF-8 (HttpError 400 when it is not), None when absent."""
+        if part is None or isinstance(part, str):
+            return part
+        data = await part.read() if hasattr(part, "read") else part
+        try:
+            return bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HttpError(error(400, f"The '{name}' part is not valid UTF-8 (byte {exc.start}).", "invalid_encoding",
+                                  name)) from None
+
+    @staticmethod
+    def _object(text: str, what: str) -> dict:
+        try:
+            return loads_object(text, what)
+        except WireError as exc:
+            raise HttpError(error(400, exc.message, exc.code)) from None
 
     async def _json(self, request: Request) -> dict:
-        try:
-            body = json.loads(await self._body(request) or b"{}")
-        except ValueError as exc:
-            raise HttpError(error(400, f"We could not parse the JSON body of your request: {exc}",
-                                  "invalid_json")) from exc
-        if not isinstance(body, dict):
-            raise HttpError(error(400, "The JSON body must be an object.", "invalid_json"))
-        return body
+        body = await self._body(request)
+        return self._object(body or b"{}", "The request body")

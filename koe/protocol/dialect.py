@@ -1,8 +1,9 @@
 """The two Realtime dialects: GA (current) and beta (the Dec 2024 preview interface)."""
 
+import re
 from typing import Literal
 
-__all__ = ["BETA_MODELS", "BETA_VOICES", "GA_MODELS", "GA_VOICES", "Dialect", "dialect_for_model"]
+__all__ = ["BETA_MODELS", "BETA_VOICES", "GA_MODELS", "GA_VOICES", "Dialect", "dialect_for_model", "served_model"]
 
 Dialect = Literal["ga", "beta"]
 
@@ -19,6 +20,9 @@ BETA_MODELS: tuple[str, ...] = (
     "gpt-4o-mini-realtime-preview-2024-12-17",
 )
 
+# A dated snapshot (`gpt-realtime-2025-08-28`) or the undated alias of a dated preview model.
+_SNAPSHOT = re.compile(r"(?P<base>.+?)(-\d{4}-\d{2}-\d{2})?")
+
 BETA_VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse")
 GA_VOICES: tuple[str, ...] = (*BETA_VOICES, "marin", "cedar")
 
@@ -26,3 +30,11 @@ GA_VOICES: tuple[str, ...] = (*BETA_VOICES, "marin", "cedar")
 def dialect_for_model(model: str) -> Dialect:
     """Beta models are the `*-realtime-preview*` family; everything else (incl. dated snapshots) is GA."""
     return "beta" if "realtime-preview" in model else "ga"
+
+
+def served_model(model: str) -> bool:
+    """A model Koe speaks to: one of GA_MODELS or BETA_MODELS, a dated snapshot of one, or the undated
+    name of a beta model (`gpt-4o-realtime-preview`)."""
+    base = _SNAPSHOT.fullmatch(model)
+    bases = {_SNAPSHOT.fullmatch(name)["base"] for name in (*GA_MODELS, *BETA_MODELS)}
+    return model in GA_MODELS or model in BETA_MODELS or (base is not None and base["base"] in bases)

@@ -69,7 +69,8 @@ BetaAudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
 
 class NoiseReduction(_Wire):
-    type: Literal["near_field", "far_field"]
+    type: Literal["near_field", "far_field"] = None
+    strength: float = None  # GA; the local backend's denoiser has no strength to set
 
 
 class _StrictServerVad(ServerVad):
@@ -445,20 +446,21 @@ def _param(loc: tuple, data: Any, keep_last: bool) -> str:
     return out
 
 
+def _error_param(err: dict, data: Any) -> str:
+    loc, kind = tuple(err["loc"]), err["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, str((err.get("ctx") or {}).get("discriminator", "")).strip("'"))
+    return _param(loc, data, keep_last=kind in ("missing", "extra_forbidden", "union_tag_not_found"))
+
+
 def wire_error(exc: ValidationError, data: Any, prefix: str = "") -> WireError:
     """OpenAI's wording of the first thing wrong with `data` (the input that failed validation).
     `prefix` is the path of `data` in the request (`session`, `item`...)."""
     # The deepest error names the part that is wrong: when a union's members all fail, the member
     # that matched furthest holds it (an unknown key in {"id": ...}, not "expected a string").
-    errors = exc.errors(include_url=False)
-    err = max(errors, key=lambda e: len(_param(tuple(e["loc"]), data, keep_last=True).replace("[", ".[").split(".")))
+    err = max(exc.errors(include_url=False), key=lambda e: _error_param(e, data).replace("[", ".").count("."))
     kind, ctx = err["type"], err.get("ctx") or {}
-    discriminator = str(ctx.get("discriminator", "")).strip("'")
-    loc = tuple(err["loc"])
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        loc = (*loc, discriminator)
-    param = _param(loc, data, keep_last=kind in ("missing", "extra_forbidden", "union_tag_not_found"))
-    param = ".".join(p for p in (prefix, param) if p).replace(".[", "[")
+    param = ".".join(p for p in (prefix, _error_param(err, data)) if p).replace(".[", "[")
     value = err.get("input")
     if kind == "extra_forbidden":
         return WireError("unknown_parameter", f"Unknown parameter: '{param}'.", param)
