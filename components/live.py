@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from koe.access import Visitor
+from koe.export import escape_markdown
 from koe.limits import start_of_day
 from koe.loop_watch import LoopWatch
 from koe.relay import Relay
@@ -37,7 +38,7 @@ def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None
     else:
         st.info(text)
     if status.notice:
-        st.warning(f"The backend says: {status.notice}")
+        st.warning(f"The backend says: {escape_markdown(status.notice)}")
     left, right = st.columns(2)
     with left:
         _meter("🎙️ You", status.input_dbfs if status.state == "live" else -100)
@@ -91,6 +92,8 @@ def transcript(store: SessionStore) -> None:
     # A static table: long replies wrap, and it costs the browser little to redraw.
     shown = table.drop(columns=["item_id"]).rename(columns={"latency_ms": "reply latency (ms)"})
     shown["time"] = shown["time"].dt.strftime("%H:%M:%S")
+    # st.table renders Markdown in its cells: what was said is escaped, so it shows as text.
+    shown["text"] = shown["text"].map(escape_markdown)
     st.table(shown)
     if len(usage):
         tokens = int(usage[["input_text_tokens", "input_audio_tokens", "output_text_tokens",

@@ -13,7 +13,7 @@ from streamlit_webrtc.eventloop import get_global_event_loop
 from koe.access import Backoff, Passes
 from koe.client import Backend
 from koe.config import Config, load_config
-from koe.ice import browser_ice_servers, server_ice_servers
+from koe.ice import bound_gathering, browser_ice_servers, server_ice_servers
 from koe.limits import Ledger, Limiter
 from koe.local import LocalServer
 from koe.local.stages.models import warm
@@ -92,22 +92,24 @@ def backoff() -> Backoff:
 
 
 @st.cache_resource(show_spinner=False)
-def local_server() -> LocalServer:
-    """The embedded offline backend: one per process, models loaded once in the background."""
-    threading.Thread(target=warm, name="koe-warm", daemon=True).start()
+def local_server(reply_model: str | None = None) -> LocalServer:
+    """The embedded offline backend: one per process and reply-model profile (None: $KOE_REPLY_MODEL, else
+    "default"), models loaded once in the background (the speech models are shared)."""
+    threading.Thread(target=warm, kwargs={"reply_model": reply_model}, name="koe-warm", daemon=True).start()
     backend = config().backend
     key = backend.chat_api_key.get_secret_value() if backend.chat_api_key else None
     return LocalServer(port=0, chat_base_url=backend.chat_base_url, chat_model=backend.chat_model,
-                       chat_api_key=key).start()
+                       chat_api_key=key, reply_model=reply_model).start()
 
 
-def local_backend() -> Backend:
-    """`KOE_LOCAL_URL` (a `python -m koe.local` elsewhere) when set, else the embedded server."""
+def local_backend(reply_model: str | None = None) -> Backend:
+    """`KOE_LOCAL_URL` (a `python -m koe.local` elsewhere) when set, else the embedded server answering
+    with the bundled `reply_model` profile."""
     backend = config().backend
     if backend.local_url:
         key = backend.local_api_key.get_secret_value() if backend.local_api_key else None
         return Backend(backend.local_url, api_key=key)
-    return Backend(local_server().url)
+    return Backend(local_server(reply_model).url)
 
 
 def openai_backend() -> Backend | None:
@@ -142,4 +144,5 @@ def ice_servers(visitor_id: str) -> tuple[list[dict], list[dict]]:
     are in the server's list only."""
     provided = _provider_ice_servers()
     ice = config().ice
+    bound_gathering(ice.gather_timeout_s)  # before any peer gathers: STUN never holds START up for long
     return browser_ice_servers(ice, visitor_id, provided), server_ice_servers(ice, visitor_id, provided)

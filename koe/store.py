@@ -41,6 +41,7 @@ from sqlalchemy import Connection, Engine, case, delete, exists, func, insert, o
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from koe.db import casefold, conversations, events, items, open_database, store_owners, upsert, usage, write_transaction
+from koe.export import SETTINGS_EVENTS, Format, export
 from koe.pricing import cost_usd, token_counts
 from koe.protocol import new_id, parse_server_event
 from koe.transcript import Row, Transcript
@@ -75,6 +76,8 @@ _c, _i, _u = conversations.c, items.c, usage.c
 _CONVERSATION = select(
     _c.id, _c.started_at, _c.ended_at, _c.end_reason, _c.backend, _c.model, _c.dialect, _c.settings, _c.visitor,
     _c.title,
+    select(_i.text).where(_i.conversation_id == _c.id, _i.role.in_(("user", "assistant")), func.trim(_i.text) != "")
+    .order_by(_i.position).limit(1).scalar_subquery().label("first_text"),
     select(func.count()).where(_i.conversation_id == _c.id, _i.role.in_(("user", "assistant")))
     .scalar_subquery().label("turns"),
     select(func.coalesce(func.sum(_u.cost_usd), 0.0)).where(_u.conversation_id == _c.id)
@@ -490,7 +493,7 @@ class SessionStore:
 
     def conversation(self, conversation_id: str) -> dict[str, Any] | None:
         """Metadata (id, started_at, ended_at, end_reason, backend, model, dialect, settings, visitor,
-        title, turns, cost_usd), or None."""
+        title, first_text (the first words said, or None), turns, cost_usd), or None."""
         with self._read() as conn:
             found = conn.execute(_CONVERSATION.where(_c.id == conversation_id)).first()
         return self._conversation_dict(found) if found is not None else None
@@ -603,36 +606,10 @@ class SessionStore:
         return found if found is not None else 0
 
     # -- exports -------------------------------------------------------------------------------------
-    def export(self, conversation_id: str, fmt: Literal["csv", "json", "markdown"]) -> str:
-        """The conversation as CSV (the transcript table), JSON (metadata, transcript, usage) or Markdown."""
+    def export(self, conversation_id: str, fmt: Format) -> str:
+        """The conversation as CSV, JSON or Markdown (koe.export formats it); KeyError if unknown."""
         meta = self.conversation(conversation_id)
         if meta is None:
             raise KeyError(conversation_id)
-        transcript = self.transcript(conversation_id)
-        if fmt == "csv":
-            return transcript.to_csv(index=False)
-        if fmt == "json":
-            records = {"conversation": meta,
-                       "transcript": json.loads(transcript.to_json(orient="records", date_format="iso")),
-                       "usage": json.loads(self.usage(conversation_id).to_json(orient="records", date_format="iso"))}
-            return json.dumps(records, ensure_ascii=False, indent=2)
-        if fmt == "markdown":
-            return _markdown(meta, transcript)
-        raise ValueError(f"unknown export format {fmt!r}: use csv, json or markdown")
-
-
-def _markdown(meta: dict[str, Any], transcript: pd.DataFrame) -> str:
-    def when(seconds: float | None) -> str:
-        return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S") if seconds is not None else "—"
-
-    ended = when(meta["ended_at"]) + (f" ({meta['end_reason']})" if meta["end_reason"] else "")
-    lines = [
-        f"# {meta['title'] or 'Conversation'} — {when(meta['started_at'])}",
-        f"- Started: {when(meta['started_at'])}\n- Ended: {ended}\n"
-        f"- Backend: {meta['backend']} · model {meta['model']} ({meta['dialect']})\n"
-        f"- Turns: {meta['turns']} · cost ${meta['cost_usd']:.4f}",
-    ]
-    for row in transcript.itertuples(index=False):
-        note = f" _({row.status})_" if row.status != "final" else ""
-        lines.append(f"**{row.speaker}:** {row.text}{note}")
-    return "\n\n".join(lines) + "\n"
+        return export(fmt, meta, self.transcript(conversation_id), self.usage(conversation_id),
+                      self.events(conversation_id, types=list(SETTINGS_EVENTS)))
