@@ -174,8 +174,10 @@ class Limiter:
         self.limits, self.ledger = limits, ledger
         self._clock, self._wall_clock, self._refresh_s = clock, wall_clock, refresh_s
         self._lock = threading.Lock()
+        self._counting = threading.Condition(self._lock)  # notified as queued spends get counted
         self._active = 0
         self._day, self._spent = start_of_day(wall_clock()), 0.0  # the day's spend as last counted
+        self._pending = 0  # spends queued, not yet counted in the ledger
         self._spends: queue.Queue[tuple[float, float] | None] = queue.Queue(SPEND_QUEUE)
         self._thread = threading.Thread(target=self._run, name="koe-ledger", daemon=True)
         self._thread.start()
@@ -208,10 +210,17 @@ class Limiter:
         with self._lock:
             if day == self._day:
                 self._spent += usd
+            self._pending += 1
         try:
             self._spends.put_nowait((day, usd))
         except queue.Full:  # only a database stalled for a thousand replies gets here
             log.error("the limits' ledger is stalled: $%.4f not counted", usd)
+            self._counted_one()
+
+    def _counted_one(self) -> None:
+        with self._counting:
+            self._pending -= 1
+            self._counting.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -219,24 +228,23 @@ class Limiter:
                 item = self._spends.get(timeout=self._refresh_s)
             except queue.Empty:
                 item = ()
+            if item is None:
+                return
             try:
                 if item:
                     self._counted(item[0], self.ledger.add(SPENT, item[0], item[1]))
-                elif item == () and self._active:
+                elif self._active:
                     self.refresh()
             except SQLAlchemyError as exc:
                 log.error("the limits' ledger could not count: %s", type(exc).__name__)
             finally:
-                if item != ():
-                    self._spends.task_done()
-            if item is None:
-                return
+                if item:
+                    self._counted_one()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every spend so far is counted in the ledger; False if that took over `timeout_s`."""
-        done = threading.Event()
-        threading.Thread(target=lambda: (self._spends.join(), done.set()), daemon=True).start()
-        return done.wait(timeout_s)
+        with self._counting:
+            return self._counting.wait_for(lambda: self._pending <= 0, timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Count what is queued, then stop the limiter's thread. Idempotent."""
@@ -254,6 +262,7 @@ class Limiter:
                                    "try again in a few minutes")
             self._active += 1  # held while the database decides; given back if it refuses
         try:
+            self.flush()  # this server's own spends first, then everyone's
             if limits.max_daily_cost_usd and self.refresh() >= limits.max_daily_cost_usd:
                 raise LimitReached(f"today's ${limits.max_daily_cost_usd:.2f} budget for this demo is spent: "
                                    "try again tomorrow")

@@ -74,7 +74,8 @@ def speech(models):
 
 @pytest.fixture(scope="session")
 def local_server(models):
-    server = LocalServer(port=0, api_key=LOCAL_KEY, models=models).start()
+    # No capacity limit: tests share it and may leave a call closing; tests/test_admission.py sets one.
+    server = LocalServer(port=0, api_key=LOCAL_KEY, models=models, max_calls=0).start()
     yield server
     server.stop()
 
