@@ -68,3 +68,88 @@ def test_function_call_events_match_openai_types(dialect: str) -> None:
         assert check_server_event(event, dialect) is None, check_server_event(event, dialect)
         parsed = parse_server_event(event)
         assert parsed.type == event["type"] and type(parsed).__name__ != "UnknownServerEvent"
+
+
+# -- the registry and the built-ins ----------------------------------------------------------------
+from datetime import datetime  # noqa: E402
+from typing import Annotated  # noqa: E402
+from zoneinfo import ZoneInfo  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from koe.store import SessionStore  # noqa: E402
+from koe.tools import ToolArgumentsError, ToolContext, ToolRegistry, default_registry  # noqa: E402
+
+
+def test_the_schema_comes_from_the_signature_and_arguments_are_validated() -> None:
+    registry = ToolRegistry()
+
+    @registry.register
+    def book_table(people: Annotated[int, Field(ge=1, le=12, description="How many")], day: str,
+                   context: ToolContext, window: bool = False) -> str:
+        """Book a table.
+
+        More words the model does not need."""
+        return f"{people} on {day} for {context.visitor}"
+
+    declared = registry.declarations()[0]
+    assert declared.description == "Book a table."
+    assert declared.parameters == {"type": "object", "additionalProperties": False, "required": ["people", "day"],
+                                   "properties": {"people": {"type": "integer", "minimum": 1, "maximum": 12,
+                                                             "description": "How many"},
+                                                  "day": {"type": "string"},
+                                                  "window": {"type": "boolean", "default": False}}}
+    entry = registry.get("book_table")
+    assert entry.call(entry.parse('{"people": 2, "day": "Friday"}'), ToolContext(visitor="v1")) == "2 on Friday for v1"
+    for bad, says in (('{"people": 0, "day": "x"}', "people: Input should be greater than or equal to 1"),
+                      ('{"day": "x"}', "people: Field required"), ('{"people": 2, "day": "x", "dog": 1}', "dog"),
+                      ("{not json", "not valid JSON")):
+        with pytest.raises(ToolArgumentsError, match=says):
+            entry.parse(bad)
+    with pytest.raises(TypeError, match="docstring"):
+        registry.register(lambda x: x)
+
+
+def test_builtins(tmp_path) -> None:
+    registry = default_registry()
+    now = registry.get("current_time")
+    got = now.call(now.parse("{}"), ToolContext(timezone="Asia/Tokyo"))
+    assert got["timezone"] == "Asia/Tokyo" and datetime.fromisoformat(got["iso"]).utcoffset().total_seconds() == 9 * 3600
+    assert abs(datetime.fromisoformat(got["iso"]) - datetime.now(ZoneInfo("UTC"))).total_seconds() < 60
+    with pytest.raises(ValueError, match="unknown time zone"):
+        now.call(now.parse('{"timezone": "Mars/Olympus"}'), ToolContext())
+
+    calc = registry.get("calculate")
+    assert calc.call(calc.parse('{"expression": "(17 + 4) * 3 / 2"}'), ToolContext())["result"] == 31.5
+    assert calc.call({"expression": "2 ** 10 + sqrt(16)"}, ToolContext())["result"] == 1028
+    for refused in ("__import__('os').system('true')", "().__class__", "9 ** 9 ** 9", "1 / 0", "'a' * 3"):
+        with pytest.raises(ValueError):
+            calc.call({"expression": refused}, ToolContext())
+
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    try:
+        for visitor, said in (("alice", "my cat is called Miso"), ("bob", "my cat is called Secret")):
+            cid = store.start_conversation(backend="local", model="gpt-realtime", dialect="ga", settings={},
+                                           visitor=visitor)
+            store.record_event(cid, "server", {"type": "conversation.item.added", "previous_item_id": None, "item": {
+                "id": "item_" + visitor, "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": said}]}})
+        store.flush()
+        search = registry.get("search_history")
+        found = search.call(search.parse('{"query": "CAT"}'), ToolContext(visitor="alice", store=store))
+        lines = [line["text"] for c in found["conversations"] for line in c["lines"]]
+        assert lines == ["my cat is called Miso"]  # bob's conversation stays bob's
+        assert search.call({"query": "", "limit": 3}, ToolContext(visitor="carol", store=store)) == {"conversations": []}
+    finally:
+        store.close()
+
+
+def test_a_module_dropped_into_the_tools_folder_is_picked_up(tmp_path) -> None:
+    (tmp_path / "weather.py").write_text(
+        "from koe.tools import tool\n\n@tool\ndef weather(city: str) -> str:\n"
+        "    '''The weather in a city.'''\n    return f'sunny in {city}'\n")
+    (tmp_path / "broken.py").write_text("import nonexistent_module_xyz\n")
+    registry = default_registry(str(tmp_path))
+    assert registry.get("weather").call({"city": "Kyoto"}, ToolContext()) == "sunny in Kyoto"
+    assert "nonexistent_module_xyz" in registry.load_errors[str(tmp_path / "broken.py")]
+    assert {"current_time", "calculate", "search_history", "weather"} <= set(registry.names())
