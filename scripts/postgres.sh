@@ -6,7 +6,8 @@
 # As root (CI), initdb and pg_ctl run as the `postgres` user: PostgreSQL refuses to run as root.
 set -euo pipefail
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Run from the cluster's dir: the postgres user may not be allowed into the caller's working directory.
+as_owner() { if [ "$(id -u)" = 0 ]; then (cd "$dir" && runuser -u postgres -- "$@"); else "$@"; fi; }
 case "${1:-}" in
 start)
   if [ -z "$(pg_bin)" ]; then
@@ -27,6 +28,7 @@ start)
 stop)
   dir=${2:?the cluster dir printed by start}
   as_owner "$(pg_bin)/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null || true
+  cd /
   rm -rf "$dir"
   ;;
 *)
