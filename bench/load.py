@@ -150,16 +150,18 @@ async def run_level(url: str, pid: int, speech: list[np.ndarray], n: int, turns:
 
 def report(levels: list[Level], max_calls: str) -> None:
     print(f"\nkoe.local, capacity {max_calls}, {os.cpu_count()} cores (shared machine: noisy figures)")
-    print(f"{'N':>3} {'refused':>7} {'failed':>6} {'turns':>5} {'p50 ms':>7} {'p95 ms':>7} {'late':>6} "
+    print(f"{'N':>3} {'refused':>7} {'failed':>6} {'turns':>5} {'p50 ms':>7} {'× N=1':>6} {'p95 ms':>7} {'late':>6} "
           f"{'vs N=1':>7} {'CPU cores':>9} {'peak MB':>8}")
     base = levels[0].late if levels else 0.0
+    base_p50 = statistics.median(levels[0].latencies_s) * 1000 if levels and levels[0].latencies_s else float("nan")
     degraded = None
     for level in levels:
         lat = level.latencies_s
         p50 = statistics.median(lat) * 1000 if lat else float("nan")
         p95 = percentile(lat, 0.95) * 1000 if lat else float("nan")
-        print(f"{level.callers:>3} {level.refused:>7} {level.failed:>6} {len(lat):>5} {p50:>7.0f} {p95:>7.0f} "
-              f"{level.late:>6.1%} {level.late - base:>+7.1%} {level.cpu_cores:>9.2f} {level.peak_rss_mb:>8.0f}")
+        print(f"{level.callers:>3} {level.refused:>7} {level.failed:>6} {len(lat):>5} {p50:>7.0f} {p50 / base_p50:>6.2f} "
+              f"{p95:>7.0f} {level.late:>6.1%} {level.late - base:>+7.1%} {level.cpu_cores:>9.2f} "
+              f"{level.peak_rss_mb:>8.0f}")
         if degraded is None and lat and (p50 > 1500 or level.late - base > 0.05):
             degraded = level.callers
     print(f"degrades at N = {degraded}" if degraded else "no degradation within the ramp "
