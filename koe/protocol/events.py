@@ -30,6 +30,7 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "EventError",
+    "InputAudioBufferAppend",
     "InputAudioBufferClear",
     "InputAudioBufferCleared",
     "InputAudioBufferCommit",
@@ -42,6 +43,7 @@ __all__ = [
     "OutputAudioBufferStarted",
     "OutputAudioBufferStopped",
     "RateLimitsUpdated",
+    "ResponseAudioDelta",
     "ResponseAudioDone",
     "ResponseAudioTranscriptDelta",
     "ResponseAudioTranscriptDone",
@@ -51,6 +53,7 @@ __all__ = [
     "ResponseCreate",
     "ResponseCreated",
     "ResponseDone",
+    "ResponseOutputAudioDelta",
     "ResponseOutputAudioDone",
     "ResponseOutputAudioTranscriptDelta",
     "ResponseOutputAudioTranscriptDone",
@@ -116,6 +119,13 @@ class ClientEvent(Event):
 class SessionUpdate(ClientEvent):
     type: Literal["session.update"] = "session.update"
     session: dict[str, Any]
+
+
+class InputAudioBufferAppend(ClientEvent):
+    """Audio in over a WebSocket: base64 bytes in the session's input format."""
+
+    type: Literal["input_audio_buffer.append"] = "input_audio_buffer.append"
+    audio: str
 
 
 class InputAudioBufferCommit(ClientEvent):
@@ -371,6 +381,16 @@ class ResponseTextDone(_TextDoneEvent):  # beta
     type: Literal["response.text.done"] = "response.text.done"
 
 
+class ResponseOutputAudioDelta(_DeltaEvent):
+    """Reply audio over a WebSocket: base64 bytes in the session's output format."""
+
+    type: Literal["response.output_audio.delta"] = "response.output_audio.delta"
+
+
+class ResponseAudioDelta(_DeltaEvent):  # beta
+    type: Literal["response.audio.delta"] = "response.audio.delta"
+
+
 class ResponseOutputAudioDone(_PartEvent):
     type: Literal["response.output_audio.done"] = "response.output_audio.done"
 
@@ -497,6 +517,7 @@ _GA_TO_BETA: dict[str, str | None] = {
     "response.output_audio_transcript.done": "response.audio_transcript.done",
     "response.output_text.delta": "response.text.delta",
     "response.output_text.done": "response.text.done",
+    "response.output_audio.delta": "response.audio.delta",
     "response.output_audio.done": "response.audio.done",
 }
 

@@ -8,11 +8,12 @@ import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from koe.protocol.dialect import BETA_VOICES, GA_VOICES, Dialect
 
 __all__ = [
+    "AudioFormat",
     "SemanticVad",
     "ServerVad",
     "SessionSettings",
@@ -93,6 +94,29 @@ class SemanticVad(_Settings):
 TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 _VADS: dict[str, type[_Settings]] = {"server_vad": ServerVad, "semantic_vad": SemanticVad}
 
+# Audio on a WebSocket (WebRTC carries Opus and leaves these unset). Internally the beta names;
+# GA writes them as objects: pcm16 = {"type": "audio/pcm", "rate": 24000} (24 kHz is the only rate).
+AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
+_GA_FORMATS: dict[str, str] = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
+PCM_RATE = 24_000
+
+
+def _encode_format(fmt: str, dialect: Dialect) -> Any:
+    if dialect == "beta":
+        return fmt
+    return {"type": "audio/pcm", "rate": PCM_RATE} if fmt == "pcm16" else {"type": _GA_FORMATS[fmt]}
+
+
+def _decode_format(v: Any) -> Any:
+    """A GA format object as its beta name; anything else is left for validation to refuse."""
+    if not isinstance(v, dict):
+        return v
+    name = next((k for k, t in _GA_FORMATS.items() if t == v.get("type")), v.get("type"))
+    if name == "pcm16" and v.get("rate", PCM_RATE) != PCM_RATE:
+        raise SettingsError("audio.format.rate", f"must be {PCM_RATE} (got {v.get('rate')!r})")
+    return name
+
+
 # Where each setting lives on the wire. Missing from a table = not part of that dialect.
 _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
     "ga": {
@@ -105,6 +129,8 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "voice": ("audio", "output", "voice"),
         "speed": ("audio", "output", "speed"),
         "max_output_tokens": ("max_output_tokens",),
+        "input_audio_format": ("audio", "input", "format"),
+        "output_audio_format": ("audio", "output", "format"),
     },
     "beta": {
         "model": ("model",),
@@ -117,6 +143,8 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "turn_detection": ("turn_detection",),
         "max_output_tokens": ("max_response_output_tokens",),
         "temperature": ("temperature",),
+        "input_audio_format": ("input_audio_format",),
+        "output_audio_format": ("output_audio_format",),
     },
 }
 
@@ -132,6 +160,17 @@ class SessionSettings(_Settings):
     turn_detection: TurnDetection | None = Field(default_factory=ServerVad)
     max_output_tokens: int | Literal["inf"] = "inf"
     temperature: float | None = Field(None, ge=0.6, le=1.2)  # beta only
+    # WebSocket audio; None = unset (WebRTC, or the default pcm16 at 24 kHz): then left off the wire.
+    input_audio_format: AudioFormat | None = None
+    output_audio_format: AudioFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dialect_voice(cls, data: Any) -> Any:
+        # The default voice is marin, which only GA has: a beta session starts with alloy.
+        if isinstance(data, dict) and "voice" not in data and "realtime-preview" in str(data.get("model", "")):
+            return {**data, "voice": BETA_VOICES[0]}
+        return data
 
     @field_validator("voice")
     @classmethod
@@ -161,7 +200,7 @@ class SessionSettings(_Settings):
         wanted = names if only is None else only - {"model"}
         out: dict[str, Any] = {"type": "realtime"} if dialect == "ga" else {}
         for name, path in _PATHS[dialect].items():
-            if name in wanted and not (name == "temperature" and self.temperature is None):
+            if name in wanted and not (name in _UNSET_OFF_WIRE and getattr(self, name) is None):
                 _put(out, path, self._encode(name, dialect))
         return out
 
@@ -175,6 +214,8 @@ class SessionSettings(_Settings):
             return {k: v for k, v in self.transcription.model_dump().items() if v not in (None, "")}
         if name == "noise_reduction" and self.noise_reduction is not None:
             return {"type": self.noise_reduction}
+        if name in ("input_audio_format", "output_audio_format"):
+            return _encode_format(getattr(self, name), dialect)
         if name == "turn_detection" and self.turn_detection is not None:
             exclude = {"idle_timeout_ms"} if dialect == "beta" else set()
             return self.turn_detection.model_dump(exclude_none=True, exclude=exclude)
@@ -198,6 +239,9 @@ class SessionSettings(_Settings):
         if values.get("model", self.model) != self.model:
             raise SettingsError("model", f"cannot change mid-session (got {values['model']!r})")
         return _build(self.model_dump(), values)
+
+
+_UNSET_OFF_WIRE = frozenset({"temperature", "input_audio_format", "output_audio_format"})
 
 
 def _build(base: dict[str, Any], values: dict[str, Any]) -> SessionSettings:
@@ -240,6 +284,8 @@ def _decode(dialect: Dialect, session: dict[str, Any]) -> dict[str, Any]:
             v = "audio" if "audio" in v else "text"
         elif name == "transcription":
             v = _known(TranscriptionSettings, v)
+        elif name in ("input_audio_format", "output_audio_format"):
+            v = _decode_format(v)
         elif name == "noise_reduction" and isinstance(v, dict):
             v = v.get("type")
         elif name == "turn_detection" and isinstance(v, dict) and v.get("type") in _VADS:
