@@ -90,6 +90,20 @@ async def played(user: SimulatedUser, sample: int) -> float:
     return time.monotonic()
 
 
+async def first_reply_voice(user: SimulatedUser, since: int, end: float, timeout_s: float = 20.0) -> float | None:
+    """When the reply to the user's last words became audible at the caller: the first voiced frame after
+    the first `output_audio_buffer.started` that no later speech interrupted (a reply to a fragment cut
+    off mid-sentence is interrupted when the speaker goes on, and does not count)."""
+    while time.monotonic() < end + timeout_s:
+        turn = user.events[since:]
+        last_start = max((t for t, e in turn if e.type == "input_audio_buffer.speech_started"), default=end)
+        started = [t for t, e in turn if e.type == "output_audio_buffer.started" and t > last_start]
+        if started and (voice := user.first_voice_after(started[0])) is not None:
+            return voice
+        await asyncio.sleep(0.02)
+    return None
+
+
 async def settle(user: SimulatedUser, timeout_s: float = 30.0) -> None:
     """Wait until no reply is in progress, then drop any reply audio still playing."""
     deadline = time.monotonic() + timeout_s
@@ -106,10 +120,7 @@ async def one_turn(user: SimulatedUser, utterance: Utterance, timings: TimingsCo
     await user.mic.write(utterance.audio)
     end = await played(user, base + utterance.audio.size)
     stops = [t for t, e in user.events[events_before:] if e.type == "input_audio_buffer.speech_stopped"]
-    first_voice, deadline = None, end + 15.0
-    while first_voice is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-        first_voice = user.first_voice_after(end)
+    first_voice = await first_reply_voice(user, events_before, end)
     if first_voice is not None:  # measured: stop the reply so the next turn starts at once
         await user.connection.send({"type": "response.cancel"})
     await settle(user)
