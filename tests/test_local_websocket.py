@@ -13,10 +13,11 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from openai import AsyncOpenAI
 
 from conftest import LOCAL_KEY
-from koe.audio import RATE, resample, rms_dbfs
+from koe.audio import RATE, PcmQueueTrack, frame_to_mono, frames, resample, rms_dbfs
 from koe.client import Backend
 from koe.client.simulated_user import SimulatedUser
 from koe.local.wire_audio import decode, encode
@@ -171,3 +172,107 @@ async def test_cors_lets_a_page_on_another_origin_call(local_server):
                                  headers={"Origin": origin, "Authorization": f"Bearer {LOCAL_KEY}"})
         assert secret.headers["access-control-allow-origin"] in ("*", origin)
         assert "location" in secret.headers["access-control-expose-headers"].lower()
+
+
+async def test_the_openai_sdk_places_a_webrtc_call_and_hangs_up(local_server, speech):
+    """`client.realtime.calls.create` carries the offer and session; an aiortc peer talks; `calls.hangup` ends it."""
+    openai = client(local_server)
+    mic = PcmQueueTrack(capacity_ms=60_000)
+    heard: list[np.ndarray] = []
+    events: list[dict] = []
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(mic)
+    channel = pc.createDataChannel("oai-events")
+    channel.on("message", lambda message: events.append(json.loads(message)))
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        async def read() -> None:
+            async for frame in frames(track):
+                heard.append(frame_to_mono(frame))
+        asyncio.ensure_future(read())
+
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await openai.realtime.calls.with_raw_response.create(sdp=pc.localDescription.sdp, session={
+        "type": "realtime", "model": GA, "instructions": "Answer briefly.",
+        "audio": {"input": {"transcription": {"model": "whisper-1"}}, "output": {"voice": "alloy"}}})
+    call_id = answer.headers["location"].rsplit("/", 1)[-1]
+    assert call_id.startswith("rtc_")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.text, type="answer"))
+
+    async def seen(type_: str, timeout_s: float) -> dict:
+        for _ in range(int(timeout_s * 20)):
+            found = next((e for e in events if e["type"] == type_), None)
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no {type_}; saw {[e['type'] for e in events][-10:]}")
+
+    try:
+        await seen("session.created", 20)
+        await mic.write(speech(QUESTION))
+        await mic.write(np.zeros(RATE, np.int16))
+        done = await seen("response.done", 90)
+        await seen("output_audio_buffer.stopped", 60)
+        assert done["response"]["status"] == "completed"
+        assert "count" in (await seen("conversation.item.input_audio_transcription.completed", 10))["transcript"].lower()
+        assert rms_dbfs(np.concatenate(heard)) > -45
+        await openai.realtime.calls.hangup(call_id)
+        for _ in range(100):
+            if local_server.call_count == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert local_server.call_count == 0
+    finally:
+        await pc.close()
+
+
+async def test_session_update_naming_the_model(local_server):
+    """The session's own model is no change; another is refused with an error naming it (OpenAI:
+    `model` cannot be updated), and the session is left as it was."""
+    seen: list = []
+    async with client(local_server).realtime.connect(model=GA) as connection:
+        await connection.session.update(session={"type": "realtime", "model": GA, "instructions": "Be brief."})
+        updated = await until(connection, "session.updated", seen, 10)
+        assert updated.session.instructions == "Be brief." and updated.session.model == GA
+        await connection.send({"type": "session.update", "event_id": "event_other_model",
+                               "session": {"type": "realtime", "model": "gpt-realtime-mini", "instructions": "x"}})
+        refused = await until(connection, "error", seen, 10)
+        assert refused.error.event_id == "event_other_model" and "model" in refused.error.message
+        await connection.session.update(session={"type": "realtime"})
+        assert (await until(connection, "session.updated", seen, 10)).session.instructions == "Be brief."
+
+
+async def test_items_can_be_retrieved_truncated_and_deleted(local_server):
+    """Item operations in both dialects, each answer checked against the SDK's types."""
+    for model in (GA, BETA):
+        seen: list = []
+        openai = client(local_server)
+        manager = openai.realtime.connect(model=model) if model == GA else openai.beta.realtime.connect(model=model)
+        async with manager as connection:
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a story."}]})
+            await connection.response.create()
+            await until(connection, "response.created", seen, 30)
+            await connection.response.cancel()
+            done = await until(connection, "response.done", seen, 30)
+            assert done.response.status == "cancelled"
+            item = done.response.output[0]
+            assert item.status == "incomplete"  # the same status wherever the cut-short item appears
+            finished = next(e for e in seen if e.type == "response.output_item.done")
+            assert finished.item.status == "incomplete"
+            await connection.conversation.item.retrieve(item_id=item.id)
+            assert (await until(connection, "conversation.item.retrieved", seen, 10)).item.status == "incomplete"
+            await connection.conversation.item.truncate(item_id=item.id, content_index=0, audio_end_ms=0)
+            await until(connection, "conversation.item.truncated", seen, 10)
+            await connection.conversation.item.delete(item_id=item.id)
+            await until(connection, "conversation.item.deleted", seen, 10)
+            await connection.input_audio_buffer.clear()
+            await until(connection, "input_audio_buffer.cleared", seen, 10)
+
+
+async def test_a_beta_webrtc_session_starts_with_a_beta_voice(local_server):
+    async with httpx.AsyncClient(base_url=local_server.url) as http:
+        minted = await http.post("/v1/realtime/sessions", json={"model": BETA},
+                                 headers={"Authorization": f"Bearer {LOCAL_KEY}"})
+    assert minted.json()["voice"] == "alloy"

@@ -219,3 +219,18 @@ def test_the_events_page_shows_how_long_each_turn_waited_after_the_user_stopped(
     chart = at.get("vega_lite_chart")[0].proto  # the one chart: no reply latency was recorded
     table = pyarrow.ipc.open_stream(chart.datasets[0].data.data).read_all().to_pydict()
     assert [512, 236] in table.values()
+
+
+def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    store.record_event(data["v_alice"], "client", {"type": "session.update", "session": {"speed": 1.2}})
+    store.close()
+    at = page("2_Events.py", visitor=ALICE)
+    assert not at.exception and "2 events · the conversation has ended" in texts(at)
+    log = at.dataframe[-1].value
+    assert list(log.columns) == ["Time", "Direction", "Type", "Event id", "Event"]
+    assert list(log["Type"]) == ["conversation.item.input_audio_transcription.completed", "session.update"]
+    cells = log.astype(str).to_numpy().ravel().tolist()
+    assert "None" not in cells and "nan" not in cells
+    at = at.multiselect(key="event-types").select("session.update").run()
+    assert list(at.dataframe[-1].value["Type"]) == ["session.update"]
