@@ -190,13 +190,15 @@ async def run(languages: list[str], modes: list[str], rounds: int) -> None:
     plans = []
     if "en" in languages:
         plans.append(("English (Piper speaks, Whisper tiny.en hears)",
-                      SessionSettings(instructions="Answer in one short sentence.", voice="alloy", max_output_tokens=24),
+                      SessionSettings(instructions="Answer in one short sentence.", voice="alloy",
+                                      max_output_tokens=24),
                       utterances(models.tts.synthesize, QUESTIONS, ENGLISH_PAUSED)))
     if "ja" in languages:
         tts = get_japanese_models().tts
         tts.prepare(JAPANESE_CALLER)
         plans.append(("Japanese (Kokoro speaks, Whisper base hears, mei answers)",
-                      SessionSettings(instructions="日本語で、一文で短く答えてください。", voice="mei", max_output_tokens=24,
+                      SessionSettings(instructions="日本語で、一文で短く答えてください。", voice="mei",
+                                      max_output_tokens=24,
                                       transcription=TranscriptionSettings(language="ja")),
                       utterances(lambda text: tts.synthesize(text, voice=JAPANESE_CALLER), JAPANESE_UTTERANCES,
                                  JAPANESE_PAUSED)))

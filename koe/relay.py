@@ -74,7 +74,8 @@ class Relay:
     `record_event`, bound to the conversation) and `on_latency(item_id, ms)` for the reply latency the
     relay measures where it matters: end of the user's speech to the first voiced frame for the browser.
     At each `speech_stopped` an app event TURN_WAITED {item_id, waited_ms} says how long the backend's
-    turn detection waited after the user's last voiced frame. A `SessionGuard` given to `start` ends the call when a limit is reached (time, idleness, cost).
+    turn detection waited after the user's last voiced frame. A `SessionGuard` given to `start` ends the
+    call when a limit is reached (time, idleness, cost).
     """
 
     def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
