@@ -22,7 +22,7 @@ from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from koe.audio import RATE, FrameQueueTrack, frame_to_mono, rms_dbfs
-from koe.client import Backend, RealtimeConnection, RealtimeError
+from koe.client import Backend, RateLimitError, RealtimeConnection, RealtimeError
 from koe.ice import stun_urls, unanswered_stun, upstream_ice_servers
 from koe.limits import SessionGuard
 from koe.protocol import ServerEvent, SessionSettings, SettingsError
@@ -251,6 +251,12 @@ class Relay:
         connection.add_listener(self._on_server_event)
         try:
             await connection.connect()
+        except RateLimitError as exc:  # a full backend refused before any media: say when to come back
+            wait = f" in {exc.retry_after_s:.0f} s" if exc.retry_after_s else " later"
+            told = exc.message if "try again" in exc.message.lower() else f"{exc.message} Try again{wait}."
+            self.status.state, self.status.message = "failed", f"Not started: {told}"
+            self._connection = None
+            return
         except (RealtimeError, SettingsError) as exc:
             self.status.state, self.status.message = "failed", f"Could not connect: {exc}"
             self._connection = None
