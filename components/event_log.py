@@ -11,14 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+
 import pandas as pd
 import streamlit as st
 
+from koe.relay import TURN_WAITED
 from koe.store import SessionStore
 
 LIVE_EVERY_S = 2.0
 LIVE_ROWS = 500  # the latest events while it runs; every stored one (up to the store's limit) once ended
 DIRECTIONS = ["all", "server", "client", "app"]
+USAGE_COLUMNS = {"time": "Time", "response_id": "Response", "model": "Model", "input_text_tokens": "Text in",
+                 "input_audio_tokens": "Audio in", "cached_text_tokens": "Cached text in",
+                 "cached_audio_tokens": "Cached audio in", "output_text_tokens": "Text out",
+                 "output_audio_tokens": "Audio out", "cost_usd": "Cost (USD)"}
+EVENT_COLUMNS = {"time": "Time", "direction": "Direction", "type": "Type", "event_id": "Event id", "payload": "Event"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class _Snapshot:
     key: tuple[str, int, tuple[str, ...], str]  # conversation, version, chosen types, direction
     running: bool
     latency: pd.Series
+    waited: pd.Series  # per user turn: ms the backend waited after the user stopped
     usage: pd.DataFrame
     kinds: list[str]
     count: str
@@ -43,10 +52,16 @@ def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[
     latency = transcript["latency_ms"].dropna().reset_index(drop=True)
     latency.index += 1
     every = store.events(conversation_id, limit=rows)
+    waited = pd.Series([json.loads(p)["waited_ms"] for p in every.loc[every["type"] == TURN_WAITED, "payload"]],
+                       dtype="Int64")
+    waited.index += 1
     chosen = every if not types and direction == "all" else store.events(
         conversation_id, types=list(types) or None, direction=None if direction == "all" else direction, limit=rows)
-    shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3])
-    return _Snapshot((conversation_id, version, types, direction), running, latency, store.usage(conversation_id),
+    shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3],
+                          event_id=chosen["event_id"].fillna("")).rename(columns=EVENT_COLUMNS)
+    usage = store.usage(conversation_id)
+    usage = usage.assign(time=usage["time"].dt.strftime("%H:%M:%S")).rename(columns=USAGE_COLUMNS)
+    return _Snapshot((conversation_id, version, types, direction), running, latency, waited, usage,
                      sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown)
 
 
@@ -67,10 +82,17 @@ def _section(store: SessionStore, conversation_id: str) -> None:
         st.bar_chart(snapshot.latency, y_label="ms", x_label="reply")
     else:
         st.caption("No replies yet.")
+    st.subheader("Wait after the user stopped, per turn")
+    if len(snapshot.waited):
+        st.bar_chart(snapshot.waited, y_label="ms", x_label="turn")
+        st.caption("From the microphone's last voiced frame to the backend's speech_stopped, measured at the relay: "
+                   "server VAD waits its silence window; semantic VAD ends a finished sentence sooner.")
+    else:
+        st.caption("No turns ended by turn detection yet.")
     st.subheader("Tokens and estimated cost")
     if len(snapshot.usage):
         st.dataframe(snapshot.usage, hide_index=True, width="stretch")
-        st.metric("Estimated cost (USD)", f"{snapshot.usage['cost_usd'].sum():.4f}")
+        st.metric("Estimated cost (USD)", f"{snapshot.usage['Cost (USD)'].sum():.4f}")
     else:
         st.caption("No usage reported yet.")
     st.subheader("Event log")
