@@ -18,7 +18,7 @@ from koe.limits import Ledger, Limiter
 from koe.local import LocalServer
 from koe.local.stages.models import warm
 from koe.loop_watch import LoopWatch
-from koe.relay import LoopThread
+from koe.relay import LoopThread, notice_lost_peers_quickly
 from koe.store import SessionStore
 
 log = logging.getLogger("koe.app")
@@ -57,6 +57,7 @@ def configure_logging() -> None:
 
 @st.cache_resource(show_spinner=False)
 def loop_thread() -> LoopThread:
+    notice_lost_peers_quickly()  # a closed tab frees its upstream call in seconds, not ~30 s
     return LoopThread()
 
 

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from koe.protocol.dialect import Dialect
 from koe.protocol.wire import (
-    BetaItem, BetaResponseParams, BetaSession, GaItem, GaResponseParams, GaSession, WireError, loads_object, wire_error,
+    BetaItem, BetaResponseParams, BetaSession, GaItem, GaResponseParams, GaSession, WireError, check_depth, loads_object,
+    wire_error,
 )
 
 __all__ = [
@@ -553,11 +554,13 @@ def parse_client_event(data: dict[str, Any] | str | bytes, dialect: Dialect = "g
     """Validate a client event (a parsed object, or the JSON text of one) against the models of
     `dialect`; raises EventError worded like OpenAI's errors (`unknown_parameter`, `invalid_type`,
     `invalid_value`, `missing_required_parameter`, `invalid_json`), carrying the event's `event_id`."""
-    if not isinstance(data, dict):
-        try:
+    try:
+        if isinstance(data, dict):
+            check_depth(data)
+        else:
             data = loads_object(data)
-        except WireError as exc:
-            raise EventError(exc.code, exc.message) from None
+    except WireError as exc:
+        raise EventError(exc.code, exc.message, exc.event_id) from None
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
     kind = data.get("type")
     if "type" not in data:

@@ -31,6 +31,7 @@ __all__ = [
     "GaResponseParams",
     "GaSession",
     "WireError",
+    "check_depth",
     "json_depth",
     "loads_object",
     "wire_error",
@@ -403,9 +404,9 @@ class WireError(ValueError):
     """A refused request: `code` (unknown_parameter, invalid_type, invalid_value,
     missing_required_parameter, invalid_json), `param` (dotted path, OpenAI's style) and a message."""
 
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+    def __init__(self, code: str, message: str, param: str | None = None, event_id: str | None = None) -> None:
         super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+        self.code, self.message, self.param, self.event_id = code, message, param, event_id
 
 
 _EXPECTED = {"string_type": "a string", "int_type": "an integer", "float_type": "a number",
@@ -511,6 +512,13 @@ def loads_object(text: str | bytes, what: str = "The message") -> dict[str, Any]
         raise WireError("invalid_json", f"{what} is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise WireError("invalid_json", f"{what} must be a JSON object, not {_json_type(data)}.")
-    if json_depth(data) > MAX_JSON_DEPTH:
-        raise WireError("invalid_json", f"{what} nests JSON too deeply (at most {MAX_JSON_DEPTH} levels).")
+    check_depth(data, what)
     return data
+
+
+def check_depth(data: dict[str, Any], what: str = "The message") -> None:
+    """WireError (`invalid_json`, with the object's event_id) when `data` nests deeper than MAX_JSON_DEPTH."""
+    if json_depth(data) > MAX_JSON_DEPTH:
+        event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+        raise WireError("invalid_json", f"{what} nests JSON too deeply (at most {MAX_JSON_DEPTH} levels).",
+                        event_id=event_id)
