@@ -177,7 +177,7 @@ def _open_fds() -> int:
 
 
 async def test_an_offer_whose_peer_never_connects_is_closed_and_freed(models):
-    server = LocalServer(port=0, api_key=LOCAL_KEY, models=models, offer_timeout_s=4.0).start()
+    server = LocalServer(port=0, api_key=LOCAL_KEY, models=models, offer_timeout_s=4.0, max_calls=0).start()
     try:
         def tasks() -> int:
             async def count() -> int:
@@ -191,8 +191,12 @@ async def test_an_offer_whose_peer_never_connects_is_closed_and_freed(models):
                 assert answer.status_code == 201
                 await pc.close()
 
-            await vanish()  # warm: the first call loads what every call shares
-            await asyncio.sleep(2.5)
+            await vanish()  # warm: the first call loads what every call shares; then it times out
+            for _ in range(300):
+                if server.call_count == 0:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
             before = (server.call_count, tasks(), threading.active_count(), _open_fds())
             for _ in range(10):
                 await vanish()
@@ -204,7 +208,7 @@ async def test_an_offer_whose_peer_never_connects_is_closed_and_freed(models):
             await asyncio.sleep(0.5)
             after = (server.call_count, tasks(), threading.active_count(), _open_fds())
         print("calls, tasks, threads, fds before / holding / after:", before, held, after)
-        assert after[0] == 0 and after[1] <= before[1] and after[2] <= before[2]
+        assert before[0] == after[0] == 0 and after[1] <= before[1] and after[2] <= before[2]
         assert held > before[3] and after[3] <= before[3] + 2, (before, held, after)
     finally:
         server.stop()
