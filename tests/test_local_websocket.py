@@ -276,3 +276,23 @@ async def test_a_beta_webrtc_session_starts_with_a_beta_voice(local_server):
         minted = await http.post("/v1/realtime/sessions", json={"model": BETA},
                                  headers={"Authorization": f"Bearer {LOCAL_KEY}"})
     assert minted.json()["voice"] == "alloy"
+
+
+async def test_what_is_not_implemented_is_said(local_server):
+    """Tools, out-of-band responses and non-text item parts get an `unsupported_feature` error, never silence;
+    an update with tools still applies the rest."""
+    seen: list = []
+    async with client(local_server).realtime.connect(model=GA) as connection:
+        tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+        await connection.session.update(session={"type": "realtime", "instructions": "Be brief.", "tools": [tool]})
+        said = await until(connection, "error", seen, 10)
+        assert said.error.code == "unsupported_feature" and said.error.param == "session.tools"
+        assert (await until(connection, "session.updated", seen, 10)).session.instructions == "Be brief."
+        await connection.send({"type": "response.create", "event_id": "event_oob", "response": {"conversation": "none"}})
+        said = await until(connection, "error", seen, 10)
+        assert (said.error.event_id, said.error.param) == ("event_oob", "response.conversation")
+        await connection.send({"type": "conversation.item.create", "event_id": "event_image", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,"}]}})
+        said = await until(connection, "error", seen, 10)
+        assert (said.error.event_id, said.error.param) == ("event_image", "item.content")
+    assert not any(e.type == "response.created" for e in seen)

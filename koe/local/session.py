@@ -47,6 +47,29 @@ USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compar
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
 
 
+# What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
+# (code `unsupported_feature`) instead of silently doing something else.
+TEXT_PARTS = ("input_text", "text", "output_text")
+
+
+def unsupported(where: str, body: dict) -> tuple[str, str] | None:
+    """(param, what) for the first unsupported feature a session.update `session` (where="session"),
+    a response.create `response` ("response") or an item ("item") asks for; None when there is none."""
+    if body.get("tools"):
+        return f"{where}.tools", "tools (function calling)"
+    if body.get("prompt"):
+        return f"{where}.prompt", "stored prompts"
+    if where == "response" and body.get("conversation") not in (None, "auto"):
+        return "response.conversation", "out-of-band responses (conversation other than \"auto\")"
+    if where == "response" and body.get("input") is not None:
+        return "response.input", "responses over a custom input"
+    if where == "item":
+        kinds = {p.get("type") for p in body.get("content") or [] if isinstance(p, dict)} - set(TEXT_PARTS)
+        if kinds:
+            return "item.content", f"content parts of type {', '.join(sorted(map(str, kinds)))} (text only)"
+    return None
+
+
 @dataclass
 class Response:
     id: str
@@ -431,6 +454,10 @@ class LocalSession:
         handler(event)
 
     def _on_session_update(self, event) -> None:
+        if (missing := unsupported("session", event.session)) is not None:
+            # Said, not dropped: the rest of the update still applies (agents send tools with everything else).
+            self.error(f"Not supported by this server: {missing[1]}; the rest of the update applies.",
+                       "unsupported_feature", event_id=event.event_id, param=missing[0])
         try:
             updated = self.settings.merge_wire(self.dialect, event.session)
         except SettingsError as exc:
@@ -481,6 +508,10 @@ class LocalSession:
             self.error("Only message items with role user, assistant or system are supported here.",
                        "invalid_value", event_id=event.event_id, param="item")
             return
+        if (missing := unsupported("item", item_data)) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
+            return
         item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
         try:
             previous = self._conversation.add(item, event.previous_item_id)
@@ -526,6 +557,10 @@ class LocalSession:
             self.error(f"Conversation already has an active response in progress: {self._response.id}. "
                        "Wait until the response is finished before creating a new one.",
                        "conversation_already_has_active_response", event_id=event.event_id)
+            return
+        if (missing := unsupported("response", event.response or {})) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
             return
         self._start_response(event.response or {})
 
