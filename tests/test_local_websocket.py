@@ -296,3 +296,10 @@ async def test_what_is_not_implemented_is_said(local_server):
         said = await until(connection, "error", seen, 10)
         assert (said.error.event_id, said.error.param) == ("event_image", "item.content")
     assert not any(e.type == "response.created" for e in seen)
+    async with httpx.AsyncClient(base_url=local_server.url) as http:  # HTTP answers it with a 400
+        refused = await http.post("/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+                                  json={"session": {"type": "realtime", "tools": [tool]}})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_feature"
+        refused = await http.post("/v1/realtime/sessions", headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+                                  json={"model": BETA, "input_audio_noise_reduction": {"type": "near_field"}})
+        assert refused.json()["error"]["param"] == "session.input_audio_noise_reduction"

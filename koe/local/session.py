@@ -52,9 +52,17 @@ ASSISTANT_AUDIO_TOKENS_PER_S = 20
 TEXT_PARTS = ("input_text", "text", "output_text")
 
 
-def unsupported(where: str, body: dict) -> tuple[str, str] | None:
-    """(param, what) for the first unsupported feature a session.update `session` (where="session"),
+def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, str] | None:
+    """(param, what) for the first unsupported feature a session object (where="session", in `dialect`),
     a response.create `response` ("response") or an item ("item") asks for; None when there is none."""
+    if where == "session":
+        audio_in = (body.get("audio") or {}).get("input") or {} if dialect == "ga" else {}
+        vad = (audio_in if dialect == "ga" else body).get("turn_detection") or {}
+        if (audio_in.get("noise_reduction") if dialect == "ga" else body.get("input_audio_noise_reduction")):
+            return ("session.audio.input.noise_reduction" if dialect == "ga" else "session.input_audio_noise_reduction",
+                    "noise reduction")
+        if isinstance(vad, dict) and vad.get("idle_timeout_ms") is not None:
+            return "session.audio.input.turn_detection.idle_timeout_ms", "the idle timeout"
     if body.get("tools"):
         return f"{where}.tools", "tools (function calling)"
     if body.get("prompt"):
@@ -454,7 +462,7 @@ class LocalSession:
         handler(event)
 
     def _on_session_update(self, event) -> None:
-        if (missing := unsupported("session", event.session)) is not None:
+        if (missing := unsupported("session", event.session, self.dialect)) is not None:
             # Said, not dropped: the rest of the update still applies (agents send tools with everything else).
             self.error(f"Not supported by this server: {missing[1]}; the rest of the update applies.",
                        "unsupported_feature", event_id=event.event_id, param=missing[0])
