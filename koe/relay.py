@@ -26,6 +26,7 @@ from koe.client import Backend, RealtimeConnection, RealtimeError
 from koe.ice import stun_urls, unanswered_stun, upstream_ice_servers
 from koe.limits import SessionGuard
 from koe.protocol import ServerEvent, SessionSettings, SettingsError
+from koe.tool_runner import ToolRunner
 
 log = logging.getLogger("koe.relay")
 
@@ -92,6 +93,7 @@ class Relay:
         self._speech_stopped_at: float | None = None
         self._assistant_spoke = False
         self.guard: SessionGuard | None = None
+        self._tools: ToolRunner | None = None
 
     @property
     def assistant_spoke(self) -> bool:
@@ -173,6 +175,19 @@ class Relay:
             await connection.send({"type": "conversation.item.create", "item": {
                 "type": "message", "role": role, "content": [{"type": text_type[role], "text": text}]}})
 
+    def use_tools(self, runner: ToolRunner) -> None:
+        """Run the model's function calls here, on the relay's loop (koe.tool_runner): each result goes
+        upstream as a `function_call_output` item, recorded like every client event."""
+        self._tools = runner
+        runner.send = self._send_upstream
+
+    async def _send_upstream(self, event: dict) -> None:
+        connection = self._connection
+        if connection is None:
+            raise RealtimeError("the conversation is not connected")
+        await connection.send(event)
+        self.on_event("client", event, time.time())
+
     # -- upstream side (on the relay loop) -------------------------------------------------------
     async def _begin(self) -> None:
         watch = asyncio.ensure_future(self._say_when_slow())
@@ -251,6 +266,8 @@ class Relay:
 
     async def _stop(self, reason: str) -> None:
         connection, self._connection = self._connection, None
+        if self._tools is not None:
+            self._tools.cancel("the conversation ended")
         if self.status.state in ("live", "connecting"):
             self.status.state, self.status.message = "ended", f"Ended: {reason}."
         if connection is not None:
@@ -280,6 +297,8 @@ class Relay:
         self.on_event("server", payload, at)
         if self.guard is not None and (reason := self.guard.observe(payload)) is not None:
             asyncio.ensure_future(self._limit_reached(reason))
+        if self._tools is not None:
+            self._tools.observe(payload)
         kind = event.type
         if kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped_at = time.monotonic()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from test_browser import WEBRTC_IFRAME, chromium, pytestmark, serve, write_wav  # noqa: F401  (skip mark)
+from test_browser import WEBRTC_IFRAME, chromium, pytestmark, serve, wait_for_models, write_wav  # noqa: F401
 
 CONNECTED = "Connected: speak now."
 
@@ -35,10 +35,7 @@ def test_start_connects_in_seconds_with_an_unreachable_stun_server(app, tmp_path
         page.goto(url)
         webrtc = page.frame_locator(WEBRTC_IFRAME)
         webrtc.get_by_role("button", name="Start").wait_for()
-        deadline = time.monotonic() + 180  # the page starts the local models: START is timed once they are warm
-        while "warmed the models" not in (data / "streamlit.log").read_text():
-            assert time.monotonic() < deadline, "the local models did not warm up"
-            time.sleep(0.5)
+        wait_for_models(data)  # START is timed once the models are warm
         started = time.monotonic()
         webrtc.get_by_role("button", name="Start").click()
         page.get_by_text(CONNECTED).wait_for(timeout=60_000)

@@ -53,6 +53,8 @@ __all__ = [
     "ResponseCreate",
     "ResponseCreated",
     "ResponseDone",
+    "ResponseFunctionCallArgumentsDelta",
+    "ResponseFunctionCallArgumentsDone",
     "ResponseOutputAudioDelta",
     "ResponseOutputAudioDone",
     "ResponseOutputAudioTranscriptDelta",
@@ -68,6 +70,8 @@ __all__ = [
     "SessionUpdate",
     "SessionUpdated",
     "UnknownServerEvent",
+    "function_call_item",
+    "function_call_output_item",
     "new_id",
     "parse_client_event",
     "parse_server_event",
@@ -397,6 +401,41 @@ class ResponseOutputAudioDone(_PartEvent):
 
 class ResponseAudioDone(_PartEvent):  # beta
     type: Literal["response.audio.done"] = "response.audio.done"
+
+
+class _FunctionCallArgumentsEvent(ServerEvent):
+    """The arguments of a `function_call` output item as the model writes them (a JSON string)."""
+
+    response_id: str
+    item_id: str
+    output_index: int = 0
+    call_id: str
+
+
+class ResponseFunctionCallArgumentsDelta(_FunctionCallArgumentsEvent):
+    type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
+    delta: str
+
+
+class ResponseFunctionCallArgumentsDone(_FunctionCallArgumentsEvent):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    arguments: str
+    name: str | None = None  # GA sends the function's name too; beta does not
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
+                       status: str = "completed") -> dict[str, Any]:
+    """A `function_call` conversation item (openai-python `RealtimeConversationItemFunctionCall`; the
+    same flat shape in beta): the model asks for `name` with `arguments`, a JSON-encoded object."""
+    return {"id": item_id, "object": "realtime.item", "type": "function_call", "status": status,
+            "name": name, "call_id": call_id, "arguments": arguments}
+
+
+def function_call_output_item(call_id: str, output: str, item_id: str | None = None) -> dict[str, Any]:
+    """A `function_call_output` item (`RealtimeConversationItemFunctionCallOutput`): what the function
+    returned for `call_id`, as free text (JSON by convention). Without `item_id` the server picks one."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return {"id": item_id, **item} if item_id else item
 
 
 class _OutputAudioBufferEvent(ServerEvent):
