@@ -63,8 +63,7 @@ def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, s
                     "noise reduction")
         if isinstance(vad, dict) and vad.get("idle_timeout_ms") is not None:
             return "session.audio.input.turn_detection.idle_timeout_ms", "the idle timeout"
-    if body.get("tools"):
-        return f"{where}.tools", "tools (function calling)"
+    # Tools are not listed: function calling on the local backend is its own piece of work (koe.tools).
     if body.get("prompt"):
         return f"{where}.prompt", "stored prompts"
     if where == "response" and body.get("conversation") not in (None, "auto"):
@@ -291,7 +290,8 @@ class LocalSession:
         self.emit("response.content_part.added", part=part, **where)
         # The new assistant item is still empty, so the history ends with the user's turn.
         messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions))
-        limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
+        limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
+                              self.settings.max_output_tokens)
         max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
         try:
             await self._generate(response, messages, max_tokens, where)
@@ -463,7 +463,7 @@ class LocalSession:
 
     def _on_session_update(self, event) -> None:
         if (missing := unsupported("session", event.session, self.dialect)) is not None:
-            # Said, not dropped: the rest of the update still applies (agents send tools with everything else).
+            # Said, not dropped: the rest of the update still applies.
             self.error(f"Not supported by this server: {missing[1]}; the rest of the update applies.",
                        "unsupported_feature", event_id=event.event_id, param=missing[0])
         try:
