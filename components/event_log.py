@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+
 import pandas as pd
 import streamlit as st
 
+from koe.relay import TURN_WAITED
 from koe.store import SessionStore
 
 LIVE_EVERY_S = 2.0
@@ -33,10 +36,12 @@ class _Snapshot:
     key: tuple[str, int, tuple[str, ...], str]  # conversation, version, chosen types, direction
     running: bool
     latency: pd.Series
+    waited: pd.Series  # per user turn: ms the backend waited after the user stopped
     usage: pd.DataFrame
     kinds: list[str]
     count: str
     events: pd.DataFrame
+    tool_calls: tuple[int, int]  # function calls run for the AI, and how many of them failed
 
 
 def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[str, ...],
@@ -48,14 +53,19 @@ def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[
     latency = transcript["latency_ms"].dropna().reset_index(drop=True)
     latency.index += 1
     every = store.events(conversation_id, limit=rows)
+    waited = pd.Series([json.loads(p)["waited_ms"] for p in every.loc[every["type"] == TURN_WAITED, "payload"]],
+                       dtype="Int64")
+    waited.index += 1
     chosen = every if not types and direction == "all" else store.events(
         conversation_id, types=list(types) or None, direction=None if direction == "all" else direction, limit=rows)
     shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3],
                           event_id=chosen["event_id"].fillna("")).rename(columns=EVENT_COLUMNS)
+    calls = [json.loads(p) for p in every.loc[every["type"] == "koe.tool_call", "payload"]]
     usage = store.usage(conversation_id)
     usage = usage.assign(time=usage["time"].dt.strftime("%H:%M:%S")).rename(columns=USAGE_COLUMNS)
-    return _Snapshot((conversation_id, version, types, direction), running, latency, usage,
-                     sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown)
+    return _Snapshot((conversation_id, version, types, direction), running, latency, waited, usage,
+                     sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown,
+                     (len(calls), sum(c.get("error") is not None for c in calls)))
 
 
 def _section(store: SessionStore, conversation_id: str) -> None:
@@ -75,6 +85,13 @@ def _section(store: SessionStore, conversation_id: str) -> None:
         st.bar_chart(snapshot.latency, y_label="ms", x_label="reply")
     else:
         st.caption("No replies yet.")
+    st.subheader("Wait after the user stopped, per turn")
+    if len(snapshot.waited):
+        st.bar_chart(snapshot.waited, y_label="ms", x_label="turn")
+        st.caption("From the microphone's last voiced frame to the backend's speech_stopped, measured at the relay: "
+                   "server VAD waits its silence window; semantic VAD ends a finished sentence sooner.")
+    else:
+        st.caption("No turns ended by turn detection yet.")
     st.subheader("Tokens and estimated cost")
     if len(snapshot.usage):
         st.dataframe(snapshot.usage, hide_index=True, width="stretch")
@@ -88,6 +105,8 @@ def _section(store: SessionStore, conversation_id: str) -> None:
     state = (f"live: the latest {LIVE_ROWS} while the conversation runs, updated as events arrive"
              if snapshot.running else "the conversation has ended")
     st.caption(f"{snapshot.count} events · {state}")
+    calls, failed = snapshot.tool_calls
+    st.caption(f"Tool calls: {calls} ({failed} failed; their events are of type koe.tool_call)")
     st.dataframe(snapshot.events, hide_index=True, width="stretch")
 
 

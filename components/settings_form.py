@@ -17,6 +17,7 @@ from koe.local.voices import JAPANESE_VOICES
 from koe.store import LOCAL_BACKEND
 
 from components import runtime
+from components.tools import tool_picker
 
 TRANSCRIPTION_MODELS = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
 LANGUAGES = {"auto": None, "English": "en", "Japanese": "ja", "Spanish": "es", "French": "fr", "German": "de"}
@@ -73,18 +74,25 @@ def sidebar(current: SessionSettings | None) -> Choice:
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
                              format_func=lambda v: f"{v} (Japanese, local)" if v in extra else v,
                              help="Fixed once the assistant has spoken: a change then needs a new session.")
-        turn = st.radio("Turn detection", list(TURNS), key="turn")
-        with st.expander("Turn detection details"):
+        # The local backend's default is semantic VAD: its turn model answers sooner and lets the user pause.
+        local = backend_name == LOCAL_BACKEND
+        turn = st.radio("Turn detection", list(TURNS), key="turn",
+                        index=list(TURNS).index("Semantic VAD" if local else "Server VAD"),
+                        format_func=lambda t: f"{t} (default here: a turn model)" if local and t == "Semantic VAD" else t)
+        eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"],
+                                 help="How long an unfinished-sounding pause is waited through: low 8 s, medium 4 s, "
+                                      "high 2 s (auto = medium). A finished sentence ends the turn at once.")
+        with st.expander("Server VAD details"):
             threshold = st.slider("VAD threshold", 0.0, 1.0, 0.5, 0.05)
             padding = st.number_input("Prefix padding (ms)", 0, 5000, 300, 50)
             silence = st.number_input("Silence duration (ms)", 0, 10000, 500, 50)
-            eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"])
         transcription_model = st.selectbox("Transcription model", TRANSCRIPTION_MODELS)
         language = st.selectbox("Transcription language", list(LANGUAGES))
         noise = st.selectbox("Noise reduction", ["off", "near_field", "far_field"])
         speed = st.slider("Speed", 0.25, 1.5, 1.0, 0.05)
         max_tokens = st.text_input("Max output tokens (1–4096 or inf)", "inf")
         temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05, disabled=dialect == "ga")
+        tools = tool_picker(base)
         applied = st.form_submit_button("Apply", type="primary", width="stretch")
     try:
         kind = TURNS[turn]
@@ -97,7 +105,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
             turn_detection=turn_detection, max_output_tokens=tokens,
             transcription=TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
             noise_reduction=None if noise == "off" else noise,
-            temperature=temperature if dialect == "beta" else None)
+            temperature=temperature if dialect == "beta" else None, tools=tools)
         validate_for_dialect(settings, dialect, extra)
     except SettingsError as exc:
         st.sidebar.error(f"Not applied: {exc}")

@@ -9,8 +9,8 @@ The day's spend and each visitor's admissions are counted in the database (`Ledg
 sharing one (PostgreSQL, `KOE_DATABASE_URL`) share one daily budget and one hourly quota per visitor;
 each count is one transaction, so concurrent sessions lose no update. Concurrent sessions are a
 machine's capacity and stay per process. The relay's loop never waits on the database: spends are
-handed to a thread, and a session's checks read the day's spend as last counted (refreshed every
-few seconds while sessions run, so another server's spending is seen).
+handed to a thread, and a session's checks read the day's spend as last counted (re-read every
+few seconds, so another server's spending is seen).
 """
 
 from __future__ import annotations
@@ -223,6 +223,7 @@ class Limiter:
             self._counting.notify_all()
 
     def _run(self) -> None:
+        item: tuple[float, float] | tuple[()] | None
         while True:
             try:
                 item = self._spends.get(timeout=self._refresh_s)
@@ -233,7 +234,7 @@ class Limiter:
             try:
                 if item:
                     self._counted(item[0], self.ledger.add(SPENT, item[0], item[1]))
-                elif self._active:
+                else:  # other servers spend too; and the owner's meter shows the day's figure
                     self.refresh()
             except SQLAlchemyError as exc:
                 log.error("the limits' ledger could not count: %s", type(exc).__name__)

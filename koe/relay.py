@@ -31,7 +31,7 @@ from koe.tool_runner import ToolRunner
 log = logging.getLogger("koe.relay")
 
 QUEUE_FRAMES = 10  # 200 ms each way: more than that behind means a loop stalled, and old audio goes
-VOICE_DBFS = -50.0  # a reply frame louder than this is speech (for the latency figure)
+VOICE_DBFS = -50.0  # a frame louder than this is speech (for the latency and turn-wait figures)
 LIMIT_TICK_S = 0.5  # how often the session's time limits are checked
 SLOW_CONNECT_S = 4.0  # a connection not up by then is said to take longer than expected, with why
 
@@ -62,6 +62,10 @@ class RelayStatus:
     notice: str = ""  # the backend's latest error or warning, in its own words
 
 
+# App event: the time from the user's last voiced frame to the backend's speech_stopped, as the relay saw it.
+TURN_WAITED = "koe.turn_waited"
+
+
 class Relay:
     """Relays one browser conversation to a backend and records it.
 
@@ -69,7 +73,9 @@ class Relay:
     `on_event(direction, event_dict, at)` to receive every event both ways (the session store's
     `record_event`, bound to the conversation) and `on_latency(item_id, ms)` for the reply latency the
     relay measures where it matters: end of the user's speech to the first voiced frame for the browser.
-    A `SessionGuard` given to `start` ends the call when a limit is reached (time, idleness, cost).
+    At each `speech_stopped` an app event TURN_WAITED {item_id, waited_ms} says how long the backend's
+    turn detection waited after the user's last voiced frame. A `SessionGuard` given to `start` ends the
+    call when a limit is reached (time, idleness, cost).
     """
 
     def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
@@ -91,6 +97,7 @@ class Relay:
         self._reply_playing = False  # between output_audio_buffer.started and .stopped/.cleared
         self._reply_start = 0  # to_browser sample index where the current reply's audio began
         self._speech_stopped_at: float | None = None
+        self._user_voice_at: float | None = None  # monotonic time of the latest voiced browser frame
         self._assistant_spoke = False
         self.guard: SessionGuard | None = None
         self._tools: ToolRunner | None = None
@@ -104,6 +111,8 @@ class Relay:
         """Sink callback: every browser frame in order (s16 stereo 48 kHz, 20 ms)."""
         self._browser_loop = self._browser_loop or asyncio.get_running_loop()
         self.status.input_dbfs = rms_dbfs(frame.to_ndarray())
+        if self.status.input_dbfs >= VOICE_DBFS:
+            self._user_voice_at = time.monotonic()
         upstream = self._upstream
         if upstream is not None:
             self._loop_thread.loop.call_soon_threadsafe(upstream.put, frame)
@@ -308,6 +317,10 @@ class Relay:
         kind = event.type
         if kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped_at = time.monotonic()
+            if self._user_voice_at is not None:  # how long the backend's turn detection waited after the user
+                waited = round(1000 * (self._speech_stopped_at - self._user_voice_at))
+                self.on_event("app", {"type": TURN_WAITED, "item_id": getattr(event, "item_id", None),
+                                      "waited_ms": waited}, at)
         elif kind == "response.output_item.added":
             self._reply_item = (getattr(event, "item", None) or {}).get("id")
         elif kind == "output_audio_buffer.started":

@@ -106,10 +106,12 @@ def postgres_url():
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path, postgres_url) -> str:
-    """Where a store keeps its data: a SQLite file, or a fresh schema of its own on PostgreSQL."""
+def database(request, tmp_path) -> str:
+    """Where a store keeps its data: a SQLite file, or a fresh schema of its own on PostgreSQL (the
+    cluster starts with the first test that needs it)."""
     if request.param == "sqlite":
         return str(tmp_path / "data" / "koe.sqlite3")
+    postgres_url = request.getfixturevalue("postgres_url")
     if postgres_url is None:
         pytest.skip("PostgreSQL is not installed (scripts/test.sh installs and starts it)")
     import sqlalchemy

@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import pyarrow
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -206,6 +207,20 @@ def test_wrong_codes_from_one_browser_do_not_make_another_wait(data, monkeypatch
     assert waits == [0.5, 1.0, 2.0, 4.0]  # the same browser still waits longer each time
 
 
+def test_the_events_page_shows_how_long_each_turn_waited_after_the_user_stopped(data, tmp_path):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    for n, waited in enumerate((512, 236)):  # what the relay records at each speech_stopped
+        store.record_event(data["v_alice"], "app", {"type": "koe.turn_waited", "item_id": f"item_{n}",
+                                                    "waited_ms": waited})
+    store.close()
+    at = page("2_Events.py", visitor=ALICE, id=data["v_alice"])
+    assert "Wait after the user stopped, per turn" in [h.value for h in at.subheader]
+    assert "last voiced frame" in texts(at) and "No turns ended by turn detection yet." not in texts(at)
+    chart = at.get("vega_lite_chart")[0].proto  # the one chart: no reply latency was recorded
+    table = pyarrow.ipc.open_stream(chart.datasets[0].data.data).read_all().to_pydict()
+    assert [512, 236] in table.values()
+
+
 def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path):
     store = SessionStore(tmp_path / "koe.sqlite3")
     store.record_event(data["v_alice"], "client", {"type": "session.update", "session": {"speed": 1.2}})
@@ -219,3 +234,34 @@ def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path)
     assert "None" not in cells and "nan" not in cells
     at = at.multiselect(key="event-types").select("session.update").run()
     assert list(at.dataframe[-1].value["Type"]) == ["session.update"]
+
+
+def test_events_counts_tool_calls_and_the_sidebar_offers_the_tools(data, tmp_path, monkeypatch):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    for error in (None, "calculate failed: ValueError: division by zero"):
+        store.record_event(data["v_alice"], "app", {"type": "koe.tool_call", "call_id": "call_1", "item_id": "item_1",
+                                                    "name": "calculate", "arguments": '{"expression": "1/0"}',
+                                                    "output": "", "error": error, "ms": 3})
+    store.close()
+    at = page("2_Events.py", visitor=ALICE, id=data["v_alice"])
+    assert not at.exception and "Tool calls: 2 (1 failed" in texts(at)
+
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "greet.py").write_text(
+        "from koe.tools import tool\n\n@tool\ndef greet(name: str) -> str:\n    '''Greet someone by name.'''\n"
+        "    return 'hello ' + name\n")
+    monkeypatch.setenv("KOE_TOOLS_DIR", str(tmp_path / "tools"))
+    st.cache_resource.clear()  # the configuration is read again
+
+    def sidebar_app():
+        import streamlit as st
+        from components.settings_form import sidebar
+        choice = sidebar(None)
+        st.write(", ".join(t.name for t in choice.settings.tools) or "no tools")
+
+    at = AppTest.from_function(sidebar_app, default_timeout=30).run()
+    picker = at.multiselect(key="tools")
+    assert {"current_time", "calculate", "search_history", "greet"} <= {o.split(":")[0] for o in picker.options}
+    picker.select("current_time").select("greet")
+    at = at.button[0].click().run()  # Apply: a form sends its widgets' values with the submit
+    assert not at.exception and "current_time, greet" in texts(at)
