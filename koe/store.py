@@ -62,7 +62,7 @@ OWNER_GONE_AFTER_S = 60.0  # a heartbeat this old means its process is gone (hun
 REDACTED = "[redacted]"
 
 _SECRET_KEY = re.compile(r"api[-_]?key|authorization|secret|password", re.IGNORECASE)
-_SPEAKERS = {"user": "You", "assistant": "AI"}
+_SPEAKERS = {"user": "You", "assistant": "AI", "function_call": "Tool call", "function_call_output": "Tool result"}
 # Fixed column types, so that an empty table has the same ones as a full one.
 _TRANSCRIPT_TYPES = {"speaker": "str", "text": "str", "status": "str", "latency_ms": "Int64", "item_id": "str"}
 _EVENT_TYPES = {"direction": "str", "type": "str", "event_id": "str", "payload": "str"}

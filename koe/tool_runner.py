@@ -30,7 +30,7 @@ log = logging.getLogger("koe.tools")
 DEFAULT_TIMEOUT_S = 10.0
 MAX_OUTPUT_CHARS = 8000  # an output is read by the model on every later turn: keep it bounded
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ToolCall", "ToolRunner"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ToolCall", "ToolRunner", "stored_in"]
 
 
 @dataclass
@@ -153,6 +153,16 @@ class ToolRunner:
                 await self.send(event)
             except Exception as exc:  # the call ended meanwhile: nothing to answer
                 log.info("tool result not sent: %s", exc)
+
+
+def stored_in(store: Any, conversation_id: str) -> Callable[[ToolCall], None]:
+    """An `on_call` that keeps each call in the session store (`koe.store.SessionStore`): a
+    `koe.tool_call` app event, and the call's duration on its transcript row (the latency column)."""
+    def store_call(call: ToolCall) -> None:
+        store.record_event(conversation_id, "app", call.record())
+        if call.item_id and call.ms is not None:
+            store.set_latency(conversation_id, call.item_id, call.ms)
+    return store_call
 
 
 def _bounded(text: str) -> str:

@@ -51,7 +51,10 @@ async def until(connection, type_: str, seen: list, timeout_s: float = 60.0):
             seen.append(event)
             if event.type == type_:
                 return event
-    return await asyncio.wait_for(read(), timeout_s)
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"no {type_} within {timeout_s} s; saw {[e.type for e in seen][-12:]}") from None
 
 
 @pytest.mark.parametrize("model", [GA, BETA])
@@ -96,14 +99,14 @@ async def test_g711_in_and_out(local_server, speech, fmt):
     seen: list = []
     async with client(local_server).beta.realtime.connect(model=BETA) as connection:
         await connection.session.update(session={"input_audio_format": fmt, "output_audio_format": fmt,
-                                                  "turn_detection": None,
+                                                  "turn_detection": None, "instructions": "Answer in one sentence.",
                                                   "input_audio_transcription": {"model": "whisper-1"}})
         updated = await until(connection, "session.updated", seen, 10)
         assert updated.session.input_audio_format == fmt
         clip = resample(speech(QUESTION), RATE, 8_000)
         await connection.input_audio_buffer.append(audio=encode(resample(clip, 8_000, RATE), fmt))
         await connection.input_audio_buffer.commit()
-        await connection.response.create(response={"modalities": ["audio", "text"]})
+        await connection.response.create(response={"modalities": ["audio", "text"], "max_response_output_tokens": 30})
         await until(connection, "response.done", seen, 90)
     heard = next(e for e in seen if e.type == "conversation.item.input_audio_transcription.completed").transcript
     assert "count" in heard.lower()
@@ -276,3 +279,30 @@ async def test_a_beta_webrtc_session_starts_with_a_beta_voice(local_server):
         minted = await http.post("/v1/realtime/sessions", json={"model": BETA},
                                  headers={"Authorization": f"Bearer {LOCAL_KEY}"})
     assert minted.json()["voice"] == "alloy"
+
+
+async def test_what_is_not_implemented_is_said(local_server):
+    """Stored prompts, noise reduction, out-of-band responses and non-text item parts get an
+    `unsupported_feature` error, never silence; an update asking for one still applies the rest."""
+    seen: list = []
+    async with client(local_server).realtime.connect(model=GA) as connection:
+        await connection.session.update(session={"type": "realtime", "instructions": "Be brief.",
+                                                 "audio": {"input": {"noise_reduction": {"type": "near_field"}}}})
+        said = await until(connection, "error", seen, 10)
+        assert said.error.code == "unsupported_feature" and said.error.param == "session.audio.input.noise_reduction"
+        assert (await until(connection, "session.updated", seen, 10)).session.instructions == "Be brief."
+        await connection.send({"type": "response.create", "event_id": "event_oob", "response": {"conversation": "none"}})
+        said = await until(connection, "error", seen, 10)
+        assert (said.error.event_id, said.error.param) == ("event_oob", "response.conversation")
+        await connection.send({"type": "conversation.item.create", "event_id": "event_image", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,"}]}})
+        said = await until(connection, "error", seen, 10)
+        assert (said.error.event_id, said.error.param) == ("event_image", "item.content")
+    assert not any(e.type == "response.created" for e in seen)
+    async with httpx.AsyncClient(base_url=local_server.url) as http:  # HTTP answers it with a 400
+        refused = await http.post("/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+                                  json={"session": {"type": "realtime", "prompt": {"id": "pmpt_123"}}})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_feature"
+        refused = await http.post("/v1/realtime/sessions", headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+                                  json={"model": BETA, "input_audio_noise_reduction": {"type": "near_field"}})
+        assert refused.json()["error"]["param"] == "session.input_audio_noise_reduction"

@@ -48,6 +48,36 @@ USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compar
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
 
 
+# What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
+# (code `unsupported_feature`) instead of silently doing something else.
+TEXT_PARTS = ("input_text", "text", "output_text")
+
+
+def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, str] | None:
+    """(param, what) for the first unsupported feature a session object (where="session", in `dialect`),
+    a response.create `response` ("response") or an item ("item") asks for; None when there is none."""
+    if where == "session":
+        audio_in = (body.get("audio") or {}).get("input") or {} if dialect == "ga" else {}
+        vad = (audio_in if dialect == "ga" else body).get("turn_detection") or {}
+        if (audio_in.get("noise_reduction") if dialect == "ga" else body.get("input_audio_noise_reduction")):
+            return ("session.audio.input.noise_reduction" if dialect == "ga" else "session.input_audio_noise_reduction",
+                    "noise reduction")
+        if isinstance(vad, dict) and vad.get("idle_timeout_ms") is not None:
+            return "session.audio.input.turn_detection.idle_timeout_ms", "the idle timeout"
+    # Tools are not listed: function calling on the local backend is its own piece of work (koe.tools).
+    if body.get("prompt"):
+        return f"{where}.prompt", "stored prompts"
+    if where == "response" and body.get("conversation") not in (None, "auto"):
+        return "response.conversation", "out-of-band responses (conversation other than \"auto\")"
+    if where == "response" and body.get("input") is not None:
+        return "response.input", "responses over a custom input"
+    if where == "item":
+        kinds = {p.get("type") for p in body.get("content") or [] if isinstance(p, dict)} - set(TEXT_PARTS)
+        if kinds:
+            return "item.content", f"content parts of type {', '.join(sorted(map(str, kinds)))} (text only)"
+    return None
+
+
 @dataclass
 class Response:
     id: str
@@ -264,7 +294,8 @@ class LocalSession:
         # The new assistant item is still empty, so the history ends with the user's turn.
         messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
                                                     tools=not self._bundled_replies)
-        limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
+        limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
+                              self.settings.max_output_tokens)
         max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
         try:
             tools = {} if self._bundled_replies else self._chat_tools(overrides)
@@ -494,6 +525,10 @@ class LocalSession:
         handler(event)
 
     def _on_session_update(self, event) -> None:
+        if (missing := unsupported("session", event.session, self.dialect)) is not None:
+            # Said, not dropped: the rest of the update still applies.
+            self.error(f"Not supported by this server: {missing[1]}; the rest of the update applies.",
+                       "unsupported_feature", event_id=event.event_id, param=missing[0])
         try:
             updated = self.settings.merge_wire(self.dialect, event.session)
         except SettingsError as exc:
@@ -551,6 +586,10 @@ class LocalSession:
             self.error("Only message, function_call and function_call_output items are supported here.",
                        "invalid_value", event_id=event.event_id, param="item")
             return
+        elif (missing := unsupported("item", item_data)) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
+            return
         else:
             item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
         try:
@@ -597,6 +636,10 @@ class LocalSession:
             self.error(f"Conversation already has an active response in progress: {self._response.id}. "
                        "Wait until the response is finished before creating a new one.",
                        "conversation_already_has_active_response", event_id=event.event_id)
+            return
+        if (missing := unsupported("response", event.response or {})) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
             return
         self._start_response(event.response or {})
 
