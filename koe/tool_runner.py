@@ -18,7 +18,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +61,12 @@ class ToolRunner:
 
     def __init__(self, registry: ToolRegistry, context: ToolContext, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  send: Callable[[dict], Awaitable[None]] | None = None,
-                 on_call: Callable[[ToolCall], None] = lambda call: None) -> None:
+                 on_call: Callable[[ToolCall], None] = lambda call: None,
+                 offered: Callable[[], Iterable[str]] | None = None) -> None:
         self.registry = registry
+        # The names the session offers right now (None: every registered tool): a model talked into
+        # calling a tool the person did not enable gets an error, not the tool.
+        self.offered = offered
         self.context = context
         self.timeout_s = timeout_s
         self.send = send
@@ -122,7 +126,8 @@ class ToolRunner:
             call.output = json.dumps({"error": call.error}, ensure_ascii=False)
         self._running.pop(call.call_id, None)
         self.on_call(call)
-        await self._send({"type": "conversation.item.create", "item": function_call_output_item(call.call_id, call.output)})
+        item = function_call_output_item(call.call_id, call.output)
+        await self._send({"type": "conversation.item.create", "item": item})
         if follow_up:
             self._follow_up(call.response_id)
         else:
@@ -130,8 +135,8 @@ class ToolRunner:
 
     async def _invoke(self, call: ToolCall) -> Any:
         tool = self.registry.get(call.name)
-        if tool is None:
-            raise ToolArgumentsError(f"there is no tool named {call.name!r}")
+        if tool is None or (self.offered is not None and call.name not in set(self.offered())):
+            raise ToolArgumentsError(f"there is no tool named {call.name!r} in this session")
         values = tool.parse(call.arguments)
         if inspect.iscoroutinefunction(tool.function):
             return await tool.call(values, self.context)

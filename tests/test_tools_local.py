@@ -120,3 +120,27 @@ async def test_the_bundled_model_says_once_that_it_cannot_call_tools(backend):
         await user.seen("session.updated", where=lambda e: e.session.get("instructions") == "Be brief.")
         warnings = [e.error for e in user.of_type("error") if e.error.code == "local_tools_unsupported"]
     assert len(warnings) == 1 and warnings[0].type == "warning" and "cannot call functions" in warnings[0].message
+
+
+async def test_a_tool_the_session_does_not_offer_is_not_run(models):
+    stub = ChatStub(script=[ToolCalls([("search_history", '{"query": "password"}')]), Reply("I cannot look.")]).start()
+    server = LocalServer(port=0, models=models, chat_base_url=stub.url, chat_model="tool-model").start()
+    registry = default_registry()
+    settings = SessionSettings(voice="alloy", turn_detection=None, transcription=None, output_modalities="text",
+                               tools=registry.declarations(["calculate"]))
+    relay = Relay(Backend(server.url), settings, LoopThread())
+    events: list[tuple[str, dict]] = []
+    relay.on_event = lambda direction, event, at: events.append((direction, event))
+    calls = []
+    relay.use_tools(ToolRunner(registry, ToolContext(visitor="v_x"), on_call=calls.append))
+    try:
+        relay.start().result(timeout=60)
+        relay.send({"type": "response.create"})
+        deadline = time.monotonic() + 60
+        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        relay.stop()
+        server.stop()
+        stub.stop()
+    assert [c.error for c in calls] == ["there is no tool named 'search_history' in this session"]
