@@ -339,8 +339,8 @@ class LocalSession:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
         tools = tools or {}
-        response.input_tokens = sum(self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4
-                                    for m in messages)
+        response.input_tokens = sum(
+            self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
         producer = loop.run_in_executor(self._executor, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
@@ -583,10 +583,10 @@ class LocalSession:
         role = item_data.get("role", "user")
         kind = item_data.get("type", "message")
         if kind in ("function_call", "function_call_output"):  # a function's result, for the next reply
-            item = Item(id=item_data.get("id") or new_id("item"), role="assistant" if kind == "function_call" else "tool",
-                        audio=False, type=kind, name=str(item_data.get("name") or ""),
-                        call_id=str(item_data.get("call_id") or ""), arguments=str(item_data.get("arguments") or ""),
-                        output=str(item_data.get("output") or ""))
+            item = Item(id=item_data.get("id") or new_id("item"),
+                        role="assistant" if kind == "function_call" else "tool", audio=False, type=kind,
+                        name=str(item_data.get("name") or ""), call_id=str(item_data.get("call_id") or ""),
+                        arguments=str(item_data.get("arguments") or ""), output=str(item_data.get("output") or ""))
         elif role not in ("user", "assistant", "system") or kind != "message":
             self.error("Only message, function_call and function_call_output items are supported here.",
                        "invalid_value", event_id=event.event_id, param="item")
