@@ -17,6 +17,7 @@ from koe.local.voices import JAPANESE_VOICES
 from koe.store import LOCAL_BACKEND
 
 from components import runtime
+from components.tools import tool_picker
 
 TRANSCRIPTION_MODELS = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
 LANGUAGES = {"auto": None, "English": "en", "Japanese": "ja", "Spanish": "es", "French": "fr", "German": "de"}
@@ -91,6 +92,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
         speed = st.slider("Speed", 0.25, 1.5, 1.0, 0.05)
         max_tokens = st.text_input("Max output tokens (1–4096 or inf)", "inf")
         temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05, disabled=dialect == "ga")
+        tools = tool_picker(base)
         applied = st.form_submit_button("Apply", type="primary", width="stretch")
     try:
         kind = TURNS[turn]
@@ -103,7 +105,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
             turn_detection=turn_detection, max_output_tokens=tokens,
             transcription=TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
             noise_reduction=None if noise == "off" else noise,
-            temperature=temperature if dialect == "beta" else None)
+            temperature=temperature if dialect == "beta" else None, tools=tools)
         validate_for_dialect(settings, dialect, extra)
     except SettingsError as exc:
         st.sidebar.error(f"Not applied: {exc}")

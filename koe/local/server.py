@@ -41,7 +41,7 @@ from starlette.websockets import WebSocket
 
 from koe.local.sdp import MAX_SDP_CHARS, OfferError, check_offer
 from koe.local.admission import Admission, default_max_calls
-from koe.local.session import LocalSession
+from koe.local.session import LocalSession, unsupported
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
@@ -545,6 +545,9 @@ class LocalServer:
         except SettingsError as exc:
             param = ".".join(p for p in (prefix, wire_path(dialect, exc.field)) if p)
             raise HttpError(error(400, f"Invalid value for '{param}': {exc.message}", "invalid_value", param)) from None
+        if (missing := unsupported("session", session, dialect)) is not None:
+            raise HttpError(error(400, f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                                  missing[0]))
         return settings
 
     @staticmethod

@@ -48,6 +48,36 @@ USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compar
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
 
 
+# What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
+# (code `unsupported_feature`) instead of silently doing something else.
+TEXT_PARTS = ("input_text", "text", "output_text")
+
+
+def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, str] | None:
+    """(param, what) for the first unsupported feature a session object (where="session", in `dialect`),
+    a response.create `response` ("response") or an item ("item") asks for; None when there is none."""
+    if where == "session":
+        audio_in = (body.get("audio") or {}).get("input") or {} if dialect == "ga" else {}
+        vad = (audio_in if dialect == "ga" else body).get("turn_detection") or {}
+        if (audio_in.get("noise_reduction") if dialect == "ga" else body.get("input_audio_noise_reduction")):
+            return ("session.audio.input.noise_reduction" if dialect == "ga" else "session.input_audio_noise_reduction",
+                    "noise reduction")
+        if isinstance(vad, dict) and vad.get("idle_timeout_ms") is not None:
+            return "session.audio.input.turn_detection.idle_timeout_ms", "the idle timeout"
+    # Tools are not listed: function calling on the local backend is its own piece of work (koe.tools).
+    if body.get("prompt"):
+        return f"{where}.prompt", "stored prompts"
+    if where == "response" and body.get("conversation") not in (None, "auto"):
+        return "response.conversation", "out-of-band responses (conversation other than \"auto\")"
+    if where == "response" and body.get("input") is not None:
+        return "response.input", "responses over a custom input"
+    if where == "item":
+        kinds = {p.get("type") for p in body.get("content") or [] if isinstance(p, dict)} - set(TEXT_PARTS)
+        if kinds:
+            return "item.content", f"content parts of type {', '.join(sorted(map(str, kinds)))} (text only)"
+    return None
+
+
 @dataclass
 class Response:
     id: str
@@ -102,6 +132,7 @@ class LocalSession:
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
         self._tasks: set[asyncio.Task] = set()
+        self._transcribing: set[asyncio.Task] = set()  # committed user audio whose words are not in yet
         self._expiry = asyncio.get_running_loop().call_later(max_session_s, self._expire)
         self.on_end: Callable[[], None] | None = None
         self._apply_turn_detection()
@@ -222,22 +253,24 @@ class LocalSession:
         marks = {"speech_stopped": stopped_at or time.monotonic()}
         if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
             marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
-        self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        self._transcribing.add(task)
+        task.add_done_callback(self._transcribing.discard)
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
                                        respond: bool, marks: dict[str, float]) -> None:
-        if self.settings.transcription is not None or respond:
-            # No speech came after the silence began (it would have dropped the early pass), so the
-            # early transcript holds every word of the turn.
-            text = await (early if early is not None else self._run(self._transcribe, audio))
-            item.text = text
-            marks["transcribed"] = time.monotonic()
-            if self.settings.transcription is not None:
-                self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
-                # Whisper-style models bill by duration (OpenAI's `usage` for whisper-1).
-                self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                          content_index=0, transcript=text,
-                          usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
+        # Always transcribed: the reply model reads the user's words, also for a response.create after a
+        # manual commit. No speech came after the silence began (it would have dropped the early pass), so
+        # the early transcript holds every word of the turn.
+        text = await (early if early is not None else self._run(self._transcribe, audio))
+        item.text = text
+        marks["transcribed"] = time.monotonic()
+        if self.settings.transcription is not None:
+            self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
+            # Whisper-style models bill by duration (OpenAI's `usage` for whisper-1).
+            self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
+                      content_index=0, transcript=text,
+                      usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
         if respond and item.text.strip():
             self._start_response(marks=marks)
 
@@ -261,12 +294,15 @@ class LocalSession:
         part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
         where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         self.emit("response.content_part.added", part=part, **where)
+        limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
+                              self.settings.max_output_tokens)
+        max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)  # validated: 1..4096 or "inf"
         try:  # whatever happens from here, response.done follows response.created exactly once
+            if self._transcribing:  # a reply asked for right after a commit waits for the user's words
+                await asyncio.wait(set(self._transcribing))
             # The new assistant item is still empty, so the history ends with the user's turn.
             messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
                                                         tools=not self._bundled_replies)
-            limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
-            max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
             tools = {} if self._bundled_replies else self._chat_tools(overrides)
             await self._generate(response, messages, max_tokens, where, tools)
         except asyncio.CancelledError:
@@ -303,8 +339,8 @@ class LocalSession:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
         tools = tools or {}
-        response.input_tokens = sum(self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4
-                                    for m in messages)
+        response.input_tokens = sum(
+            self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
         producer = loop.run_in_executor(self._executor, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
@@ -497,6 +533,10 @@ class LocalSession:
                        "server_error", event_id=event.event_id, type_="server_error")
 
     def _on_session_update(self, event) -> None:
+        if (missing := unsupported("session", event.session.model_dump(exclude_unset=True), self.dialect)) is not None:
+            # Said, not dropped: the rest of the update still applies.
+            self.error(f"Not supported by this server: {missing[1]}; the rest of the update applies.",
+                       "unsupported_feature", event_id=event.event_id, param=missing[0])
         try:
             updated = self.settings.merge_wire(self.dialect, event.session.model_dump(exclude_unset=True))
             validate_for_dialect(updated, self.dialect, JAPANESE_VOICES)
@@ -562,6 +602,10 @@ class LocalSession:
             self.error(f"'{kind}' items are not supported here: only message, function_call and function_call_output.",
                        "invalid_value", event_id=event.event_id, param="item.type")
             return
+        elif (missing := unsupported("item", data.model_dump(exclude_unset=True))) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
+            return
         else:
             text = " ".join(p.text or getattr(p, "transcript", None) or "" for p in data.content or [])
             item = Item(id=data.id or new_id("item"), role=data.role or "user", text=text.strip(), audio=False)
@@ -610,8 +654,12 @@ class LocalSession:
                        "Wait until the response is finished before creating a new one.",
                        "conversation_already_has_active_response", event_id=event.event_id)
             return
-        overrides = event.response
-        voice = overrides.voice if overrides is not None else None
+        overrides = event.response.model_dump(exclude_unset=True, by_alias=True) if event.response else {}
+        if (missing := unsupported("response", overrides)) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
+            return
+        voice = event.response.voice if event.response is not None else None
         if voice is not None:
             try:
                 validate_for_dialect(self.settings.changed(voice=voice if isinstance(voice, str) else voice.id),
@@ -621,7 +669,7 @@ class LocalSession:
                 self.error(f"Invalid value for '{param}': {exc.message}", "invalid_value", event_id=event.event_id,
                            param=param)
                 return
-        self._start_response(overrides.model_dump(exclude_unset=True) if overrides is not None else {})
+        self._start_response(overrides)
 
     def _on_response_cancel(self, event) -> None:
         response = self._response
