@@ -23,6 +23,7 @@ from openai.types.realtime import client_secret_create_params
 from koe.local import LocalServer
 
 from tests.conftest import LOCAL_KEY
+from tests.test_client_events import jsonable
 
 AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 
@@ -222,17 +223,9 @@ ROUTES = ["/v1/realtime/calls", "/v1/realtime/client_secrets", "/v1/realtime/ses
           "/v1/realtime/calls/rtc_x/hangup", "/v1/realtime?model=gpt-realtime", "/healthz", "/v1/x"]
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)) or type(value).__name__.endswith("iterator"):
-        return [_jsonable(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(route=st.sampled_from(ROUTES), method=st.sampled_from(["POST", "POST", "GET", "PUT", "DELETE"]),
-       body=st.one_of(SECRET_BODIES.map(_jsonable).map(json.dumps).map(str.encode),
+       body=st.one_of(SECRET_BODIES.map(jsonable).map(json.dumps).map(str.encode),
                       JSON.map(json.dumps).map(str.encode), st.binary(max_size=300)),
        content_type=st.sampled_from(["application/json", "application/sdp", "multipart/form-data; boundary=b",
                                      "text/plain", ""]),
