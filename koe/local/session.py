@@ -132,6 +132,7 @@ class LocalSession:
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
         self._tasks: set[asyncio.Task] = set()
+        self._transcribing: set[asyncio.Task] = set()  # committed user audio whose words are not in yet
         self._expiry = asyncio.get_running_loop().call_later(max_session_s, self._expire)
         self.on_end: Callable[[], None] | None = None
         self._apply_turn_detection()
@@ -177,6 +178,7 @@ class LocalSession:
 
     @property
     def observers(self) -> list[Transport]:
+        """The sideband links attached now (a copy)."""
         return list(self._observers)
 
     def unobserve(self, transport: Transport) -> None:
@@ -252,22 +254,24 @@ class LocalSession:
         marks = {"speech_stopped": stopped_at or time.monotonic()}
         if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
             marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
-        self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        self._transcribing.add(task)
+        task.add_done_callback(self._transcribing.discard)
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
                                        respond: bool, marks: dict[str, float]) -> None:
-        if self.settings.transcription is not None or respond:
-            # No speech came after the silence began (it would have dropped the early pass), so the
-            # early transcript holds every word of the turn.
-            text = await (early if early is not None else self._run(self._transcribe, audio))
-            item.text = text
-            marks["transcribed"] = time.monotonic()
-            if self.settings.transcription is not None:
-                self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
-                # Whisper-style models bill by duration (OpenAI's `usage` for whisper-1).
-                self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                          content_index=0, transcript=text,
-                          usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
+        # Always transcribed: the reply model reads the user's words, also for a response.create after a
+        # manual commit. No speech came after the silence began (it would have dropped the early pass), so
+        # the early transcript holds every word of the turn.
+        text = await (early if early is not None else self._run(self._transcribe, audio))
+        item.text = text
+        marks["transcribed"] = time.monotonic()
+        if self.settings.transcription is not None:
+            self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
+            # Whisper-style models bill by duration (OpenAI's `usage` for whisper-1).
+            self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
+                      content_index=0, transcript=text,
+                      usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
         if respond and item.text.strip():
             self._start_response(marks=marks)
 
@@ -291,13 +295,15 @@ class LocalSession:
         part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
         where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         self.emit("response.content_part.added", part=part, **where)
-        # The new assistant item is still empty, so the history ends with the user's turn.
-        messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
-                                                    tools=not self._bundled_replies)
         limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
                               self.settings.max_output_tokens)
         max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
         try:
+            if self._transcribing:  # a reply asked for right after a commit waits for the user's words
+                await asyncio.wait(set(self._transcribing))
+            # The new assistant item is still empty, so the history ends with the user's turn.
+            messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
+                                                        tools=not self._bundled_replies)
             tools = {} if self._bundled_replies else self._chat_tools(overrides)
             await self._generate(response, messages, max_tokens, where, tools)
         except asyncio.CancelledError:
