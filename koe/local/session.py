@@ -178,6 +178,7 @@ class LocalSession:
 
     @property
     def observers(self) -> list[Transport]:
+        """The sideband links attached now (a copy)."""
         return list(self._observers)
 
     def unobserve(self, transport: Transport) -> None:
