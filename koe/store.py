@@ -50,7 +50,8 @@ REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(r"api[-_]?key|authorization|secret|password", re.IGNORECASE)
 _SPEAKERS = {"user": "You", "assistant": "AI"}
 # Fixed column types, so that an empty table has the same ones as a full one.
-_TRANSCRIPT_TYPES = {"speaker": "str", "text": "str", "status": "str", "latency_ms": "Int64", "item_id": "str"}
+_TRANSCRIPT_TYPES = {"speaker": "str", "text": "str", "status": "str", "latency_ms": "Int64", "item_id": "str",
+                     "heard": "Int64"}
 _EVENT_TYPES = {"direction": "str", "type": "str", "event_id": "str", "payload": "str"}
 _USAGE_TYPES = {"response_id": "str", "model": "str", "input_text_tokens": "int64", "input_audio_tokens": "int64",
                 "cached_text_tokens": "int64", "cached_audio_tokens": "int64", "output_text_tokens": "int64",
@@ -92,6 +93,7 @@ CREATE TABLE IF NOT EXISTS items (
     at REAL NOT NULL,
     latency_ms INTEGER,
     position INTEGER NOT NULL,
+    heard INTEGER,
     PRIMARY KEY (conversation_id, item_id)
 );
 CREATE TABLE IF NOT EXISTS usage (
@@ -121,12 +123,12 @@ FROM conversations c
 
 _UPSERT_ITEM = """
 INSERT INTO items (conversation_id, item_id, previous_item_id, role, text, final, interrupted, at,
-                   latency_ms, position)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   latency_ms, position, heard)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (conversation_id, item_id) DO UPDATE SET
     previous_item_id = excluded.previous_item_id, role = excluded.role, text = excluded.text,
     final = excluded.final, interrupted = excluded.interrupted, latency_ms = excluded.latency_ms,
-    position = excluded.position
+    position = excluded.position, heard = excluded.heard
 """
 
 
@@ -230,7 +232,9 @@ class _Writer:
                     "UPDATE conversations SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
                     (op.at, op.reason, op.conversation_id))
                 if cursor.rowcount:
-                    changed.setdefault(op.conversation_id, set())
+                    # Rows still waiting for text will get none now: closed, and hidden when empty.
+                    changed.setdefault(op.conversation_id, set()).update(
+                        self._transcript(op.conversation_id).close_open_rows())
 
     def _store_event(self, op: _Event, changed: dict[str, set[str]]) -> None:
         payload = _redact(op.event)
@@ -242,6 +246,9 @@ class _Writer:
              event_id if isinstance(event_id, str) else None,
              json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)))
         item_ids = changed.setdefault(op.conversation_id, set())
+        if op.direction == "app" and kind == "koe.reply_cut" and isinstance(payload.get("item_id"), str):
+            heard = payload.get("heard_chars")
+            item_ids |= self._transcript(op.conversation_id).cut(payload["item_id"], heard if isinstance(heard, int) else 0)
         if op.direction != "server":
             return
         item_ids |= self._transcript(op.conversation_id).apply(parse_server_event(payload), op.at)
@@ -272,10 +279,10 @@ class _Writer:
         """The conversation's transcript; rebuilt from its stored rows the first time it is needed."""
         if conversation_id not in self.transcripts:
             stored = self.conn.execute(
-                "SELECT item_id, previous_item_id, role, text, final, interrupted, at, latency_ms, position"
+                "SELECT item_id, previous_item_id, role, text, final, interrupted, at, latency_ms, position, heard"
                 " FROM items WHERE conversation_id = ? ORDER BY position", (conversation_id,)).fetchall()
             rows = [Row(item_id=r[0], previous_item_id=r[1], role=r[2], text=r[3], final=bool(r[4]),
-                        interrupted=bool(r[5]), at=r[6], latency_ms=r[7]) for r in stored]
+                        interrupted=bool(r[5]), at=r[6], latency_ms=r[7], heard=r[9]) for r in stored]
             self.transcripts[conversation_id] = Transcript.from_rows(rows)
             self.positions[conversation_id] = {r[0]: r[8] for r in stored}
         return self.transcripts[conversation_id]
@@ -291,7 +298,7 @@ class _Writer:
                               [(conversation_id, i) for i in old.keys() - new.keys()])
         self.conn.executemany(_UPSERT_ITEM, [
             (conversation_id, r.item_id, r.previous_item_id, r.role, r.text, int(r.final), int(r.interrupted), r.at,
-             r.latency_ms, index)
+             r.latency_ms, index, r.heard)
             for index, r in enumerate(rows) if r.item_id in item_ids or old.get(r.item_id) != index])
         self.positions[conversation_id] = new
 
@@ -309,6 +316,8 @@ class SessionStore:
         with closing(self._connect()) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            if "heard" not in {row[1] for row in conn.execute("PRAGMA table_info(items)")}:
+                conn.execute("ALTER TABLE items ADD COLUMN heard INTEGER")  # a file from before the column
             with conn:
                 conn.execute(
                     "UPDATE conversations SET end_reason = ?, version = version + 1,"
@@ -459,11 +468,14 @@ class SessionStore:
         return [self._conversation_dict(row) for row in found]
 
     def transcript(self, conversation_id: str) -> pd.DataFrame:
-        """Columns time, speaker, text, status, latency_ms, item_id, in conversation order."""
+        """Columns time, speaker, text, status, latency_ms, item_id, heard (of a cut reply: how many
+        characters of text were played; <NA>: all), in conversation order. Rows closed without any
+        text (a reply stopped before it began, silence) are left out."""
         with self._read() as conn:
             found = conn.execute(
-                "SELECT at, role, text, final, interrupted, latency_ms, item_id FROM items"
-                " WHERE conversation_id = ? ORDER BY position", (conversation_id,)).fetchall()
+                "SELECT at, role, text, final, interrupted, latency_ms, item_id, heard FROM items"
+                " WHERE conversation_id = ? AND (trim(text) != '' OR (final = 0 AND interrupted = 0))"
+                " ORDER BY position", (conversation_id,)).fetchall()
         return pd.DataFrame({
             "time": _local_times(r["at"] for r in found),
             "speaker": [_SPEAKERS.get(r["role"], r["role"]) for r in found],
@@ -471,6 +483,7 @@ class SessionStore:
             "status": [_status(r["final"], r["interrupted"]) for r in found],
             "latency_ms": [r["latency_ms"] for r in found],
             "item_id": [r["item_id"] for r in found],
+            "heard": [r["heard"] for r in found],
         }).astype(_TRANSCRIPT_TYPES)
 
     def events(self, conversation_id: str, *, types: list[str] | None = None, direction: str | None = None,

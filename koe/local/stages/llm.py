@@ -27,6 +27,11 @@ class ReplyModel:
                           n_batch=256, chat_format="chatml", verbose=False)
         self._lock = threading.Lock()  # a llama context is not thread-safe
 
+    @property
+    def context_tokens(self) -> int:
+        """How many tokens the context holds: instructions, history and reply together."""
+        return self._llm.n_ctx()
+
     def count_tokens(self, text: str) -> int:
         # Tokenizing reads only the vocabulary, so it needs no lock and never waits on a reply.
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))

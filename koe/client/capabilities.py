@@ -1,0 +1,44 @@
+"""What a backend offers beyond the protocol: Koe's local server says so at `GET /v1/koe/capabilities`.
+
+OpenAI has no such endpoint (its voices, models and options are the protocol's own), so a backend
+that does not answer is taken to be OpenAI-like: `fetch_capabilities` returns None.
+"""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import BaseModel, Field, ValidationError
+
+from koe.client.signaling import Backend
+
+__all__ = ["Capabilities", "fetch_capabilities", "estimate_tokens"]
+
+
+class Capabilities(BaseModel):
+    """The local backend's own description (see koe.local.server.LocalServer.capabilities)."""
+
+    voices: dict[str, list[str]] = Field(default_factory=dict)  # language → voice names
+    context_tokens: int | None = None  # the reply model's whole context; None: unknown
+    max_reply_tokens: int | None = None
+    ignored: list[str] = Field(default_factory=list)  # settings accepted but without effect
+    approximated: dict[str, str] = Field(default_factory=dict)  # setting → how it is served
+
+
+def fetch_capabilities(backend: Backend, timeout_s: float = 30.0) -> Capabilities | None:
+    """The backend's capabilities, or None when it has no such endpoint or does not answer in
+    `timeout_s` (blocking: call it from a UI thread, never from an event loop)."""
+    headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
+    try:
+        response = httpx.get(backend.url("/v1/koe/capabilities"), headers=headers, timeout=timeout_s)
+        if response.status_code != 200:
+            return None
+        return Capabilities.model_validate(response.json())
+    except (httpx.HTTPError, ValueError, ValidationError):
+        return None
+
+
+def estimate_tokens(text: str) -> int:
+    """A generous estimate of a text's tokens for a small model's tokenizer: about four characters
+    of ASCII per token, and one and a half tokens per other character (Japanese, emoji...)."""
+    ascii_chars = sum(1 for c in text if c.isascii())
+    return round(ascii_chars / 4 + (len(text) - ascii_chars) * 1.5)
