@@ -14,7 +14,8 @@ import time
 
 import streamlit as st
 
-from koe.access import MAX_CODE_CHARS, AccessConfig, Role, Visitor, new_visitor_id, role_for_code
+from koe.access import (MAX_CODE_CHARS, AccessConfig, Role, Visitor, backoff_keys, client_address, new_visitor_id,
+                        role_for_code)
 from koe.config import ConfigError
 
 from components import runtime
@@ -82,8 +83,17 @@ def _visitor_from_pass(subject: str | None) -> Visitor | None:
     return visitor
 
 
-def _code_form(container, prompt: str, key: str) -> Role | None:
-    """A code form; the role the code grants once a right one is submitted, else None."""
+def _backoff_keys(visitor_id: str | None) -> tuple[str, ...]:
+    """This visitor's back-off keys: their browser session, their pass, their address where known."""
+    session = st.session_state.setdefault("koe-gate-key", secrets.token_hex(8))
+    hops = runtime.config().access.trusted_proxy_hops
+    address = client_address(st.context.ip_address, st.context.headers.get("X-Forwarded-For"), hops)
+    return backoff_keys(session, visitor_id, address)
+
+
+def _code_form(container, prompt: str, key: str, visitor_id: str | None = None) -> Role | None:
+    """A code form; the role the code grants once a right one is submitted, else None. Wrong codes
+    make this visitor's next tries wait (koe.access.Backoff), and the page says so while they wait."""
     with container.form(key):
         st.write(prompt)
         code = st.text_input("Access code", type="password", max_chars=MAX_CODE_CHARS, key=f"{key}-code")
@@ -94,16 +104,22 @@ def _code_form(container, prompt: str, key: str) -> Role | None:
     if not code:
         container.error("Enter the code you were given.")
         return None
-    keys = (st.session_state.setdefault("koe-gate-key", secrets.token_hex(8)), f"ip:{st.context.ip_address}")
+    keys = _backoff_keys(visitor_id)
     backoff = runtime.backoff()
-    time.sleep(backoff.delay(*keys))  # bounded (Backoff.max_s); this is the script thread, not the event loop
+    wait_s = backoff.delay(*keys)
+    if wait_s:  # said before the wait, so the visitor sees why nothing happens yet
+        log.warning("access code try waits %.1f s (%s)", wait_s, next((k for k in keys if k.startswith("ip:")),
+                                                                    "address unknown"))
+        container.warning(f"Wrong codes were tried from this browser or network: this try waits {wait_s:.1f} s "
+                          "before it is checked.")
+        time.sleep(wait_s)  # bounded (Backoff.max_s); this is the script thread, not the event loop
     role = role_for_code(code, runtime.config().access)
     if role is None:
         backoff.failed(*keys)
-        log.warning("wrong access code (from %s)", st.context.ip_address)
+        log.warning("wrong access code (%s)", next((k for k in keys if k.startswith("ip:")), "address unknown"))
         container.error("That code is not right. Each wrong try makes the next one wait a little longer.")
         return None
-    backoff.succeeded(keys[0])
+    backoff.succeeded(*(k for k in keys if not k.startswith("ip:")))
     return role
 
 
@@ -112,7 +128,7 @@ def _offer_owner_sign_in(access: AccessConfig, visitor: Visitor) -> None:
     if access.admin_code is None or visitor.owner:
         return
     with st.sidebar.expander("Owner sign-in"):
-        role = _code_form(st.container(), "The owner sees every conversation.", "koe-owner")
+        role = _code_form(st.container(), "The owner sees every conversation.", "koe-owner", visitor.id)
     if role == "owner":
         _remember(access, Visitor(visitor.id, "owner"))
         st.rerun()

@@ -9,13 +9,11 @@ match it.
 
 from __future__ import annotations
 
-import html
-import re
-
 import pandas as pd
 import streamlit as st
 
 from koe.access import Visitor
+from koe.export import escape_markdown
 from koe.limits import start_of_day
 from koe.loop_watch import LoopWatch
 from koe.relay import Relay
@@ -73,7 +71,7 @@ def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None
     if status.hint and status.state == "live":
         st.warning(status.hint)
     if status.notice:
-        st.warning(f"The backend says: {status.notice}")
+        st.warning(f"The backend says: {escape_markdown(status.notice)}")
     left, right = st.columns(2)
     with left:
         _meter("🎙️ You", status.input_dbfs if status.state == "live" else -100)
@@ -118,9 +116,8 @@ def cost_meter(relay: Relay | None, store: SessionStore, visitor: Visitor) -> No
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell: no HTML, no Markdown, no line breaks."""
-    marked = re.sub(r"([\\`*_~\[\]#|])", r"\\\1", text.replace("\n", " "))
-    return html.escape(marked, quote=False)
+    """Text shown as itself inside a Markdown table cell: escaped, on one line."""
+    return escape_markdown(" ".join(text.split()))
 
 
 def transcript_markdown(table: pd.DataFrame) -> str:

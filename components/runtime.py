@@ -89,22 +89,24 @@ def backoff() -> Backoff:
 
 
 @st.cache_resource(show_spinner=False)
-def local_server() -> LocalServer:
-    """The embedded offline backend: one per process, models loaded once in the background."""
-    threading.Thread(target=warm, name="koe-warm", daemon=True).start()
+def local_server(reply_model: str | None = None) -> LocalServer:
+    """The embedded offline backend: one per process and reply-model profile (None: $KOE_REPLY_MODEL, else
+    "default"), models loaded once in the background (the speech models are shared)."""
+    threading.Thread(target=warm, kwargs={"reply_model": reply_model}, name="koe-warm", daemon=True).start()
     backend = config().backend
     key = backend.chat_api_key.get_secret_value() if backend.chat_api_key else None
     return LocalServer(port=0, chat_base_url=backend.chat_base_url, chat_model=backend.chat_model,
-                       chat_api_key=key).start()
+                       chat_api_key=key, reply_model=reply_model).start()
 
 
-def local_backend() -> Backend:
-    """`KOE_LOCAL_URL` (a `python -m koe.local` elsewhere) when set, else the embedded server."""
+def local_backend(reply_model: str | None = None) -> Backend:
+    """`KOE_LOCAL_URL` (a `python -m koe.local` elsewhere) when set, else the embedded server answering
+    with the bundled `reply_model` profile."""
     backend = config().backend
     if backend.local_url:
         key = backend.local_api_key.get_secret_value() if backend.local_api_key else None
         return Backend(backend.local_url, api_key=key)
-    return Backend(local_server().url)
+    return Backend(local_server(reply_model).url)
 
 
 @st.cache_data(ttl=300, show_spinner="Asking the local backend what it offers…", hash_funcs={Backend: lambda b: b.base_url})

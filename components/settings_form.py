@@ -18,6 +18,7 @@ from koe.protocol import (
     BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, SemanticVad, ServerVad, SessionSettings, SettingsError,
     TranscriptionSettings, dialect_for_model, validate_for_dialect,
 )
+from koe.local.stages.llm import PROFILES, reply_profile
 from koe.store import LOCAL_BACKEND
 
 from components import runtime
@@ -56,7 +57,15 @@ def backend_choice() -> tuple[Backend, str, str]:
         model = st.sidebar.selectbox("Model", [*GA_MODELS, *BETA_MODELS], format_func=model_label, key="model")
         return openai, "openai", model
     st.sidebar.caption("Koe's own offline backend: Whisper hears you, a small local model answers, Piper speaks.")
-    return runtime.local_backend(), LOCAL_BACKEND, GA_MODELS[0]
+    reply_model = None
+    if not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url:
+        names = list(PROFILES)
+        reply_model = st.sidebar.selectbox(
+            "Local reply model", names, index=names.index(reply_profile().name), key="reply_model",
+            format_func=lambda n: f"{n}: {PROFILES[n].model} ({PROFILES[n].size.split(',')[0]})",
+            help="Offline models answer simple questions only: for better answers use OpenAI, or set "
+                 "KOE_CHAT_BASE_URL to a chat endpoint (Ollama, vLLM, llama.cpp's server).")
+    return runtime.local_backend(reply_model), LOCAL_BACKEND, GA_MODELS[0]
 
 
 def _preset_chosen() -> None:
@@ -163,10 +172,11 @@ def sidebar(current: SessionSettings | None) -> Choice:
             refused[name] = exc.message
     st.session_state["settings_applied"] = applied
     if backend_name == LOCAL_BACKEND and settings.transcription and settings.transcription.language == "ja" \
-            and not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url:
-        st.sidebar.warning("Japanese: you are heard in Japanese and answered in a Japanese voice, but the bundled "
-                           "reply model speaks little Japanese. Set KOE_CHAT_BASE_URL (and KOE_CHAT_MODEL) to a chat "
-                           "endpoint such as Ollama or vLLM for real Japanese replies.")
+            and not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url \
+            and not reply_profile(st.session_state.get("reply_model")).japanese:
+        st.sidebar.warning("Japanese: you are heard in Japanese and answered in a Japanese voice, but this "
+                           "reply model speaks little Japanese. Pick the default reply model, or set KOE_CHAT_BASE_URL "
+                           "(and KOE_CHAT_MODEL) to a chat endpoint such as Ollama or vLLM.")
     return Choice(backend, backend_name, settings, extra, refused, capabilities)
 
 

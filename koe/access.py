@@ -2,7 +2,11 @@
 
 - Codes: `KOE_ACCESS_CODE` lets visitors in, `KOE_ADMIN_CODE` makes the owner (sees every
   conversation). With neither (and no OIDC sign-in) the app is a personal one: everyone is the owner.
-- Codes are compared in constant time, and wrong codes are slowed down per session and per IP.
+- Codes are compared in constant time, and wrong codes are slowed down per visitor (their browser
+  session, and their pass where they have one) and per client address. The address is the socket's
+  peer, or, behind `KOE_TRUSTED_PROXY_HOPS` trusted reverse proxies, the one the outermost of them
+  wrote into `X-Forwarded-For` (`client_address`). Unknown addresses (loopback, where Streamlit gives
+  none) key nothing, so one visitor's typos never make another visitor on the same host wait.
 - A visitor's id survives a reload through a signed pass (`Passes`): an HMAC token the UI keeps in
   the URL, because Streamlit cannot set cookies. It holds no secret, only the random visitor id, the
   role and an expiry; whoever has the URL is that visitor until it expires (as with any link-based
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -23,7 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["AccessConfig", "Backoff", "MAX_CODE_CHARS", "Passes", "Role", "Visitor", "new_visitor_id", "role_for_code"]
+__all__ = ["AccessConfig", "Backoff", "MAX_CODE_CHARS", "Passes", "Role", "Visitor", "backoff_keys", "client_address",
+           "new_visitor_id", "role_for_code"]
 
 Role = Literal["owner", "visitor"]
 MAX_CODE_CHARS = 200  # longer input is refused before any comparison
@@ -37,6 +43,9 @@ class AccessConfig(BaseModel):
     # Signs passes; set it when several app servers share visitors, or for passes that outlive a restart.
     session_secret: SecretStr | None = Field(None, validation_alias="KOE_SESSION_SECRET")
     pass_hours: float = Field(12.0, gt=0, le=24 * 30, validation_alias="KOE_PASS_HOURS")
+    # How many reverse proxies of yours stand in front of the app (each appends to X-Forwarded-For).
+    # 0: the header is ignored (anyone can write it), and the socket's peer is the client.
+    trusted_proxy_hops: int = Field(0, ge=0, le=10, validation_alias="KOE_TRUSTED_PROXY_HOPS")
 
     @property
     def personal(self) -> bool:
@@ -78,9 +87,35 @@ def role_for_code(given: str, config: AccessConfig) -> Role | None:
     return "owner" if matches["owner"] else "visitor" if matches["visitor"] else None
 
 
+def client_address(peer: str | None, forwarded_for: str | None, trusted_proxy_hops: int) -> str | None:
+    """The client's IP address, or None when unknown.
+
+    With no trusted proxy it is `peer` (the socket's; Streamlit gives None on loopback). Behind
+    `trusted_proxy_hops` proxies it is the entry the outermost trusted proxy appended to
+    `X-Forwarded-For` (`trusted_proxy_hops`-th from the right): entries left of it were written by
+    the client and are not believed. None when the header has fewer entries or that one is no IP.
+    """
+    if trusted_proxy_hops == 0:
+        return peer
+    entries = [part.strip() for part in (forwarded_for or "").split(",")]
+    if len(entries) < trusted_proxy_hops:
+        return None
+    try:
+        return str(ipaddress.ip_address(entries[-trusted_proxy_hops]))
+    except ValueError:
+        return None
+
+
+def backoff_keys(session: str, visitor_id: str | None, address: str | None) -> tuple[str, ...]:
+    """The keys wrong codes count against: this browser session, this visitor (their pass), and the
+    client address where it is known. Never a shared key for unknown addresses."""
+    return (f"session:{session}", *([f"visitor:{visitor_id}"] if visitor_id else []),
+            *([f"ip:{address}"] if address else []))
+
+
 class Backoff:
     """Wrong codes cost time: each failure doubles the wait of the next attempt from the same keys
-    (session, IP), from `base_s` up to `max_s`; failures are forgotten after `forget_after_s`.
+    (`backoff_keys`), from `base_s` up to `max_s`; failures are forgotten after `forget_after_s`.
     The wait is the caller's to sleep (in Streamlit's script thread, never on an event loop)."""
 
     def __init__(self, *, base_s: float = 0.5, max_s: float = 8.0, forget_after_s: float = 900.0,
@@ -109,10 +144,11 @@ class Backoff:
             while len(self._failures) > self._max_keys:  # bounded memory under a flood of keys
                 self._failures.popitem(last=False)
 
-    def succeeded(self, key: str) -> None:
-        """Clear one key (the session's); an IP's failures still decay on their own."""
+    def succeeded(self, *keys: str) -> None:
+        """Clear the visitor's own keys (session, pass); an address's failures decay on their own."""
         with self._lock:
-            self._failures.pop(key, None)
+            for key in keys:
+                self._failures.pop(key, None)
 
 
 class Passes:

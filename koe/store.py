@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from koe.export import SETTINGS_EVENTS, Format, export
 from koe.pricing import cost_usd, token_counts
 from koe.protocol import new_id, parse_server_event
 from koe.transcript import Row, Transcript
@@ -115,6 +116,8 @@ CREATE TABLE IF NOT EXISTS usage (
 _CONVERSATION_SQL = """
 SELECT c.id, c.started_at, c.ended_at, c.end_reason, c.backend, c.model, c.dialect, c.settings,
        c.visitor, c.title,
+       (SELECT i.text FROM items i WHERE i.conversation_id = c.id AND i.role IN ('user', 'assistant')
+          AND trim(i.text) != '' ORDER BY i.position LIMIT 1) AS first_text,
        (SELECT COUNT(*) FROM items i
          WHERE i.conversation_id = c.id AND i.role IN ('user', 'assistant')) AS turns,
        (SELECT COALESCE(SUM(u.cost_usd), 0.0) FROM usage u WHERE u.conversation_id = c.id) AS cost_usd
@@ -446,7 +449,7 @@ class SessionStore:
 
     def conversation(self, conversation_id: str) -> dict[str, Any] | None:
         """Metadata (id, started_at, ended_at, end_reason, backend, model, dialect, settings, visitor,
-        title, turns, cost_usd), or None."""
+        title, first_text (the first words said, or None), turns, cost_usd), or None."""
         with self._read() as conn:
             found = conn.execute(_CONVERSATION_SQL + " WHERE c.id = ?", (conversation_id,)).fetchone()
         return self._conversation_dict(found) if found is not None else None
@@ -564,36 +567,10 @@ class SessionStore:
         return found[0] if found is not None else 0
 
     # -- exports -------------------------------------------------------------------------------------
-    def export(self, conversation_id: str, fmt: Literal["csv", "json", "markdown"]) -> str:
-        """The conversation as CSV (the transcript table), JSON (metadata, transcript, usage) or Markdown."""
+    def export(self, conversation_id: str, fmt: Format) -> str:
+        """The conversation as CSV, JSON or Markdown (koe.export formats it); KeyError if unknown."""
         meta = self.conversation(conversation_id)
         if meta is None:
             raise KeyError(conversation_id)
-        transcript = self.transcript(conversation_id)
-        if fmt == "csv":
-            return transcript.to_csv(index=False)
-        if fmt == "json":
-            records = {"conversation": meta,
-                       "transcript": json.loads(transcript.to_json(orient="records", date_format="iso")),
-                       "usage": json.loads(self.usage(conversation_id).to_json(orient="records", date_format="iso"))}
-            return json.dumps(records, ensure_ascii=False, indent=2)
-        if fmt == "markdown":
-            return _markdown(meta, transcript)
-        raise ValueError(f"unknown export format {fmt!r}: use csv, json or markdown")
-
-
-def _markdown(meta: dict[str, Any], transcript: pd.DataFrame) -> str:
-    def when(seconds: float | None) -> str:
-        return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S") if seconds is not None else "—"
-
-    ended = when(meta["ended_at"]) + (f" ({meta['end_reason']})" if meta["end_reason"] else "")
-    lines = [
-        f"# {meta['title'] or 'Conversation'} — {when(meta['started_at'])}",
-        f"- Started: {when(meta['started_at'])}\n- Ended: {ended}\n"
-        f"- Backend: {meta['backend']} · model {meta['model']} ({meta['dialect']})\n"
-        f"- Turns: {meta['turns']} · cost ${meta['cost_usd']:.4f}",
-    ]
-    for row in transcript.itertuples(index=False):
-        note = f" _({row.status})_" if row.status != "final" else ""
-        lines.append(f"**{row.speaker}:** {row.text}{note}")
-    return "\n\n".join(lines) + "\n"
+        return export(fmt, meta, self.transcript(conversation_id), self.usage(conversation_id),
+                      self.events(conversation_id, types=list(SETTINGS_EVENTS)))

@@ -1,4 +1,4 @@
-"""Events: the raw event log, reply latency per turn, tokens and estimated cost."""
+"""Events: the raw event log, reply latency per turn, tokens and estimated cost (live while it runs)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import streamlit as st
 from components import runtime
 from components.conversation import current_relay
 from components.conversation_picker import pick
+from components.event_log import event_log
 from components.gate import require_access
 from components.live import cost_meter
 
@@ -21,27 +22,4 @@ with st.expander("Tokens and estimated cost per day" + ("" if visitor.owner else
                  width="stretch")
 conversation_id = pick(store, "events", visitor)
 if conversation_id:
-    transcript = store.transcript(conversation_id)
-    latency = transcript.dropna(subset=["latency_ms"])
-    st.subheader("Reply latency per turn")
-    if len(latency):
-        per_turn = latency["latency_ms"].reset_index(drop=True)
-        per_turn.index += 1
-        st.bar_chart(per_turn, y_label="ms", x_label="reply")
-    else:
-        st.caption("No replies yet.")
-    st.subheader("Tokens and estimated cost")
-    usage = store.usage(conversation_id)
-    if len(usage):
-        st.dataframe(usage, hide_index=True, width="stretch")
-        st.metric("Estimated cost (USD)", f"{usage['cost_usd'].sum():.4f}")
-    else:
-        st.caption("No usage reported yet.")
-    st.subheader("Event log")
-    all_events = store.events(conversation_id)
-    kinds = sorted(all_events["type"].unique()) if len(all_events) else []
-    left, right = st.columns([3, 1])
-    chosen = left.multiselect("Types", kinds, key="event-types")
-    direction = right.selectbox("Direction", ["all", "server", "client", "app"], key="event-direction")
-    events = store.events(conversation_id, types=chosen or None, direction=None if direction == "all" else direction)
-    st.dataframe(events, hide_index=True, width="stretch")
+    event_log(store, conversation_id)

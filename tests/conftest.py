@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach for a model hub
+# The suite talks through the fast reply model (the app started by browser tests inherits it); the default
+# profile's answers are tested on their own (test_reply_models.py), loading it once.
+os.environ.setdefault("KOE_REPLY_MODEL", "fast")
 
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from koe.access import AccessConfig, Backoff, Passes, Visitor, role_for_code
+from koe.access import AccessConfig, Backoff, Passes, Visitor, backoff_keys, client_address, role_for_code
 from koe.config import ConfigError, load_config
 from koe.ice import IceConfig, browser_ice_servers, server_ice_servers, to_aiortc, turn_rest_credentials
 
@@ -40,6 +40,36 @@ def test_wrong_codes_wait_longer_each_time_up_to_a_bound_and_are_forgotten():
     assert backoff.delay("session") == 0 and backoff.delay("ip:1") == 4.0
     now[0] += 61
     assert backoff.delay("ip:1") == 0
+
+
+def test_the_client_address_is_believed_from_x_forwarded_for_only_behind_trusted_proxies():
+    # No trusted proxy: the header is anyone's to write, so the socket's peer counts (None on loopback).
+    assert client_address("203.0.113.7", "198.51.100.1", 0) == "203.0.113.7"
+    assert client_address(None, "198.51.100.1", 0) is None
+    # One proxy: the entry it appended (the rightmost); what the client wrote to the left is ignored.
+    assert client_address("10.0.0.2", "1.2.3.4, 198.51.100.1", 1) == "198.51.100.1"
+    assert client_address("10.0.0.2", "2001:db8::1", 1) == "2001:db8::1"
+    # Two proxies: the outer one's entry, second from the right.
+    assert client_address("10.0.0.2", "spoofed, 198.51.100.1, 10.0.0.9", 2) == "198.51.100.1"
+    for header in (None, "", "not-an-ip", "198.51.100.1"):  # too few entries, or junk: unknown, not shared
+        assert client_address("10.0.0.2", header, 2) is None
+    with pytest.raises(ConfigError, match="KOE_TRUSTED_PROXY_HOPS"):
+        load_config({"KOE_TRUSTED_PROXY_HOPS": "-1"}.get)
+    assert load_config({"KOE_TRUSTED_PROXY_HOPS": "1"}.get).access.trusted_proxy_hops == 1
+
+
+def test_visitors_on_one_host_do_not_share_a_backoff():
+    backoff = Backoff(base_s=0.5, max_s=8.0)
+    alice, bob = backoff_keys("s1", None, None), backoff_keys("s2", None, None)  # both on loopback
+    for _ in range(5):
+        backoff.failed(*alice)
+    assert backoff.delay(*alice) == 8.0 and backoff.delay(*bob) == 0
+    # A known address is shared by design: its failures follow a visitor into a new session.
+    carol, dave = backoff_keys("s3", "v_carol", "198.51.100.1"), backoff_keys("s4", None, "198.51.100.1")
+    backoff.failed(*carol)
+    assert backoff.delay(*dave) == 0.5
+    backoff.succeeded(*carol[:2])  # the right code clears the visitor's keys, not the address's
+    assert backoff.delay("session:s3") == 0 and backoff.delay(*dave) == 0.5
 
 
 def test_backoff_memory_is_bounded():

@@ -174,6 +174,6 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     # After a reload, History holds the conversation.
     page.goto(url + "/History")
     page.get_by_text("You:", exact=False).first.wait_for(timeout=30_000)
-    conversation = "\n".join(page.locator('[data-testid="stMarkdown"]').all_inner_texts())
+    conversation = "\n".join(page.locator('[data-testid="stText"]').all_inner_texts())  # shown as text
     said = next(line for line in conversation.splitlines() if line.startswith("You: "))
     assert any(word in said.lower() for word in ("five", "5")) and "AI: " in conversation, conversation

@@ -99,8 +99,19 @@ def test_kokoro_speaks_48k_int16_and_mixed_text(japanese):
 
 
 def test_whisper_base_hears_japanese(japanese):
-    text = japanese.stt.transcribe(to_16k(japanese.tts.synthesize(QUESTION)), "ja")
-    assert "東京駅" in text and "教えて" in text, text
+    for voice in ("mei", "jf_alpha"):
+        text = japanese.stt.transcribe(to_16k(japanese.tts.synthesize(QUESTION, voice=voice)), "ja")
+        assert "東京駅" in text and "教えて" in text, (voice, text)
+
+
+def test_the_fast_japanese_voice_speaks_at_once(japanese):
+    assert DEFAULT_JAPANESE_VOICE == "mei"
+    pcm = japanese.tts.synthesize("今日の天気はどうですか？")
+    assert pcm.dtype == np.int16 and 1.0 < pcm.size / 48_000 < 3.0 and rms_dbfs(pcm) > -30
+    first_sound = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 1000)[0]
+    assert first_sound < 48_000 * 0.05  # OpenJTalk's ~0.25 s of leading silence is gone
+    assert "天気" in japanese.stt.transcribe(to_16k(pcm), "ja")
+    assert japanese.tts.synthesize("はい", speed=1.5).size < japanese.tts.synthesize("はい").size
 
 
 # -- spoken round trips over loopback WebRTC -------------------------------------------------------

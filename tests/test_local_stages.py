@@ -8,8 +8,8 @@ import pytest
 from koe.local.stages.models import LocalModels, get_models
 from koe.audio import resample, to_float32
 from koe.local.stages.sentences import ClauseSplitter
-from koe.local.stages.turns import (AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted,
-                                    SpeechStopped)
+from koe.local.stages.turns import (GRACE_MS, AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan,
+                                    SpeechResumed, SpeechStarted, SpeechStopped)
 from koe.local.stages.vad import CHUNK, VadStream
 
 QUESTION = "Please count from one to five."
@@ -137,6 +137,70 @@ def test_take_and_reset_end_a_turn_quietly(detector):
     feed(detector, [0.9], start=55)
     detector.reset()
     assert detector.utterance_so_far().size == 0
+
+
+def silence_began(detector, speech_chunks: int = 5) -> tuple[SilenceBegan, int]:
+    """A turn of `speech_chunks` loud chunks, then its first quiet chunk; (SilenceBegan, next chunk number)."""
+    feed(detector, [0.1] * 10 + [0.9] * speech_chunks)
+    began = feed(detector, [0.0], start=10 + speech_chunks)
+    assert [type(e) for e in began] == [SilenceBegan]
+    return began[0], 11 + speech_chunks
+
+
+def test_semantic_vad_ends_a_complete_turn_after_the_grace():
+    detector = SemanticVadDetector("medium")
+    began, n = silence_began(detector)
+    assert detector.verdict(began.audio_ms, True) == []  # complete, but a breath is not the end yet
+    grace_chunks = -(-GRACE_MS // CHUNK_MS)  # 7 chunks: 224 ms
+    assert feed(detector, [0.0] * (grace_chunks - 2), start=n) == []
+    stopped = feed(detector, [0.0], start=n + grace_chunks - 2)
+    assert [type(e) for e in stopped] == [SpeechStopped]
+    assert stopped[0].waited_ms == grace_chunks * CHUNK_MS < 500  # sooner than server_vad's default window
+    assert stopped[0].audio_end_ms == began.audio_ms + stopped[0].waited_ms
+    assert stopped[0].audio.size == 300 * 16 + (5 + grace_chunks) * CHUNK
+
+
+@pytest.mark.parametrize("eagerness, max_ms", [("high", 2000), ("medium", 4000), ("auto", 4000), ("low", 8000)])
+def test_semantic_vad_waits_through_an_incomplete_pause_up_to_the_eagerness_maximum(eagerness, max_ms):
+    detector = SemanticVadDetector(eagerness)
+    began, n = silence_began(detector)
+    assert detector.verdict(began.audio_ms, False) == []
+    quiet = -(-max_ms // CHUNK_MS)
+    assert feed(detector, [0.0] * (quiet - 2), start=n) == []
+    stopped = feed(detector, [0.0], start=n + quiet - 2)
+    assert [type(e) for e in stopped] == [SpeechStopped] and stopped[0].waited_ms >= max_ms
+
+
+def test_semantic_vad_without_a_verdict_waits_and_a_late_one_ends_the_turn_at_once():
+    detector = SemanticVadDetector("high")
+    began, n = silence_began(detector)
+    assert feed(detector, [0.0] * 20, start=n) == []  # 672 ms: the model has not answered
+    stopped = detector.verdict(began.audio_ms, True)
+    assert [type(e) for e in stopped] == [SpeechStopped] and stopped[0].waited_ms == 21 * CHUNK_MS
+    assert detector.utterance_so_far().size == 0
+
+
+def test_semantic_vad_ignores_a_verdict_on_a_pause_the_user_broke():
+    detector = SemanticVadDetector("high")
+    began, n = silence_began(detector)
+    assert feed(detector, [0.9], start=n) == [SpeechResumed()]
+    assert detector.verdict(began.audio_ms, True) == []  # stale: speech came back
+    again = feed(detector, [0.0], start=n + 1)
+    assert [type(e) for e in again] == [SilenceBegan]
+    assert feed(detector, [0.0] * 20, start=n + 2) == []  # the new pause has no verdict: still listening
+    assert [type(e) for e in detector.verdict(again[0].audio_ms, True)] == [SpeechStopped]
+
+
+def test_semantic_vad_eagerness_applies_live_and_times_run_on_across_detectors():
+    server = ServerVadDetector(0.5, 300, 500)
+    feed(server, [0.1] * 10)
+    detector = SemanticVadDetector("low", clock=server.clock)
+    assert feed(detector, [0.9], start=10) == [SpeechStarted(audio_start_ms=10 * CHUNK_MS)]
+    began = feed(detector, [0.0], start=11)[0]
+    assert detector.verdict(began.audio_ms, False) == []
+    detector.update_eagerness("high")
+    events = feed(detector, [0.0] * 62, start=12)  # 2 s of quiet in all
+    assert [type(e) for e in events] == [SpeechStopped]
 
 
 def test_audio_buffer_for_manual_commits():

@@ -4,6 +4,7 @@ conversations a visitor sees, and bad query parameters and form inputs refused w
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,8 @@ def page(name: str, *, secrets: dict | None = None, visitor: Visitor | None = No
 
 
 def texts(at: AppTest) -> str:
-    return "\n".join(str(e.value) for kind in ("markdown", "error", "warning", "info", "caption") for e in getattr(at, kind))
+    return "\n".join(str(e.value) for kind in ("markdown", "text", "error", "warning", "info", "caption")
+                     for e in getattr(at, kind))
 
 
 def enter(at: AppTest, code: str) -> AppTest:
@@ -152,3 +154,53 @@ def test_with_an_oidc_provider_configured_the_page_asks_to_sign_in_first(data):
     at = at.button[0].click().run()  # asks the browser to go to the provider (test_oidc.py follows it)
     assert not at.exception and not at.selectbox
     assert "oidc-client-secret" not in texts(at)
+
+
+PROBE = "![x](http://127.0.0.1:9/probe.png) **bold** <b>tag</b> =1+1"
+
+
+def test_history_titles_by_first_words_hides_empty_ones_and_shows_words_as_text(data, tmp_path):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    empty = store.start_conversation(backend="local", model="gpt-realtime", dialect="ga", settings={},
+                                     visitor=ALICE.id)
+    store.end_conversation(empty, "stopped by the user")
+    probe = said(store, ALICE.id, PROBE)
+    store.close()
+    at = page("1_History.py", visitor=ALICE)
+    options = at.selectbox(key="history-pick").options
+    assert len(options) == 2 and "alice talks about apples · 1 turn ·" in options[1], options
+    assert "![x](http://127.0.0.1:9/probe.png) **bold** <b>tag</b> =1+1" in options[0]  # the first words
+    at = at.toggle(key="history-show-empty").set_value(True).run()
+    options = at.selectbox(key="history-pick").options
+    assert len(options) == 3 and "(nothing said) · 0 turns" in options[1], options
+    # What was said is shown as text (st.text), never through Markdown.
+    assert at.query_params["id"] == probe
+    assert [t.value for t in at.text] == [f"You: {PROBE}"]
+    assert not any("probe.png" in str(m.value) for m in at.markdown)
+    # Readable columns: no raw names, no None.
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["Time", "Speaker", "Said", "Status", "Reply after"]
+    assert table.iloc[0]["Said"] == PROBE and table.iloc[0]["Reply after"] == ""
+    assert "None" not in table.astype(str).to_numpy().ravel().tolist()
+    # The empty one, chosen, says so.
+    at = at.selectbox(key="history-pick").set_value(empty).run()
+    assert "Nothing was said in this conversation." in texts(at) and not at.exception
+
+
+def test_wrong_codes_from_one_browser_do_not_make_another_wait(data, monkeypatch):
+    """Two browser sessions on one host (AppTest gives no client address, as Streamlit does on loopback):
+    the back-off follows the one that typed wrong codes, and says so, and leaves the other alone."""
+    from components import gate
+
+    waits: list[float] = []  # what the gate would sleep, recorded instead of slept
+    monkeypatch.setattr(gate, "time", types.SimpleNamespace(sleep=waits.append))
+    mallory = page("1_History.py")
+    for attempt in range(4):
+        mallory = enter(mallory, f"guess-{attempt}")
+        assert "That code is not right" in texts(mallory)
+    assert waits == [0.5, 1.0, 2.0]
+    assert "this try waits 2.0 s before it is checked" in texts(mallory)  # and was told so
+    alice = enter(page("1_History.py"), "visitors-welcome")
+    assert waits == [0.5, 1.0, 2.0] and "waits" not in texts(alice) and "No conversation yet" in texts(alice)
+    mallory = enter(mallory, "guess-again")
+    assert waits == [0.5, 1.0, 2.0, 4.0]  # the same browser still waits longer each time

@@ -7,7 +7,7 @@ that does not answer is taken to be OpenAI-like: `fetch_capabilities` returns No
 from __future__ import annotations
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from koe.client.signaling import Backend
 
@@ -15,7 +15,7 @@ __all__ = ["Capabilities", "fetch_capabilities", "estimate_tokens"]
 
 
 class Capabilities(BaseModel):
-    """The local backend's own description (see koe.local.server.LocalServer.capabilities)."""
+    """The local backend's own description (koe.local.server.LocalServer.capabilities); unknown keys ignored."""
 
     voices: dict[str, list[str]] = Field(default_factory=dict)  # language → voice names
     context_tokens: int | None = None  # the reply model's whole context; None: unknown
@@ -23,13 +23,20 @@ class Capabilities(BaseModel):
     ignored: list[str] = Field(default_factory=list)  # settings accepted but without effect
     approximated: dict[str, str] = Field(default_factory=dict)  # setting → how it is served
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reply_model_context(cls, data: object) -> object:
+        # The server names the context under its reply model: {"reply_model": {"context_tokens": ...}}.
+        if isinstance(data, dict) and "context_tokens" not in data and isinstance(data.get("reply_model"), dict):
+            data = {**data, "context_tokens": data["reply_model"].get("context_tokens")}
+        return data
+
 
 def fetch_capabilities(backend: Backend, timeout_s: float = 30.0) -> Capabilities | None:
     """The backend's capabilities, or None when it has no such endpoint or does not answer in
     `timeout_s` (blocking: call it from a UI thread, never from an event loop)."""
-    headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
     try:
-        response = httpx.get(backend.url("/v1/koe/capabilities"), headers=headers, timeout=timeout_s)
+        response = httpx.get(backend.url("/v1/koe/capabilities"), timeout=timeout_s)
         if response.status_code != 200:
             return None
         return Capabilities.model_validate(response.json())

@@ -31,6 +31,43 @@ QUESTIONS = (
     "Why is the sky blue?",
 )
 VOICE_DBFS = -45.0  # quieter than this counts as silence (Opus leaves a faint noise floor)
+_FRAME = RATE // 100  # 10 ms: the resolution of the speech edits below
+
+
+def _voiced(speech: np.ndarray) -> np.ndarray:
+    """Per 10 ms of int16 48 kHz speech: is it louder than silence?"""
+    frames = speech[: speech.size // _FRAME * _FRAME].reshape(-1, _FRAME)
+    return np.array([rms_dbfs(frame) > VOICE_DBFS for frame in frames], dtype=bool)
+
+
+def trim_silence(speech: np.ndarray) -> np.ndarray:
+    """The speech (int16 mono 48 kHz) without its quiet start and end, so its end is the voice's end."""
+    voiced = np.flatnonzero(_voiced(speech))
+    return speech[voiced[0] * _FRAME : (voiced[-1] + 1) * _FRAME] if voiced.size else speech[:0]
+
+
+def with_pause(speech: np.ndarray, pause_s: float) -> tuple[np.ndarray, float]:
+    """A speaker who stops mid-sentence: the longest quiet stretch inside the speech (where a TTS voice
+    breathes at a comma, keeping the sentence's unfinished melody) widened to `pause_s` of silence.
+
+    Takes and returns int16 mono 48 kHz, with the seconds at which the speech resumes after the pause.
+    Raises ValueError when the speech has no quiet stretch inside it.
+    """
+    voiced = _voiced(speech)
+    inner = np.flatnonzero(voiced)
+    runs, start = [], None  # (first, end) frame indexes of quiet runs between voiced frames
+    for i in range(inner[0], inner[-1] + 1) if inner.size else ():
+        if not voiced[i] and start is None:
+            start = i
+        elif voiced[i] and start is not None:
+            runs.append((start, i))
+            start = None
+    if not runs:
+        raise ValueError("the speech has no pause inside it to widen")
+    first, end = max(runs, key=lambda run: run[1] - run[0])
+    head = speech[: first * _FRAME]
+    paused = np.concatenate([head, np.zeros(round(pause_s * RATE), np.int16), speech[end * _FRAME :]])
+    return paused, head.size / RATE + pause_s
 
 
 class SimulatedUser:

@@ -10,6 +10,7 @@ import time
 
 from koe.local.server import LocalServer
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint
+from koe.local.stages.llm import DEFAULT_PROFILE, PROFILES, REPLY_MODEL_ENV
 from koe.local.stages.models import get_models, warm
 
 log = logging.getLogger("koe.local")
@@ -22,9 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=os.environ.get("KOE_LOCAL_API_KEY"),
                         help="require this bearer key (default: $KOE_LOCAL_API_KEY; none = open)")
     parser.add_argument("--max-session-minutes", type=float, default=60.0)
+    parser.add_argument("--reply-model", choices=list(PROFILES), default=os.environ.get(REPLY_MODEL_ENV) or DEFAULT_PROFILE,
+                        help="the bundled reply model: " + "; ".join(f"{p.name} = {p.model}" for p in PROFILES.values())
+                             + f" (default: ${REPLY_MODEL_ENV}, else %(default)s)")
     reply = parser.add_argument_group("your own reply model (any OpenAI-compatible chat-completions endpoint)")
     reply.add_argument("--chat-base-url", help="e.g. http://127.0.0.1:8080/v1 (default: $KOE_CHAT_BASE_URL; "
-                                               "none = the bundled SmolLM2-135M)")
+                                               "none = the bundled model)")
     reply.add_argument("--chat-model", help="the model name to ask for (default: $KOE_CHAT_MODEL)")
     reply.add_argument("--chat-api-key", help="bearer key for the endpoint (default: $KOE_CHAT_API_KEY)")
     reply.add_argument("--chat-timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (default: %(default)s)")
@@ -37,12 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     started = time.monotonic()
-    warm(japanese=args.japanese)
+    warm(japanese=args.japanese, reply_model=args.reply_model)
     log.info("models ready in %.1f s", time.monotonic() - started)
     if endpoint is not None:
         log.info("replies from %s (model %s)", endpoint.base_url, endpoint.model)
     server = LocalServer(args.host, args.port, api_key=args.api_key, max_session_s=args.max_session_minutes * 60,
-                         models=get_models(), chat_base_url=args.chat_base_url, chat_model=args.chat_model,
+                         models=get_models(args.reply_model), chat_base_url=args.chat_base_url, chat_model=args.chat_model,
                          chat_api_key=args.chat_api_key, chat_timeout_s=args.chat_timeout)
     print(f"Koe local Realtime server on http://{args.host}:{args.port} "
           f"(GA: POST /v1/realtime/calls, beta: POST /v1/realtime?model=...)", flush=True)

@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession
-from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
+from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
+from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES
 from koe.protocol import Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
 
 log = logging.getLogger("koe.local")
@@ -68,10 +69,13 @@ class LocalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
                  max_session_s: float = 3600.0, models: LocalModels | None = None,
                  chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
-                 chat_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None) -> None:
         """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
-        OpenAI-compatible chat-completions endpoint instead of the bundled model."""
+        OpenAI-compatible chat-completions endpoint instead of the bundled model. `reply_model` names the
+        bundled model's profile (else $KOE_REPLY_MODEL, else "default"; ValueError if unknown); `models`,
+        when given, brings its own."""
         self.host, self.port = host, port
+        self.reply_profile = models.llm.profile if models is not None else reply_profile(reply_model)
         self.api_key = api_key
         self.max_session_s = max_session_s
         self._models = models
@@ -89,8 +93,8 @@ class LocalServer:
             Route("/v1/realtime/client_secrets", self.create_client_secret, methods=["POST"]),
             Route("/v1/realtime/sessions", self.create_beta_session, methods=["POST"]),
             Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
-            Route("/v1/koe/capabilities", self.capabilities, methods=["GET"]),
             Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
+            Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
         ], exception_handlers={HttpError: lambda request, exc: exc.response})
 
     @property
@@ -100,6 +104,28 @@ class LocalServer:
     @property
     def call_count(self) -> int:
         return len(self._calls)
+
+    def capabilities(self) -> dict:
+        """What answers on this server, for clients to show and check (also `GET /v1/koe/capabilities`):
+
+        {"reply_model": {"profile", "model", "size", "context_tokens", "offline"}, "reply_models": [same, per
+        bundled profile], "japanese_voices": [...], "voices": {"en": [...], "ja": [...]}, "max_reply_tokens":
+        what max_output_tokens "inf" means here, "ignored": [session settings accepted without effect],
+        "approximated": {setting: how it is served}}. With a chat endpoint, reply_model is {"profile": None,
+        "model": its model name, "size": None, "context_tokens": None, "offline": False}. Instructions and
+        history beyond context_tokens (less the reply) are refused with a `context_length_exceeded` error.
+        """
+        if self.chat is not None:
+            reply = {"profile": None, "model": self.chat.endpoint.model, "size": None, "context_tokens": None,
+                     "offline": False}
+        else:
+            reply = self.reply_profile.describe()
+        return {"reply_model": reply, "reply_models": [profile.describe() for profile in PROFILES.values()],
+                "japanese_voices": list(JAPANESE_VOICES),
+                "voices": {"en": list(ENGLISH_VOICES), "ja": list(JAPANESE_VOICES)},
+                "max_reply_tokens": DEFAULT_REPLY_TOKENS,
+                "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature"],
+                "approximated": {}}
 
     # -- running -------------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -136,7 +162,8 @@ class LocalServer:
     async def models(self) -> LocalModels:
         async with self._models_lock:
             if self._models is None:
-                self._models = await asyncio.get_running_loop().run_in_executor(self._executor, get_models)
+                self._models = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, get_models, self.reply_profile.name)
         return self._models
 
     # -- endpoints -----------------------------------------------------------------------------
@@ -198,23 +225,6 @@ class LocalServer:
         value, expires_at = self._mint(settings, BETA_KEY_TTL_S)
         return JSONResponse({"id": new_id("sess"), "object": "realtime.session", **settings.to_wire("beta"),
                              "client_secret": {"value": value, "expires_at": int(expires_at)}})
-
-    async def capabilities(self, request: Request) -> Response:
-        """What this backend really offers, for clients that adapt to it (Koe's sidebar); not part of
-        OpenAI's API: `{"object": "koe.capabilities", "voices": {"en": [...], "ja": [...]},
-        "context_tokens": int | null (the reply model's context; null when a chat endpoint answers),
-        "max_reply_tokens": int (what max_output_tokens "inf" means here), "ignored": [setting names
-        accepted but without effect], "approximated": {setting: how}}`."""
-        self._authorize(request, ephemeral=False)
-        replies = self.chat if self.chat is not None else (await self.models()).llm
-        return JSONResponse({
-            "object": "koe.capabilities",
-            "voices": {"en": list(ENGLISH_VOICES), "ja": list(JAPANESE_VOICES)},
-            "context_tokens": getattr(replies, "context_tokens", None),
-            "max_reply_tokens": DEFAULT_REPLY_TOKENS,
-            "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature"],
-            "approximated": {"turn_detection.semantic_vad": "server VAD whose silence window follows the eagerness"},
-        })
 
     async def hang_up(self, request: Request) -> Response:
         self._authorize(request)

@@ -22,12 +22,14 @@ from aiortc.mediastreams import MediaStreamTrack
 from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono, frames, to_float32
 from koe.local.conversation import Conversation, Item
 from koe.local.stages.chat import ChatEndpointError
+from koe.local.stages.llm import ContextOverflow
 from koe.local.stages.models import LocalModels, get_japanese_models
 from koe.local.stages.replies import ReplyStream
 from koe.local.stages.sentences import ClauseSplitter
-from koe.local.stages.turns import AudioBuffer, ServerVadDetector, SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped
+from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechResumed,
+                                   SpeechStarted, SpeechStopped)
 from koe.local.stages.vad import VadStream
-from koe.local.voices import japanese_voice
+from koe.local.voices import OPENJTALK_VOICE, japanese_voice
 from koe.protocol import (
     Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
 )
@@ -70,7 +72,7 @@ class LocalSession:
         self.models = models
         self.replies: ReplyStream = replies or models.llm  # a chat endpoint, when one is configured
         self._bundled_replies = replies is None
-        self._warned_japanese = False
+        self._warned: set[str] = set()  # the Japanese-mode notices already given
         self.reply_track = PcmQueueTrack(capacity_ms=20_000, on_drained=self._on_drained)
         self._executor = executor
         self._channel = None  # the oai-events data channel, once the client opened it
@@ -138,6 +140,8 @@ class LocalSession:
         elif isinstance(event, SilenceBegan):
             # Transcribe while the silence window runs: most turns end here, and the text is ready.
             # One pass at a time: pauses between words must not queue up work for the model.
+            if isinstance(self._detector, SemanticVadDetector):
+                self._ask_turn_model(self._detector, event)  # first: the turn's end waits on it
             if self._early_job is None or self._early_job.done():
                 self._early_job = self._executor.submit(self._transcribe, event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
@@ -151,16 +155,32 @@ class LocalSession:
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
             create = vad is not None and vad.create_response
             early, self._early = self._early, None
-            self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic())
+            self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic(),
+                         waited_ms=event.waited_ms)
+
+    def _ask_turn_model(self, detector: SemanticVadDetector, silence: SilenceBegan) -> None:
+        """semantic_vad: has the user finished? The model runs in the executor; its verdict may end the turn."""
+        def judged(job: asyncio.Future) -> None:
+            if job.cancelled() or detector is not self._detector:
+                return  # the session closed, or the turn detection changed meanwhile
+            if job.exception() is not None:  # without a verdict the turn ends at the eagerness's maximum
+                log.warning("turn model failed: %s", job.exception())
+                return
+            for event in detector.verdict(silence.audio_ms, job.result()):
+                self._on_turn_event(event)
+
+        self._run(self.models.turn.is_complete, silence.audio).add_done_callback(judged)
 
     def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None,
-                stopped_at: float | None = None) -> None:
+                stopped_at: float | None = None, waited_ms: int | None = None) -> None:
         item = Item(id=item_id, role="user")
         previous = self._conversation.add(item)
         self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
         self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
         self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
         marks = {"speech_stopped": stopped_at or time.monotonic()}
+        if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
+            marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
         task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
         self._transcribing.add(task)
         task.add_done_callback(self._transcribing.discard)
@@ -213,6 +233,9 @@ class LocalSession:
             log.warning("reply failed: %s", exc)
             response.status, response.reason = "failed", str(exc)
             self.error(str(exc), "chat_endpoint_error", type_="server_error")
+        except ContextOverflow as exc:  # the client can fix this: shorter instructions
+            response.status, response.reason = "failed", str(exc)
+            self.error(str(exc), "context_length_exceeded", param="session.instructions")
         except Exception as exc:  # a failed reply is reported in response.done, the call goes on
             log.exception("reply failed")
             response.status, response.reason = "failed", str(exc)
@@ -221,7 +244,7 @@ class LocalSession:
     async def _generate(self, response: Response, messages: list[dict[str, str]], max_tokens: int, where: dict) -> None:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
-        temperature = self.settings.temperature or 0.7
+        temperature = self.settings.temperature  # None (GA has none): the reply model's recommended sampling
 
         def produce() -> None:
             try:
@@ -308,8 +331,9 @@ class LocalSession:
 
     @staticmethod
     def _log_timings(response: Response) -> None:
-        """Stage times of a turn, from its first mark: operators read them, the benchmark collects them."""
-        start = min(response.marks.values())
+        """Stage times of a turn from speech_stopped (else its first mark; user_stopped comes before it,
+        so it is negative): operators read them, the benchmark collects them."""
+        start = response.marks.get("speech_stopped", min(response.marks.values()))
         timings = {name: round(1000 * (t - start)) for name, t in response.marks.items()}
         log.info("reply %s: %s", response.id, ", ".join(f"{k} +{v} ms" for k, v in timings.items()),
                  extra={"timings_ms": timings})
@@ -460,13 +484,16 @@ class LocalSession:
         if vad is None:
             self._detector = None
             return
-        # Semantic VAD runs as server VAD here, its eagerness mapped to the silence it waits for.
-        threshold, padding, silence = (vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms) \
-            if isinstance(vad, ServerVad) else (0.5, 300, {"low": 1200, "medium": 800, "high": 400, "auto": 800}[vad.eagerness])
-        if self._detector is None:
-            self._detector = ServerVadDetector(threshold, padding, silence)
-        else:
-            self._detector.update(threshold, padding, silence)
+        clock = self._detector.clock if self._detector is not None else 0
+        if isinstance(vad, ServerVad):
+            if type(self._detector) is ServerVadDetector:
+                self._detector.update(vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms)
+            else:
+                self._detector = ServerVadDetector(vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms, clock)
+        elif isinstance(self._detector, SemanticVadDetector):
+            self._detector.update_eagerness(vad.eagerness)
+        else:  # semantic_vad: Silero hears the silences, the turn model judges them
+            self._detector = SemanticVadDetector(vad.eagerness, clock=clock)
 
     def _language(self) -> str:
         transcription = self.settings.transcription
@@ -477,17 +504,24 @@ class LocalSession:
         return self._language() == "ja"
 
     def _on_language(self) -> None:
-        """Entering Japanese mode: load its models before the user's first turn ends, and be honest
-        about the bundled reply model."""
+        """Entering Japanese mode: load its models (and the chosen voice) before the user's first turn
+        ends, and say once what the user will hear: a bundled reply model weak in Japanese, the fast voice."""
         if not self._japanese():
             return
-        self._executor.submit(get_japanese_models)
-        if self._bundled_replies and not self._warned_japanese:
-            self._warned_japanese = True
-            self.error("Japanese mode: speech in and out is Japanese, but the bundled reply model "
-                       "(SmolLM2-135M) speaks little Japanese, so its replies will be poor. Configure a chat "
-                       "endpoint (KOE_CHAT_BASE_URL, KOE_CHAT_MODEL) for real Japanese replies.",
-                       "local_reply_model_limited", type_="warning")
+        voice = japanese_voice(self.settings.voice)
+        self._executor.submit(lambda: get_japanese_models().tts.prepare(voice))
+        profile = self.models.llm.profile
+        if self._bundled_replies and not profile.japanese and "limited" not in self._warned:
+            self._warned.add("limited")
+            self.error(f"Japanese mode: speech in and out is Japanese, but the bundled reply model "
+                       f"({profile.model}) speaks little Japanese, so its replies will be poor. Start the server "
+                       "with --reply-model default, or configure a chat endpoint (KOE_CHAT_BASE_URL, "
+                       "KOE_CHAT_MODEL) for real Japanese replies.", "local_reply_model_limited", type_="warning")
+        if voice == OPENJTALK_VOICE and "voice" not in self._warned:
+            self._warned.add("voice")
+            self.error("Japanese replies are spoken by OpenJTalk's fast voice \"mei\" (HTS, CC BY 3.0); Kokoro's "
+                       "voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo) sound more natural "
+                       "but start speaking about a second later.", "local_fast_voice", type_="warning")
 
     # Both run in the executor: the Japanese models load there on first use, never on the loop.
     def _transcribe(self, audio16k: np.ndarray) -> str:

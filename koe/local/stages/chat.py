@@ -58,11 +58,14 @@ class ChatModel:
     def count_tokens(self, text: str) -> int:
         return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 200, temperature: float = 0.7,
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 200, temperature: float | None = None,
                cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
-        """Text deltas of the reply; stops reading (and closes the stream) once cancelled()."""
-        body = {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens,
-                "temperature": temperature, "stream": True}
+        """Text deltas of the reply; stops reading (and closes the stream) once cancelled().
+
+        `temperature` None leaves it to the endpoint's default for its model."""
+        body = {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens, "stream": True}
+        if temperature is not None:
+            body["temperature"] = temperature
         where = self.endpoint.base_url
         try:
             with self._http.stream("POST", "/chat/completions", json=body) as response:

@@ -7,9 +7,11 @@ from typing import Protocol
 
 
 class ReplyStream(Protocol):
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float | None,
                cancelled: Callable[[], bool]) -> Iterator[str]:
-        """Text deltas of the reply to `messages` (system first, then the history); runs in a worker thread."""
+        """Text deltas of the reply to `messages` (system first, then the history); runs in a worker thread.
+
+        `temperature` None: the model's recommended sampling."""
         ...
 
     def count_tokens(self, text: str) -> int:
