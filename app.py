@@ -20,20 +20,27 @@ store = runtime.store()
 relay = current_relay()
 running = relay is not None and relay.status.state == "live"
 choice = sidebar(relay.settings if running else None)
+# Every part whose content depends on the session's state gets a slot of its own, so the elements after
+# it (the fragments above all) keep their place in the page when it appears or goes: a fragment that
+# reruns on its own keeps writing where it was, and a moved one would leave a stale copy behind.
+intro = st.container()
 if relay is None or relay.status.state == "idle":
-    st.markdown("Koe (声, *voice*) lets you hold a spoken conversation with an AI model. "
-                "**Press START**, allow the microphone, and talk: the AI answers in your speaker, and the "
-                "transcript below fills in as you go. Settings in the sidebar (voice, instructions, push to talk) "
-                "apply while you talk; **History** keeps every conversation with its audio.")
-    last_conversation_pointer(store, visitor)
+    intro.markdown("Koe (声, *voice*) lets you hold a spoken conversation with an AI model. "
+                   "**Press START**, allow the microphone, and talk: the AI answers in your speaker, and the "
+                   "transcript below fills in as you go. Settings in the sidebar (voice, instructions, push to "
+                   "talk) apply while you talk; **History** keeps every conversation with its audio.")
+    with intro:
+        last_conversation_pointer(store, visitor)
 before = relay.settings if relay is not None else None  # what START would have used until this Apply
 relay = talk(choice, store, visitor)
-microphone_watch()
+with st.container():
+    microphone_watch()
 apply_settings(relay, choice, before)
 diagnostics = visitor.owner and st.sidebar.toggle("Show diagnostics", key="diagnostics",
                                                  help="How late the loop that carries the audio runs.")
 status_and_meters(relay, runtime.media_loop_watch() if diagnostics else None)
-conversation_controls(relay)
+with st.container():
+    conversation_controls(relay)
 cost_meter(relay, store, visitor)
 st.subheader("Transcript")
 transcript(store)

@@ -15,8 +15,8 @@ import streamlit as st
 from koe.client import Backend, Capabilities, estimate_tokens
 from koe.presets import PRESETS
 from koe.protocol import (
-    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, SemanticVad, ServerVad, SessionSettings, SettingsError,
-    TranscriptionSettings, dialect_for_model, validate_for_dialect,
+    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, REASONING_EFFORTS, SemanticVad, ServerVad, SessionSettings, SettingsError,
+    TranscriptionSettings, dialect_for_model, is_reasoning_model, validate_for_dialect,
 )
 from koe.local.stages.llm import PROFILES, reply_profile
 from koe.store import LOCAL_BACKEND
@@ -30,7 +30,8 @@ DEFAULT_PRESET = "Helpful assistant"
 TURN_ROOM_TOKENS = 256  # what a reply needs besides the instructions: the user's words, at least
 LABELS = {"instructions": "instructions", "voice": "voice", "speed": "speed", "turn_detection": "turn detection",
           "max_output_tokens": "max output tokens", "transcription": "transcription",
-          "noise_reduction": "noise reduction", "temperature": "temperature"}
+          "noise_reduction": "noise reduction", "temperature": "temperature", "reasoning_effort": "reasoning effort",
+          "reasoning": "reasoning effort"}
 
 
 @dataclass
@@ -141,6 +142,11 @@ def sidebar(current: SessionSettings | None) -> Choice:
         max_tokens = st.text_input("Max output tokens (1–4096 or inf)", "inf")
         temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05,
                                 disabled=dialect == "ga" or "temperature" in ignored)
+        effort = None
+        if backend_name != LOCAL_BACKEND and is_reasoning_model(model):
+            effort = st.selectbox("Reasoning effort", [None, *REASONING_EFFORTS], key="reasoning_effort",
+                                  format_func=lambda e: "server default (low)" if e is None else e,
+                                  help="How long the model reasons before it answers: more effort, slower replies.")
         if ignored:
             st.caption("The local backend does not use: "
                        + ", ".join(sorted(LABELS.get(i.split(".")[0], i) + (" model" if i.endswith(".model") else "")
@@ -156,6 +162,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
         "transcription": TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
         "noise_reduction": None if noise == "off" or "noise_reduction" in ignored else noise,
         "temperature": temperature if dialect == "beta" else None,
+        "reasoning_effort": effort,
     }
     settings = base.changed(model=base.model if current else model)
     refused: dict[str, str] = {}

@@ -124,7 +124,7 @@ class LocalServer:
                 "japanese_voices": list(JAPANESE_VOICES),
                 "voices": {"en": list(ENGLISH_VOICES), "ja": list(JAPANESE_VOICES)},
                 "max_reply_tokens": DEFAULT_REPLY_TOKENS,
-                "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature"],
+                "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature", "reasoning"],
                 "approximated": {}}
 
     # -- running -------------------------------------------------------------------------------

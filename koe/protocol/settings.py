@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from koe.protocol.dialect import BETA_VOICES, GA_VOICES, Dialect
+from koe.protocol.dialect import BETA_VOICES, GA_VOICES, REASONING_MODELS, Dialect, ReasoningEffort, is_reasoning_model
 
 __all__ = [
     "SemanticVad",
@@ -105,6 +105,7 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "voice": ("audio", "output", "voice"),
         "speed": ("audio", "output", "speed"),
         "max_output_tokens": ("max_output_tokens",),
+        "reasoning_effort": ("reasoning", "effort"),
     },
     "beta": {
         "model": ("model",),
@@ -132,6 +133,7 @@ class SessionSettings(_Settings):
     turn_detection: TurnDetection | None = Field(default_factory=ServerVad)
     max_output_tokens: int | Literal["inf"] = "inf"
     temperature: float | None = Field(None, ge=0.6, le=1.2)  # beta only
+    reasoning_effort: ReasoningEffort | None = None  # GA reasoning models (REASONING_MODELS) only; None: the server's default
 
     @field_validator("voice")
     @classmethod
@@ -161,7 +163,7 @@ class SessionSettings(_Settings):
         wanted = names if only is None else only - {"model"}
         out: dict[str, Any] = {"type": "realtime"} if dialect == "ga" else {}
         for name, path in _PATHS[dialect].items():
-            if name in wanted and not (name == "temperature" and self.temperature is None):
+            if name in wanted and not (name in ("temperature", "reasoning_effort") and getattr(self, name) is None):
                 _put(out, path, self._encode(name, dialect))
         return out
 
@@ -261,6 +263,9 @@ def validate_for_dialect(settings: SessionSettings, dialect: Dialect, extra_voic
         raise SettingsError("voice", message)
     if dialect == "ga" and settings.temperature is not None:
         raise SettingsError("temperature", "temperature is not part of the GA interface; leave it unset")
+    if settings.reasoning_effort is not None and not is_reasoning_model(settings.model):
+        raise SettingsError("reasoning_effort", f"{settings.model} does not reason: only "
+                                                f"{', '.join(REASONING_MODELS)} take a reasoning effort")
     vad = settings.turn_detection
     if dialect == "beta" and isinstance(vad, ServerVad) and vad.idle_timeout_ms is not None:
         field = "turn_detection.idle_timeout_ms"
