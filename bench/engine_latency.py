@@ -1,9 +1,10 @@
 """End of user speech to first reply audio, through the local server on loopback.
 
-    .venv/bin/python bench/engine_latency.py [--turns 8] [--languages en,ja] [--chat-base-url URL --chat-model M]
+    .venv/bin/python bench/engine_latency.py [--turns 8] [--languages en,ja] [--reply-model fast|default]
+        [--japanese-voice mei|jf_alpha|...] [--chat-base-url URL --chat-model M]
 
 A simulated caller speaks several utterances (made with the project's own TTS) over a real WebRTC
-call, in English and then in Japanese (transcription language "ja": Whisper base, Kokoro). For
+call, in English and then in Japanese (transcription language "ja": Whisper base, OpenJTalk's mei). For
 each turn it prints the time from `speech_stopped` to the first non-silent reply frame at the
 client, split into speech to text, first token and first audio as the server measured them; then
 p50/p95 per language and the process's peak memory. Goal on a 2-core CPU: p50 at most 1.0 s.
@@ -31,7 +32,8 @@ from koe.client import Backend  # noqa: E402
 from koe.client.simulated_user import QUESTIONS as UTTERANCES, SimulatedUser  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
 from koe.local.stages.models import get_japanese_models, warm  # noqa: E402
-from koe.local.voices import JAPANESE_VOICES  # noqa: E402
+from koe.local.stages.llm import PROFILES  # noqa: E402
+from koe.local.voices import DEFAULT_JAPANESE_VOICE, JAPANESE_VOICES  # noqa: E402
 from koe.protocol import SessionSettings, TranscriptionSettings  # noqa: E402
 
 JAPANESE_UTTERANCES = [
@@ -46,9 +48,18 @@ JAPANESE_UTTERANCES = [
 ]
 
 
+JAPANESE_INSTRUCTIONS = "あなたは親切なアシスタントです。日本語で、一文か二文で短く答えてください。"
+
+
+def japanese_caller(japanese) -> Callable[[str], np.ndarray]:
+    """The simulated caller's Japanese speech: Kokoro's jf_alpha, which Whisper base hears best."""
+    return lambda text: japanese.tts.synthesize(text, voice="jf_alpha")
+
+
 async def conversation(server: LocalServer, settings: SessionSettings, utterances: list[str],
                        speak: Callable[[str], np.ndarray], timings: TimingsCollector, turns: int) -> list[tuple]:
-    """One call of `turns` turns; per turn (client ms, transcribed, first token, first audio as the server saw them)."""
+    """One call of `turns` turns; per turn (client ms, transcribed, first token, first audio as the server saw
+    them, what the server heard, the reply's transcript, the utterance); turns without reply audio are left out."""
     rows = []
     user = SimulatedUser(Backend(server.url), settings)
     user.connection.extra_voices = JAPANESE_VOICES  # the local backend's own voices
@@ -66,8 +77,11 @@ async def conversation(server: LocalServer, settings: SessionSettings, utterance
                 print(f"turn {n + 1}: no reply audio ({done.response['status']})")
                 continue
             stages = timings.turns[-1]
+            heard = next((e.transcript for _, e in turn
+                          if e.type == "conversation.item.input_audio_transcription.completed"), "")
+            reply = next((e.transcript for _, e in turn if e.type == "response.output_audio_transcript.done"), "")
             rows.append((1000 * (first_audio - stopped), stages["transcribed"], stages["first_token"],
-                         stages["first_audio"]))
+                         stages["first_audio"], heard, reply, text))
             print(f"turn {n + 1}: {rows[-1][0]:5.0f} ms at the client  (server: transcript +{rows[-1][1]}, "
                   f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms)  {text}")
             await asyncio.sleep(0.5)
@@ -86,8 +100,9 @@ def report(language: str, rows: list[tuple]) -> None:
         print(f"    {label:26s} p50 {statistics.median(values):5.0f} ms  p95 {percentile(values, 0.95):5.0f} ms")
 
 
-async def run(turns: int, languages: list[str], chat: dict[str, str | None]) -> None:
-    models = warm(japanese="ja" in languages)
+async def run(turns: int, languages: list[str], chat: dict[str, str | None], reply_model: str | None,
+              japanese_voice: str) -> None:
+    models = warm(japanese="ja" in languages, reply_model=reply_model)
     japanese = get_japanese_models() if "ja" in languages else None
     timings = TimingsCollector()
     server_log = logging.getLogger("koe.local")
@@ -95,7 +110,8 @@ async def run(turns: int, languages: list[str], chat: dict[str, str | None]) -> 
     server_log.addHandler(timings)
     server_log.propagate = False  # the figures are printed below
     server = LocalServer(port=0, models=models, **chat).start()
-    replies = f"{server.chat.endpoint.model} at {server.chat.endpoint.base_url}" if server.chat else "SmolLM2-135M"
+    replies = f"{server.chat.endpoint.model} at {server.chat.endpoint.base_url}" if server.chat \
+        else f"{models.llm.profile.model} (profile {models.llm.profile.name})"
     print(f"reply model: {replies}")
     results = {}
     try:
@@ -105,12 +121,11 @@ async def run(turns: int, languages: list[str], chat: dict[str, str | None]) -> 
                                       voice="alloy")
             results["English"] = await conversation(server, english, UTTERANCES, models.tts.synthesize, timings, turns)
         if japanese is not None:
-            print("Japanese (Whisper base, Kokoro jf_alpha):")
-            # Bounded replies: Kokoro speaks at about real time here, and each turn waits for its audio to end.
-            settings = SessionSettings(instructions="あなたは親切なアシスタントです。日本語で、一文か二文で短く答えてください。",
-                                       voice="jf_alpha", max_output_tokens=60,
+            print(f"Japanese (Whisper base, voice {japanese_voice}):")
+            # Bounded replies: each turn waits for its audio to end. The caller speaks with Kokoro's jf_alpha.
+            settings = SessionSettings(instructions=JAPANESE_INSTRUCTIONS, voice=japanese_voice, max_output_tokens=60,
                                        transcription=TranscriptionSettings(language="ja"))
-            results["Japanese"] = await conversation(server, settings, JAPANESE_UTTERANCES, japanese.tts.synthesize,
+            results["Japanese"] = await conversation(server, settings, JAPANESE_UTTERANCES, japanese_caller(japanese),
                                                      timings, turns)
     finally:
         server.stop()
@@ -128,10 +143,13 @@ def main() -> None:
     parser.add_argument("--chat-base-url", help="reply through this OpenAI-compatible endpoint (else $KOE_CHAT_BASE_URL)")
     parser.add_argument("--chat-model")
     parser.add_argument("--chat-api-key")
+    parser.add_argument("--reply-model", choices=list(PROFILES), help="bundled reply model profile (else $KOE_REPLY_MODEL, "
+                                                                    "else default)")
+    parser.add_argument("--japanese-voice", default=DEFAULT_JAPANESE_VOICE, choices=JAPANESE_VOICES)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     chat = {"chat_base_url": args.chat_base_url, "chat_model": args.chat_model, "chat_api_key": args.chat_api_key}
-    asyncio.run(run(args.turns, args.languages.split(","), chat))
+    asyncio.run(run(args.turns, args.languages.split(","), chat, args.reply_model, args.japanese_voice))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ from koe.store import SessionStore
 LIVE_EVERY_S = 2.0
 LIVE_ROWS = 500  # the latest events while it runs; every stored one (up to the store's limit) once ended
 DIRECTIONS = ["all", "server", "client", "app"]
+USAGE_COLUMNS = {"time": "Time", "response_id": "Response", "model": "Model", "input_text_tokens": "Text in",
+                 "input_audio_tokens": "Audio in", "cached_text_tokens": "Cached text in",
+                 "cached_audio_tokens": "Cached audio in", "output_text_tokens": "Text out",
+                 "output_audio_tokens": "Audio out", "cost_usd": "Cost (USD)"}
+EVENT_COLUMNS = {"time": "Time", "direction": "Direction", "type": "Type", "event_id": "Event id", "payload": "Event"}
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,11 @@ def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[
     every = store.events(conversation_id, limit=rows)
     chosen = every if not types and direction == "all" else store.events(
         conversation_id, types=list(types) or None, direction=None if direction == "all" else direction, limit=rows)
-    shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3])
-    return _Snapshot((conversation_id, version, types, direction), running, latency, store.usage(conversation_id),
+    shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3],
+                          event_id=chosen["event_id"].fillna("")).rename(columns=EVENT_COLUMNS)
+    usage = store.usage(conversation_id)
+    usage = usage.assign(time=usage["time"].dt.strftime("%H:%M:%S")).rename(columns=USAGE_COLUMNS)
+    return _Snapshot((conversation_id, version, types, direction), running, latency, usage,
                      sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown)
 
 
@@ -70,7 +78,7 @@ def _section(store: SessionStore, conversation_id: str) -> None:
     st.subheader("Tokens and estimated cost")
     if len(snapshot.usage):
         st.dataframe(snapshot.usage, hide_index=True, width="stretch")
-        st.metric("Estimated cost (USD)", f"{snapshot.usage['cost_usd'].sum():.4f}")
+        st.metric("Estimated cost (USD)", f"{snapshot.usage['Cost (USD)'].sum():.4f}")
     else:
         st.caption("No usage reported yet.")
     st.subheader("Event log")

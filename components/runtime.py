@@ -13,7 +13,7 @@ from streamlit_webrtc.eventloop import get_global_event_loop
 from koe.access import Backoff, Passes
 from koe.client import Backend, Capabilities, fetch_capabilities
 from koe.config import Config, load_config
-from koe.ice import browser_ice_servers, server_ice_servers
+from koe.ice import bound_gathering, browser_ice_servers, server_ice_servers
 from koe.limits import Limiter
 from koe.local import LocalServer
 from koe.local.stages.models import warm
@@ -147,4 +147,5 @@ def ice_servers(visitor_id: str) -> tuple[list[dict], list[dict]]:
     are in the server's list only."""
     provided = _provider_ice_servers()
     ice = config().ice
+    bound_gathering(ice.gather_timeout_s)  # before any peer gathers: STUN never holds START up for long
     return browser_ice_servers(ice, visitor_id, provided), server_ice_servers(ice, visitor_id, provided)

@@ -111,7 +111,7 @@ class PcmQueueTrack(MediaStreamTrack):
         self._queued = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._on_drained = on_drained
+        self.on_drained = on_drained  # called when the queued audio has all been sent
         self._start: float | None = None
         self._pts = 0
         self.played_samples = 0  # queued (non-filler) samples sent so far
@@ -186,8 +186,8 @@ class PcmQueueTrack(MediaStreamTrack):
         self.played_samples += filled
         if self._queued <= self._capacity // 2:
             self._room.set()
-        if had_audio and self._queued == 0 and self._on_drained is not None:
-            self._on_drained()
+        if had_audio and self._queued == 0 and self.on_drained is not None:
+            self.on_drained()
         frame = mono_to_frame(samples, self._pts)
         self._pts += FRAME_SAMPLES
         return frame

@@ -39,6 +39,9 @@ class BackendConfig(BaseModel):
     chat_base_url: str | None = Field(None, pattern=r"^https?://", validation_alias="KOE_CHAT_BASE_URL")
     chat_model: str | None = Field(None, validation_alias="KOE_CHAT_MODEL")
     chat_api_key: SecretStr | None = Field(None, validation_alias="KOE_CHAT_API_KEY")
+    # Function tools: your own modules (`@koe.tools.tool` functions) and how long one call may run.
+    tools_dir: Path | None = Field(None, validation_alias="KOE_TOOLS_DIR")
+    tool_timeout_s: float = Field(10.0, gt=0, le=120, validation_alias="KOE_TOOL_TIMEOUT_S")
 
 
 class ProviderKeys(BaseModel):

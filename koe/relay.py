@@ -24,8 +24,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from koe.audio import RATE, FrameQueueTrack, frame_to_mono, rms_dbfs
 from koe.client import Backend, RealtimeConnection, RealtimeError
+from koe.ice import stun_urls, unanswered_stun, upstream_ice_servers
 from koe.limits import SessionGuard
 from koe.protocol import ServerEvent, SessionSettings, SettingsError, new_id
+from koe.tool_runner import ToolRunner
 
 log = logging.getLogger("koe.relay")
 
@@ -33,6 +35,7 @@ QUEUE_FRAMES = 10  # 200 ms each way: more than that behind means a loop stalled
 VOICE_DBFS = -50.0  # a reply frame louder than this is speech (for the latency figure)
 HEARD_DBFS = -45.0  # a push-to-talk turn with no browser frame louder than this had nothing said in it
 LIMIT_TICK_S = 0.5  # how often the session's time limits are checked
+SLOW_CONNECT_S = 4.0  # a connection not up by then is said to take longer than expected, with why
 
 # Errors that are part of normal play (a cancel with nothing to cancel), not news for the user.
 QUIET_ERRORS = {"response_cancel_not_active"}
@@ -109,6 +112,7 @@ class Relay:
         self._turn_peak_dbfs = -100.0  # the loudest browser frame since the manual turn began
         self.recorder = None  # a koe.recording.Recorder, set before start to keep both sides' audio
         self.guard: SessionGuard | None = None
+        self._tools: ToolRunner | None = None
 
     @property
     def assistant_spoke(self) -> bool:
@@ -287,9 +291,24 @@ class Relay:
         self._reply_text, self._awaiting_commit = "", False
         self.status.phase = LISTENING
 
+    def use_tools(self, runner: ToolRunner) -> None:
+        """Run the model's function calls here, on the relay's loop (koe.tool_runner): each result goes
+        upstream as a `function_call_output` item, recorded like every client event."""
+        self._tools = runner
+        runner.send = self._send_upstream
+
+    async def _send_upstream(self, event: dict) -> None:
+        connection = self._connection
+        if connection is None:
+            raise RealtimeError("the conversation is not connected")
+        await connection.send(event)
+        self.on_event("client", event, time.time())
+
     # -- upstream side (on the relay loop) -------------------------------------------------------
     async def _begin(self) -> None:
+        watch = asyncio.ensure_future(self._say_when_slow())
         await self._start()
+        watch.cancel()
         if self.status.state != "live":
             self._release()
         elif self.guard is not None:
@@ -316,14 +335,27 @@ class Relay:
         if self.guard is not None:
             self.guard.release()
 
+    async def _say_when_slow(self) -> None:
+        """If the call is not up after SLOW_CONNECT_S, say so on the status line, and why."""
+        await asyncio.sleep(SLOW_CONNECT_S)
+        silent = await unanswered_stun(stun_urls(self._ice_servers or []))
+        if self.status.state != "connecting":
+            return
+        why = [f"the STUN server {', '.join(silent)} does not answer (check KOE_STUN_URLS; no peer waits for it "
+               "more than briefly)"] if silent else []
+        why.append("the backend has not finished connecting (a local backend may still be loading its models)")
+        self.status.message = f"Connecting takes longer than expected: {'; '.join(why)}…"
+
     async def _start(self) -> None:
         self._upstream = FrameQueueTrack(QUEUE_FRAMES)
+        # A backend on this machine needs no STUN/TURN, and an unreachable one would only slow START down.
+        ice_servers = await upstream_ice_servers(self._ice_servers or [], self.backend.base_url)
         # Reply packets go straight to the decoder instead of waiting 80 ms for reordering: the
         # hop is server to server, where a rare late packet (dropped, 20 ms) costs less than 80 ms
         # added to every reply (bench/relay.py measures what the relay adds).
         connection = self._connection = RealtimeConnection(
             self.backend, self.settings, audio=self._upstream, on_audio=self._on_upstream_audio,
-            ice_servers=self._ice_servers, in_order_audio=True, extra_voices=self.extra_voices)
+            ice_servers=ice_servers, in_order_audio=True, extra_voices=self.extra_voices)
         connection.add_listener(self._on_server_event)
         try:
             await connection.connect()
@@ -355,6 +387,8 @@ class Relay:
         connection, self._connection = self._connection, None
         if connection is not None:
             self._cut_reply()
+        if self._tools is not None:
+            self._tools.cancel("the conversation ended")
         if self.status.state in ("live", "connecting"):
             self.status.state, self.status.message = "ended", f"Ended: {reason}."
         if connection is not None:
@@ -388,6 +422,8 @@ class Relay:
         self.on_event("server", payload, at)
         if self.guard is not None and (reason := self.guard.observe(payload)) is not None:
             asyncio.ensure_future(self._limit_reached(reason))
+        if self._tools is not None:
+            self._tools.observe(payload)
         kind = event.type
         status = self.status
         if kind == "input_audio_buffer.speech_started":

@@ -1,4 +1,9 @@
-"""Shared fixtures: the models (loaded once), speech made with the project's own TTS, a local server."""
+"""Shared fixtures: the models (loaded once), speech made with the project's own TTS, a local server.
+
+Every server event any local session sends during the suite, over any transport to any client
+(koe's own, OpenAI's SDKs, the agents SDK in Chromium), is checked against the `openai` package's
+event types; a test during which one fails to validate fails (`conforming_events`).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,35 @@ import pytest
 
 from koe.client import Backend
 from koe.local import LocalServer
+from koe.local.session import LocalSession
 from koe.local.stages.models import LocalModels, get_models
 
+from openai_oracle import check_server_event
+
 LOCAL_KEY = "sk-local-test-key"
+
+# Events that did not validate, from any thread that runs a local server in this process.
+NONCONFORMING: list[str] = []
+_deliver = LocalSession._deliver
+
+
+def _checked_deliver(self: LocalSession, event: dict, transports: list) -> None:
+    problem = check_server_event(event, self.dialect)
+    if problem is not None:
+        NONCONFORMING.append(problem)
+    _deliver(self, event, transports)
+
+
+LocalSession._deliver = _checked_deliver
+
+
+@pytest.fixture(autouse=True)
+def conforming_events():
+    """Fail the test if a local session sent it (or anyone) an event OpenAI's types reject."""
+    start = len(NONCONFORMING)
+    yield
+    found = NONCONFORMING[start:]
+    assert not found, f"{len(found)} server events do not match OpenAI's types:\n" + "\n".join(dict.fromkeys(found))
 
 
 @pytest.fixture(scope="session")

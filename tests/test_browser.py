@@ -104,6 +104,15 @@ def serve(data: Path, **settings: str):
     log.close()
 
 
+def wait_for_models(data: Path, timeout_s: float = 180) -> None:
+    """Until the app's local models are warm (the page starts them). The fake microphone plays its file
+    once, from START: pressed earlier, the question may be spoken while the call still waits for them."""
+    deadline = time.monotonic() + timeout_s
+    while "warmed the models" not in (data / "streamlit.log").read_text():
+        assert time.monotonic() < deadline, "the local models did not warm up"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     yield from serve(tmp_path_factory.mktemp("data"))
@@ -140,6 +149,8 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     page.set_default_timeout(60_000)
     page.goto(url)
     webrtc = page.frame_locator(WEBRTC_IFRAME)
+    webrtc.get_by_role("button", name="Start").wait_for()
+    wait_for_models(data)
     webrtc.get_by_role("button", name="Start").click()
     page.get_by_text("Listening").first.wait_for(timeout=90_000)
 

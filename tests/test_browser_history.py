@@ -1,7 +1,8 @@
 """History and Events in a real browser (Debian's Chromium), on conversations written to the app's store.
 
 - What was said is shown as text: a transcript line holding a Markdown image or an HTML <img> pointing
-  at a loopback server makes Chromium request nothing from it, on History or Events.
+  at a loopback server makes Chromium request nothing from it, on History or Events; and tables offer
+  no CSV download of their own (Streamlit's would not neutralise formulas).
 - Events updates live: events written while the page is open appear without a reload.
 - Screenshots of both pages are saved in screenshots/ (git ignores it) for a person to look at.
 """
@@ -109,6 +110,12 @@ def test_what_was_said_is_text_and_fetches_nothing(app, browser, probe):
             page.get_by_text(f"You: ![x]({probe.url}/markdown.png) Show me", exact=False).wait_for()
             shown = "\n".join(page.locator('[data-testid="stText"]').all_inner_texts())
             assert f'<img src="{probe.url}/html.png">' in shown and "[a link](" in shown, shown
+            # Streamlit's own CSV download of a table (it does not neutralise formulas) is off.
+            page.locator('[data-testid="stDataFrame"]').first.hover()
+            toolbar = page.locator('[data-testid="stElementToolbar"] button')
+            toolbar.first.wait_for()
+            labels = [button.get_attribute("aria-label") for button in toolbar.all()]
+            assert "Search" in labels and not [label for label in labels if "ownload" in (label or "")], labels
         else:
             page.get_by_text("Event log").wait_for()
         page.wait_for_timeout(2_000)  # time for any image to be requested

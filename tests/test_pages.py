@@ -204,3 +204,18 @@ def test_wrong_codes_from_one_browser_do_not_make_another_wait(data, monkeypatch
     assert waits == [0.5, 1.0, 2.0] and "waits" not in texts(alice) and "No conversation yet" in texts(alice)
     mallory = enter(mallory, "guess-again")
     assert waits == [0.5, 1.0, 2.0, 4.0]  # the same browser still waits longer each time
+
+
+def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    store.record_event(data["v_alice"], "client", {"type": "session.update", "session": {"speed": 1.2}})
+    store.close()
+    at = page("2_Events.py", visitor=ALICE)
+    assert not at.exception and "2 events · the conversation has ended" in texts(at)
+    log = at.dataframe[-1].value
+    assert list(log.columns) == ["Time", "Direction", "Type", "Event id", "Event"]
+    assert list(log["Type"]) == ["conversation.item.input_audio_transcription.completed", "session.update"]
+    cells = log.astype(str).to_numpy().ravel().tolist()
+    assert "None" not in cells and "nan" not in cells
+    at = at.multiselect(key="event-types").select("session.update").run()
+    assert list(at.dataframe[-1].value["Type"]) == ["session.update"]

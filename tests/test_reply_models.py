@@ -74,6 +74,18 @@ def test_an_overflowing_conversation_loses_its_oldest_turns_and_keeps_the_instru
         fast._prompt([{"role": "system", "content": "rule " * n_ctx}, {"role": "user", "content": "Hi"}], 100)
 
 
+async def test_instructions_too_long_for_the_context_fail_the_turn_aloud(backend, fast):
+    settings = SessionSettings(instructions="Always be polite. " * fast.context_tokens, voice="alloy")
+    async with SimulatedUser(backend, settings) as user:
+        await user.connection.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello?"}]}})
+        await user.connection.send({"type": "response.create"})
+        done = await user.seen("response.done", timeout_s=60)
+        error = await user.seen("error", timeout_s=10)
+    assert done.response["status"] == "failed"
+    assert error.error.code == "context_length_exceeded" and str(fast.context_tokens) in error.error.message
+
+
 # -- the default profile answers right, through a spoken turn on a real server ----------------------
 @pytest.fixture(scope="module")
 def default_server(models):

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from koe.local.server import LocalServer
+from koe.local.server import LocalServer, cors_origins_from
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint
 from koe.local.stages.llm import DEFAULT_PROFILE, PROFILES, REPLY_MODEL_ENV
 from koe.local.stages.models import get_models, warm
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=os.environ.get("KOE_LOCAL_API_KEY"),
                         help="require this bearer key (default: $KOE_LOCAL_API_KEY; none = open)")
     parser.add_argument("--max-session-minutes", type=float, default=60.0)
+    parser.add_argument("--cors-origins", default=os.environ.get("KOE_CORS_ORIGINS", "*"),
+                        help="comma-separated origins whose pages may call the API (default: $KOE_CORS_ORIGINS, "
+                             "else * = any: access is by bearer key, not cookies)")
     parser.add_argument("--reply-model", choices=list(PROFILES), default=os.environ.get(REPLY_MODEL_ENV) or DEFAULT_PROFILE,
                         help="the bundled reply model: " + "; ".join(f"{p.name} = {p.model}" for p in PROFILES.values())
                              + f" (default: ${REPLY_MODEL_ENV}, else %(default)s)")
@@ -47,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         log.info("replies from %s (model %s)", endpoint.base_url, endpoint.model)
     server = LocalServer(args.host, args.port, api_key=args.api_key, max_session_s=args.max_session_minutes * 60,
                          models=get_models(args.reply_model), chat_base_url=args.chat_base_url, chat_model=args.chat_model,
-                         chat_api_key=args.chat_api_key, chat_timeout_s=args.chat_timeout)
+                         chat_api_key=args.chat_api_key, chat_timeout_s=args.chat_timeout,
+                         cors_origins=cors_origins_from(args.cors_origins))
     print(f"Koe local Realtime server on http://{args.host}:{args.port} "
-          f"(GA: POST /v1/realtime/calls, beta: POST /v1/realtime?model=...)", flush=True)
+          f"(WebRTC: POST /v1/realtime/calls, beta POST /v1/realtime?model=...; WebSocket: GET /v1/realtime?model=...)", flush=True)
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from koe.protocol import Dialect
+
 
 @dataclass
 class Item:
@@ -11,16 +13,27 @@ class Item:
     role: str  # "user" | "assistant" | "system"
     text: str = ""
     audio: bool = True  # spoken (input_audio / audio parts) rather than typed text
+    status: str = "completed"  # assistant items: in_progress, then completed or incomplete (cut short)
+    # Assistant audio: (end sample at 48 kHz, transcript up to there) per clause, to cut the text
+    # where playback stopped (conversation.item.truncate).
+    spoken: list[tuple[int, str]] = field(default_factory=list)
 
-    def wire(self, status: str = "completed") -> dict:
-        """The item as Realtime events carry it."""
+    def heard(self, samples: int) -> str:
+        """The transcript of the clauses wholly played within the first `samples` (48 kHz)."""
+        heard = [text for end, text in self.spoken if end <= samples]
+        return heard[-1] if heard else ""
+
+    def wire(self, dialect: Dialect) -> dict:
+        """The item as Realtime events carry it: assistant parts are `output_audio` / `output_text`
+        in GA, `audio` / `text` in beta (the SDKs' item types)."""
         if self.role == "assistant":
-            part = {"type": "audio" if self.audio else "text", ("transcript" if self.audio else "text"): self.text}
+            kind = ("output_" if dialect == "ga" else "") + ("audio" if self.audio else "text")
+            part = {"type": kind, ("transcript" if self.audio else "text"): self.text}
         elif self.audio:
             part = {"type": "input_audio", "transcript": self.text or None}
         else:
             part = {"type": "input_text", "text": self.text}
-        return {"id": self.id, "object": "realtime.item", "type": "message", "status": status,
+        return {"id": self.id, "object": "realtime.item", "type": "message", "status": self.status,
                 "role": self.role, "content": [part]}
 
 

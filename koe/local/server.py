@@ -1,4 +1,12 @@
-"""Koe's local backend: OpenAI's Realtime WebRTC endpoints, answered by an aiortc peer per call.
+"""Koe's local backend: OpenAI's Realtime endpoints, WebRTC and WebSocket, over one session engine.
+
+- WebRTC: `POST /v1/realtime/calls` (GA) / `POST /v1/realtime?model=` (beta) answered by an aiortc
+  peer per call; `POST /v1/realtime/calls/{id}/hangup`.
+- WebSocket: `GET /v1/realtime?model=` (GA, or beta for `*-realtime-preview*` models, the
+  `OpenAI-Beta: realtime=v1` header or the `openai-beta.realtime-v1` subprotocol), and
+  `GET /v1/realtime?call_id=` to attach a sideband socket to a running WebRTC call.
+- Keys: `POST /v1/realtime/client_secrets` (GA), `POST /v1/realtime/sessions` (beta).
+- CORS on every route (Starlette's middleware), so a page on another origin can call it.
 
 Run it standalone (`python -m koe.local`) or in-process with `LocalServer(...).start()`, which
 serves from a thread of its own so that model work and its loop never touch the caller's loop.
@@ -10,6 +18,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -20,21 +29,36 @@ from dataclasses import dataclass
 import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
+from koe.local.transports import DataChannelTransport, SocketTransport
 from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES
-from koe.protocol import Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
+from koe.protocol import BETA_VOICES, Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
 
 log = logging.getLogger("koe.local")
 
 BETA_KEY_TTL_S = 60
 MAX_BODY = 256 * 1024
+# CORS: what OpenAI's browser clients send and read (the agents SDK adds its own header; the call
+# id comes back in Location).
+CORS_HEADERS = ["Authorization", "Content-Type", "OpenAI-Beta", "X-OpenAI-Agents-SDK"]
+INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."  # browsers cannot set headers on a WebSocket
+BETA_PROTOCOL = "openai-beta.realtime-v1"
+
+
+def cors_origins_from(value: str | None) -> list[str]:
+    """`--cors-origins` / $KOE_CORS_ORIGINS: comma-separated origins, `*` (the default) for any."""
+    origins = [o.strip() for o in (value or "*").split(",") if o.strip()]
+    return origins or ["*"]
 
 
 def error(status: int, message: str, code: str | None = None, param: str | None = None,
@@ -69,11 +93,16 @@ class LocalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
                  max_session_s: float = 3600.0, models: LocalModels | None = None,
                  chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
-                 chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None) -> None:
+                 chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None,
+                 cors_origins: list[str] | None = None) -> None:
         """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
         OpenAI-compatible chat-completions endpoint instead of the bundled model. `reply_model` names the
         bundled model's profile (else $KOE_REPLY_MODEL, else "default"; ValueError if unknown); `models`,
-        when given, brings its own."""
+        when given, brings its own.
+
+        `cors_origins`: origins whose pages may call the API (else $KOE_CORS_ORIGINS, else any:
+        access is by bearer key, never by cookie, so a foreign page gains nothing without one).
+        """
         self.host, self.port = host, port
         self.reply_profile = models.llm.profile if models is not None else reply_profile(reply_model)
         self.api_key = api_key
@@ -85,6 +114,7 @@ class LocalServer:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="koe-models")
         self._secrets: dict[str, ClientSecret] = {}
         self._calls: dict[str, tuple[RTCPeerConnection, LocalSession]] = {}
+        self._sockets: set[SocketTransport] = set()  # every open WebSocket, sideband ones included
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.app = Starlette(routes=[
@@ -93,9 +123,13 @@ class LocalServer:
             Route("/v1/realtime/client_secrets", self.create_client_secret, methods=["POST"]),
             Route("/v1/realtime/sessions", self.create_beta_session, methods=["POST"]),
             Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
+            WebSocketRoute("/v1/realtime", self.realtime_socket),
             Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
             Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
-        ], exception_handlers={HttpError: lambda request, exc: exc.response})
+        ], exception_handlers={HttpError: lambda request, exc: exc.response}, middleware=[
+            Middleware(CORSMiddleware, allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
+                       allow_methods=["GET", "POST", "OPTIONS"], allow_headers=CORS_HEADERS, expose_headers=["Location"]),
+        ])
 
     @property
     def url(self) -> str:
@@ -158,6 +192,8 @@ class LocalServer:
     async def close_calls(self) -> None:
         for call_id in list(self._calls):
             await self._end_call(call_id)
+        for socket in list(self._sockets):
+            socket.close()
 
     async def models(self) -> LocalModels:
         async with self._models_lock:
@@ -193,7 +229,7 @@ class LocalServer:
         model = request.query_params.get("model")
         if not model:
             raise HttpError(error(400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"))
-        settings = secret.settings if secret else SessionSettings(model=model)
+        settings = secret.settings if secret else SessionSettings(model=model)  # a beta model: a beta voice
         if settings.model != model:
             raise HttpError(error(400, f"The session was created for {settings.model}, not {model}.",
                                   "invalid_value", "model"))
@@ -234,22 +270,103 @@ class LocalServer:
         await self._end_call(call_id)
         return Response(status_code=200)
 
+    async def realtime_socket(self, websocket: WebSocket) -> None:
+        """`GET /v1/realtime?model=...` as a WebSocket: a session whose events and audio travel on it.
+
+        With `?call_id=rtc_...` instead, a sideband socket on a running WebRTC call: its events,
+        and client events into it (OpenAI's server-side control of a call).
+        """
+        offered = [p.strip() for p in websocket.scope.get("subprotocols", [])]
+        key = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), None)
+        try:
+            secret = self._authorize(websocket, key=key)
+            call_id = websocket.query_params.get("call_id")
+            if call_id:
+                if secret is not None:
+                    raise HttpError(error(403, "A sideband connection needs the server's key, not an ephemeral key.",
+                                          "invalid_api_key"))
+                if call_id not in self._calls:
+                    raise HttpError(error(404, f"Call not found: {call_id}", "call_not_found", "call_id"))
+                session = self._calls[call_id][1]
+            else:
+                session = None
+                settings, dialect = self._socket_settings(websocket, secret, offered)
+        except HttpError as exc:
+            await self._refuse(websocket, exc.response)
+            return
+        subprotocol = "realtime" if ("realtime" in offered or key is not None) else None
+        if session is None:
+            models = await self.models()
+        await websocket.accept(subprotocol=subprotocol)
+        transport = SocketTransport(websocket)
+        self._sockets.add(transport)
+        if session is None:
+            session = self._new_session(dialect, settings, models, transport)
+            session.on_end = transport.close
+            session.start()
+            log.info("WebSocket session %s started (%s, %s)", session.id, dialect, settings.model)
+        else:
+            session.observe(transport)
+            log.info("sideband socket on call %s", call_id)
+        try:
+            async for message in transport.messages():
+                if transport.closed.is_set():
+                    break
+                session.handle(message)
+        finally:
+            self._sockets.discard(transport)
+            if session.transport is transport:
+                await session.close()
+            else:
+                session.unobserve(transport)
+            transport.close()
+            await transport.wait_closed()
+
+    def _socket_settings(self, websocket: WebSocket, secret: ClientSecret | None,
+                         offered: list[str]) -> tuple[SessionSettings, Dialect]:
+        """The new socket session's settings and dialect, from its key, `model` and beta markers."""
+        model = websocket.query_params.get("model")
+        if secret is None and not model:
+            raise HttpError(error(400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"))
+        model = secret.settings.model if secret is not None else model
+        beta_asked = "realtime=v1" in websocket.headers.get("openai-beta", "") or BETA_PROTOCOL in offered
+        dialect: Dialect = "beta" if beta_asked or dialect_for_model(model) == "beta" else "ga"
+        if secret is not None:
+            return secret.settings, dialect
+        # A GA model asked for in the beta dialect still starts with a beta voice.
+        return SessionSettings(model=model, **({"voice": BETA_VOICES[0]} if dialect == "beta" else {})), dialect
+
+    @staticmethod
+    async def _refuse(websocket: WebSocket, response: JSONResponse) -> None:
+        """Refuse a WebSocket before accepting it: the HTTP error itself where the server can send one."""
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(response)
+        else:
+            await websocket.close(code=1008)
+
     # -- calls ---------------------------------------------------------------------------------
+    def _new_session(self, dialect: Dialect, settings: SessionSettings, models: LocalModels,
+                     transport: DataChannelTransport | SocketTransport) -> LocalSession:
+        return LocalSession(dialect, settings, models, self._executor, transport, max_session_s=self.max_session_s,
+                            replies=self.chat)
+
     async def _answer(self, offer: str | None, dialect: Dialect, settings: SessionSettings) -> Response:
         if not offer or not offer.startswith("v=0") or "m=audio" not in offer:
             raise HttpError(error(400, "The body must be an SDP offer with an audio m-line.", "invalid_offer", "sdp"))
         models = await self.models()
         call_id = new_id("rtc")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = LocalSession(dialect, settings, models, self._executor, max_session_s=self.max_session_s,
-                               replies=self.chat)
+        transport = DataChannelTransport()
+        session = self._new_session(dialect, settings, models, transport)
         session.on_end = lambda: asyncio.ensure_future(self._end_call(call_id))
         self._calls[call_id] = (pc, session)
 
         @pc.on("datachannel")
         def on_channel(channel) -> None:
             if channel.label == "oai-events":
-                session.attach(channel)
+                transport.open(channel)
+                channel.on("message", session.handle)
+                session.start()
 
         @pc.on("track")
         def on_track(track) -> None:
@@ -263,7 +380,7 @@ class LocalServer:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-            pc.addTrack(session.reply_track)
+            pc.addTrack(transport.playback)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and friends on offers it cannot use
             await self._end_call(call_id)
@@ -277,15 +394,19 @@ class LocalServer:
         if entry is None:
             return
         pc, session = entry
+        for socket in session.observers:  # its sideband sockets end with it
+            socket.close()
         await session.close()
         await pc.close()
         log.info("call %s ended", call_id)
 
     # -- request helpers -----------------------------------------------------------------------
-    def _authorize(self, request: Request, ephemeral: bool = True) -> ClientSecret | None:
-        """Check the bearer key: the server's own key, or (where allowed) a live client secret."""
+    def _authorize(self, request: HTTPConnection, ephemeral: bool = True, key: str | None = None) -> ClientSecret | None:
+        """Check the key (the bearer header unless `key` is given, as a browser's WebSocket subprotocol
+        gives it): the server's own key, or (where allowed) a live client secret."""
         auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if key is None:
+            key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         now = time.time()
         self._secrets = {k: s for k, s in self._secrets.items() if s.expires_at > now}
         if ephemeral and key in self._secrets:

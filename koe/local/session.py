@@ -1,5 +1,7 @@
 """One call on the local server: the user's audio in, turn taking, replies out, events both ways.
 
+The one session engine behind both transports (`koe.local.transports`): WebRTC and WebSocket
+calls run the same turn logic here and differ only in where events and reply audio go.
 Everything here runs on the server's event loop; model inference runs in the executor so the
 loop (and with it every call's audio) never waits on a model.
 """
@@ -29,7 +31,9 @@ from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechResumed,
                                    SpeechStarted, SpeechStopped)
 from koe.local.stages.vad import VadStream
+from koe.local.transports import Transport
 from koe.local.voices import OPENJTALK_VOICE, japanese_voice
+from koe.local.wire_audio import InputDecoder, encode
 from koe.protocol import (
     Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
 )
@@ -50,10 +54,10 @@ class Response:
     audio: bool
     task: asyncio.Task | None = None
     status: str = "in_progress"
-    reason: str | None = None
+    reason: str | None = None  # cancelled: turn_detected | client_cancelled
+    error: dict | None = None  # failed: {type, code, message}, as OpenAI's status_details.error
     audio_started: bool = False
     first_sample: int = 0  # the reply track's played_samples when this reply's audio began
-    spoken: list[tuple[int, str]] = field(default_factory=list)  # (end sample, clause) queued so far
     input_tokens: int = 0
     output_tokens: int = 0
     marks: dict[str, float] = field(default_factory=dict)  # monotonic times of this turn's stages
@@ -64,8 +68,12 @@ class Response:
 
 
 class LocalSession:
+    """One Realtime session: `transport` gets its server events (and plays its reply audio when it
+    has a `playback` track); the owner feeds client events to `handle`, WebRTC audio to `listen`,
+    and calls `start` once the client can hear events, `close` at the end."""
+
     def __init__(self, dialect: Dialect, settings: SessionSettings, models: LocalModels, executor: Executor,
-                 max_session_s: float = 3600.0, replies: ReplyStream | None = None) -> None:
+                 transport: Transport, max_session_s: float = 3600.0, replies: ReplyStream | None = None) -> None:
         self.id = new_id("sess")
         self.dialect = dialect
         self.settings = settings
@@ -73,9 +81,13 @@ class LocalSession:
         self.replies: ReplyStream = replies or models.llm  # a chat endpoint, when one is configured
         self._bundled_replies = replies is None
         self._warned: set[str] = set()  # the Japanese-mode notices already given
-        self.reply_track = PcmQueueTrack(capacity_ms=20_000, on_drained=self._on_drained)
+        self.transport = transport
+        self._observers: list[Transport] = []  # sideband sockets on a WebRTC call: events only
+        self._playback: PcmQueueTrack | None = transport.playback  # None: audio goes out in events
+        if self._playback is not None:
+            self._playback.on_drained = self._on_drained
+        self._decode_input = InputDecoder(VAD_RATE)
         self._executor = executor
-        self._channel = None  # the oai-events data channel, once the client opened it
         self._conversation = Conversation()
         self._vad = VadStream(models.vad)
         self._to_16k = Resampler(VAD_RATE)
@@ -94,26 +106,50 @@ class LocalSession:
         self._apply_turn_detection()
 
     # -- output --------------------------------------------------------------------------------
-    def emit(self, ga_type: str, **fields) -> None:
-        """Send a server event under its name in this call's dialect (GA-only events are skipped)."""
+    def emit(self, ga_type: str, *, to: Transport | None = None, **fields) -> None:
+        """Send a server event under its name in this call's dialect (GA-only events are skipped),
+        to the client and any sideband observers, or only `to`."""
         name = server_event_name(ga_type, self.dialect)
-        if name is not None and self._channel is not None and self._channel.readyState == "open":
-            self._channel.send(json.dumps({"type": name, "event_id": new_id("event"), **fields}))
+        if name is None:
+            return
+        self._deliver({"type": name, "event_id": new_id("event"), **fields},
+                      [to] if to is not None else [self.transport, *self._observers])
+
+    def _deliver(self, event: dict, transports: list[Transport]) -> None:
+        """Where every server event leaves the engine (tests check each against OpenAI's types here)."""
+        for transport in transports:
+            transport.send(event)
 
     def session_object(self) -> dict:
-        return {"id": self.id, "object": "realtime.session", **self.settings.to_wire(self.dialect)}
+        settings = self.settings
+        if self._playback is None:  # audio travels in events: say in which formats (pcm16 unless set)
+            settings = settings.model_copy(update={"input_audio_format": settings.input_audio_format or "pcm16",
+                                                   "output_audio_format": settings.output_audio_format or "pcm16"})
+        return {"id": self.id, "object": "realtime.session", **settings.to_wire(self.dialect)}
 
     def error(self, message: str, code: str, *, event_id: str | None = None, param: str | None = None,
               type_: str = "invalid_request_error") -> None:
         self.emit("error", error={"type": type_, "code": code, "message": message, "param": param,
                                   "event_id": event_id})
 
-    def attach(self, channel) -> None:
-        """Take the client's `oai-events` channel: events flow from here on."""
-        self._channel = channel
-        channel.on("message", self.handle)
-        self.emit("session.created", session=self.session_object())
+    def start(self) -> None:
+        """The client can hear events now: greet it with `session.created`."""
+        self.emit("session.created", to=self.transport, session=self.session_object())
         self._on_language()
+
+    def observe(self, transport: Transport) -> None:
+        """Attach a sideband link (`/v1/realtime?call_id=`): it gets every event from now on and may
+        send client events to `handle`; audio stays on the call."""
+        self._observers.append(transport)
+        self.emit("session.created", to=transport, session=self.session_object())
+
+    @property
+    def observers(self) -> list[Transport]:
+        return list(self._observers)
+
+    def unobserve(self, transport: Transport) -> None:
+        if transport in self._observers:
+            self._observers.remove(transport)
 
     # -- input audio ---------------------------------------------------------------------------
     def listen(self, track: MediaStreamTrack) -> None:
@@ -122,13 +158,16 @@ class LocalSession:
     async def _consume(self, track: MediaStreamTrack) -> None:
         """Read the user's audio until the track ends."""
         async for frame in frames(track):
-            pcm16k = to_float32(self._to_16k(frame_to_mono(frame)))
-            if self._detector is None:
-                self._manual.append(pcm16k)
-                continue
-            for chunk, prob in self._vad.chunks(pcm16k):
-                for event in self._detector.feed(chunk, prob):
-                    self._on_turn_event(event)
+            self._hear(to_float32(self._to_16k(frame_to_mono(frame))))
+
+    def _hear(self, pcm16k: np.ndarray) -> None:
+        """User audio (float32 at 16 kHz) from either transport: into turn detection or the manual buffer."""
+        if self._detector is None:
+            self._manual.append(pcm16k)
+            return
+        for chunk, prob in self._vad.chunks(pcm16k):
+            for event in self._detector.feed(chunk, prob):
+                self._on_turn_event(event)
 
     def _on_turn_event(self, event) -> None:
         vad = self.settings.turn_detection
@@ -176,8 +215,8 @@ class LocalSession:
         item = Item(id=item_id, role="user")
         previous = self._conversation.add(item)
         self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
-        self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
-        self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
+        self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
+        self.emit("conversation.item.done", item=item.wire(self.dialect), previous_item_id=previous)
         marks = {"speech_stopped": stopped_at or time.monotonic()}
         if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
             marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
@@ -195,18 +234,23 @@ class LocalSession:
         marks["transcribed"] = time.monotonic()
         if self.settings.transcription is not None:
             self.emit("conversation.item.input_audio_transcription.delta", item_id=item.id, content_index=0, delta=text)
+            # Whisper-style models bill by duration (OpenAI's `usage` for whisper-1).
             self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                      content_index=0, transcript=text)
+                      content_index=0, transcript=text,
+                      usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
         if respond and item.text.strip():
             self._start_response(marks=marks)
 
     # -- responses -----------------------------------------------------------------------------
     def _start_response(self, overrides: dict | None = None, marks: dict[str, float] | None = None) -> None:
-        audio = self.settings.output_modalities == "audio"
-        response = Response(id=new_id("resp"), item=Item(id=new_id("item"), role="assistant", audio=audio), audio=audio,
-                            marks=marks or {"requested": time.monotonic()})
+        overrides = overrides or {}
+        # A per-response `output_modalities` (GA) / `modalities` (beta) wins over the session's.
+        modalities = overrides.get("output_modalities" if self.dialect == "ga" else "modalities")
+        audio = "audio" in modalities if isinstance(modalities, list) else self.settings.output_modalities == "audio"
+        item = Item(id=new_id("item"), role="assistant", audio=audio, status="in_progress")
+        response = Response(id=new_id("resp"), item=item, audio=audio, marks=marks or {"requested": time.monotonic()})
         self._response = response
-        response.task = self._spawn(self._respond(response, overrides or {}))
+        response.task = self._spawn(self._respond(response, overrides))
 
     async def _respond(self, response: Response, overrides: dict) -> None:
         item = response.item
@@ -216,8 +260,8 @@ class LocalSession:
             await asyncio.wait(pending)
         self.emit("response.created", response=self._response_object(response))
         previous = self._conversation.add(item)
-        self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item.wire("in_progress"))
-        self.emit("conversation.item.added", item=item.wire("in_progress"), previous_item_id=previous)
+        self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item.wire(self.dialect))
+        self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
         part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
         where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         self.emit("response.content_part.added", part=part, **where)
@@ -231,14 +275,17 @@ class LocalSession:
             pass  # barge-in or response.cancel: _interrupt already told the client
         except ChatEndpointError as exc:  # the person running the server can fix this: say what happened
             log.warning("reply failed: %s", exc)
-            response.status, response.reason = "failed", str(exc)
+            response.status, response.error = "failed", {"type": "server_error", "code": "chat_endpoint_error",
+                                                         "message": str(exc)}
             self.error(str(exc), "chat_endpoint_error", type_="server_error")
         except ContextOverflow as exc:  # the client can fix this: shorter instructions
-            response.status, response.reason = "failed", str(exc)
+            response.status, response.error = "failed", {"type": "invalid_request_error",
+                                                         "code": "context_length_exceeded", "message": str(exc)}
             self.error(str(exc), "context_length_exceeded", param="session.instructions")
         except Exception as exc:  # a failed reply is reported in response.done, the call goes on
             log.exception("reply failed")
-            response.status, response.reason = "failed", str(exc)
+            response.status, response.error = "failed", {"type": "server_error", "code": "reply_failed",
+                                                         "message": str(exc)}
         self._finish(response, where)
 
     async def _generate(self, response: Response, messages: list[dict[str, str]], max_tokens: int, where: dict) -> None:
@@ -274,22 +321,26 @@ class LocalSession:
         pcm = await self._run(self._synthesize, clause)
         if pcm.size == 0 or response.status != "in_progress":
             return
-        track = self.reply_track
+        track, item = self._playback, response.item
         if not response.audio_started:
             response.audio_started = True
-            response.first_sample = track.played_samples + track.queued_ms * RATE // 1000
-            self._playing = response
             self._assistant_spoke = True
-            self.emit("output_audio_buffer.started", response_id=response.id)
+            if track is not None:  # WebRTC: the server plays it, so it tracks what was heard
+                response.first_sample = track.played_samples + track.queued_ms * RATE // 1000
+                self._playing = response
+                self.emit("output_audio_buffer.started", response_id=response.id)
             response.marks["first_audio"] = time.monotonic()
             self._log_timings(response)
-        gap = "" if not response.item.text or self._japanese() else " "  # Japanese leaves no space between sentences
+        gap = "" if not item.text or self._japanese() else " "  # Japanese leaves no space between sentences
         delta = gap + clause
-        response.item.text += delta
-        end = (response.spoken[-1][0] if response.spoken else 0) + pcm.size
-        response.spoken.append((end, response.item.text))
+        item.text += delta
+        item.spoken.append(((item.spoken[-1][0] if item.spoken else 0) + pcm.size, item.text))
         self.emit("response.output_audio_transcript.delta", delta=delta, **where)
-        await track.write(pcm)
+        if track is not None:
+            await track.write(pcm)
+        else:  # WebSocket: the client plays the deltas
+            fmt = self.settings.output_audio_format or "pcm16"
+            self.emit("response.output_audio.delta", delta=await self._run(encode, pcm, fmt), **where)
 
     def _finish(self, response: Response, where: dict) -> None:
         if response.status == "in_progress":
@@ -303,23 +354,27 @@ class LocalSession:
             self.emit("response.output_text.done", text=item.text, **where)
             part = {"type": "text", "text": item.text}
         self.emit("response.content_part.done", part=part, **where)
-        final = "completed" if response.status == "completed" else "incomplete"
-        self.emit("response.output_item.done", response_id=response.id, output_index=0, item=item.wire(final))
-        self.emit("conversation.item.done", item=item.wire(final))
+        # A reply cut short (cancelled, failed) is an incomplete item wherever it appears from now on.
+        item.status = "completed" if response.status == "completed" else "incomplete"
+        self.emit("response.output_item.done", response_id=response.id, output_index=0, item=item.wire(self.dialect))
+        self.emit("conversation.item.done", item=item.wire(self.dialect))
         self.emit("response.done", response=self._response_object(response, done=True))
         self.emit("rate_limits.updated", rate_limits=[])
         if self._response is response:
             self._response = None
-        if self._playing is response and self.reply_track.queued_ms == 0:
+        if self._playing is response and self._playback is not None and self._playback.queued_ms == 0:
             self._on_drained()  # the audio ran out before the reply was done
 
     def _response_object(self, response: Response, done: bool = False) -> dict:
         body = {"id": response.id, "object": "realtime.response", "status": response.status,
-                "status_details": None, "output": [response.item.wire()] if done else []}
-        if response.status in ("cancelled", "failed"):
-            body["status_details"] = {"type": response.status, "reason": response.reason}
+                "status_details": None, "output": [response.item.wire(self.dialect)] if done else []}
+        if response.status == "cancelled":
+            body["status_details"] = {"type": "cancelled", "reason": response.reason}
+        elif response.status == "failed":
+            body["status_details"] = {"type": "failed", "error": response.error}
         if done and response.status != "failed":
-            spoken_s = (response.spoken[-1][0] / RATE) if response.spoken else 0.0
+            spoken = response.item.spoken
+            spoken_s = (spoken[-1][0] / RATE) if spoken else 0.0
             audio_out = round(spoken_s * ASSISTANT_AUDIO_TOKENS_PER_S)
             body["usage"] = {
                 "total_tokens": response.input_tokens + response.output_tokens + audio_out,
@@ -350,11 +405,11 @@ class LocalSession:
         return response is not None or playing is not None
 
     def _drop_playback(self, playing: Response) -> None:
+        """WebRTC barge-in: drop the unplayed audio and cut the item where playback stopped."""
         self._playing = None
-        self.reply_track.clear()
-        played = max(0, self.reply_track.played_samples - playing.first_sample)
-        heard = [text for end, text in playing.spoken if end <= played]
-        playing.item.text = heard[-1] if heard else ""
+        self._playback.clear()
+        played = max(0, self._playback.played_samples - playing.first_sample)
+        playing.item.text = playing.item.heard(played)
         self.emit("output_audio_buffer.cleared", response_id=playing.id)
         self.emit("conversation.item.truncated", item_id=playing.item.id, content_index=0,
                   audio_end_ms=played * 1000 // RATE)
@@ -397,6 +452,14 @@ class LocalSession:
         self.emit("session.updated", session=self.session_object())
         self._on_language()
 
+    def _on_input_audio_buffer_append(self, event) -> None:
+        try:
+            pcm16k = self._decode_input(event.audio, self.settings.input_audio_format or "pcm16")
+        except ValueError as exc:
+            self.error(f"Invalid 'audio': {exc}", "invalid_value", event_id=event.event_id, param="audio")
+            return
+        self._hear(to_float32(pcm16k))
+
     def _on_input_audio_buffer_commit(self, event) -> None:
         audio = self._manual.take() if self._detector is None else self._detector.take()
         if len(audio) * 1000 // VAD_RATE < MIN_COMMIT_MS:
@@ -432,8 +495,8 @@ class LocalSession:
             self.error(f"Item with item_id not found: {event.previous_item_id}", "item_not_found",
                        event_id=event.event_id, param="previous_item_id")
             return
-        self.emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
-        self.emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
+        self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
+        self.emit("conversation.item.done", item=item.wire(self.dialect), previous_item_id=previous)
 
     def _on_conversation_item_truncate(self, event) -> None:
         try:
@@ -443,9 +506,11 @@ class LocalSession:
             return
         if self._playing is not None and self._playing.item is item:
             self._drop_playback(self._playing)
-        else:
-            self.emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
-                      audio_end_ms=event.audio_end_ms)
+            return
+        if item.role == "assistant" and item.audio:  # the client played it (WebSocket): cut where it says
+            item.text = item.heard(event.audio_end_ms * RATE // 1000)
+        self.emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
+                  audio_end_ms=event.audio_end_ms)
 
     def _on_conversation_item_delete(self, event) -> None:
         try:
@@ -461,7 +526,7 @@ class LocalSession:
         except KeyError:
             self.error(f"Item with item_id not found: {event.item_id}", "item_not_found", event_id=event.event_id)
             return
-        self.emit("conversation.item.retrieved", item=item.wire())
+        self.emit("conversation.item.retrieved", item=item.wire(self.dialect))
 
     def _on_response_create(self, event) -> None:
         if self._response is not None:
@@ -557,4 +622,5 @@ class LocalSession:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.reply_track.stop()
+        if self._playback is not None:
+            self._playback.stop()

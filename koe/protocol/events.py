@@ -30,6 +30,7 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "EventError",
+    "InputAudioBufferAppend",
     "InputAudioBufferClear",
     "InputAudioBufferCleared",
     "InputAudioBufferCommit",
@@ -42,6 +43,7 @@ __all__ = [
     "OutputAudioBufferStarted",
     "OutputAudioBufferStopped",
     "RateLimitsUpdated",
+    "ResponseAudioDelta",
     "ResponseAudioDone",
     "ResponseAudioTranscriptDelta",
     "ResponseAudioTranscriptDone",
@@ -51,6 +53,9 @@ __all__ = [
     "ResponseCreate",
     "ResponseCreated",
     "ResponseDone",
+    "ResponseFunctionCallArgumentsDelta",
+    "ResponseFunctionCallArgumentsDone",
+    "ResponseOutputAudioDelta",
     "ResponseOutputAudioDone",
     "ResponseOutputAudioTranscriptDelta",
     "ResponseOutputAudioTranscriptDone",
@@ -65,6 +70,8 @@ __all__ = [
     "SessionUpdate",
     "SessionUpdated",
     "UnknownServerEvent",
+    "function_call_item",
+    "function_call_output_item",
     "new_id",
     "parse_client_event",
     "parse_server_event",
@@ -116,6 +123,13 @@ class ClientEvent(Event):
 class SessionUpdate(ClientEvent):
     type: Literal["session.update"] = "session.update"
     session: dict[str, Any]
+
+
+class InputAudioBufferAppend(ClientEvent):
+    """Audio in over a WebSocket: base64 bytes in the session's input format."""
+
+    type: Literal["input_audio_buffer.append"] = "input_audio_buffer.append"
+    audio: str
 
 
 class InputAudioBufferCommit(ClientEvent):
@@ -371,12 +385,57 @@ class ResponseTextDone(_TextDoneEvent):  # beta
     type: Literal["response.text.done"] = "response.text.done"
 
 
+class ResponseOutputAudioDelta(_DeltaEvent):
+    """Reply audio over a WebSocket: base64 bytes in the session's output format."""
+
+    type: Literal["response.output_audio.delta"] = "response.output_audio.delta"
+
+
+class ResponseAudioDelta(_DeltaEvent):  # beta
+    type: Literal["response.audio.delta"] = "response.audio.delta"
+
+
 class ResponseOutputAudioDone(_PartEvent):
     type: Literal["response.output_audio.done"] = "response.output_audio.done"
 
 
 class ResponseAudioDone(_PartEvent):  # beta
     type: Literal["response.audio.done"] = "response.audio.done"
+
+
+class _FunctionCallArgumentsEvent(ServerEvent):
+    """The arguments of a `function_call` output item as the model writes them (a JSON string)."""
+
+    response_id: str
+    item_id: str
+    output_index: int = 0
+    call_id: str
+
+
+class ResponseFunctionCallArgumentsDelta(_FunctionCallArgumentsEvent):
+    type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
+    delta: str
+
+
+class ResponseFunctionCallArgumentsDone(_FunctionCallArgumentsEvent):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    arguments: str
+    name: str | None = None  # GA sends the function's name too; beta does not
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
+                       status: str = "completed") -> dict[str, Any]:
+    """A `function_call` conversation item (openai-python `RealtimeConversationItemFunctionCall`; the
+    same flat shape in beta): the model asks for `name` with `arguments`, a JSON-encoded object."""
+    return {"id": item_id, "object": "realtime.item", "type": "function_call", "status": status,
+            "name": name, "call_id": call_id, "arguments": arguments}
+
+
+def function_call_output_item(call_id: str, output: str, item_id: str | None = None) -> dict[str, Any]:
+    """A `function_call_output` item (`RealtimeConversationItemFunctionCallOutput`): what the function
+    returned for `call_id`, as free text (JSON by convention). Without `item_id` the server picks one."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return {"id": item_id, **item} if item_id else item
 
 
 class _OutputAudioBufferEvent(ServerEvent):
@@ -497,6 +556,7 @@ _GA_TO_BETA: dict[str, str | None] = {
     "response.output_audio_transcript.done": "response.audio_transcript.done",
     "response.output_text.delta": "response.text.delta",
     "response.output_text.done": "response.text.done",
+    "response.output_audio.delta": "response.audio.delta",
     "response.output_audio.done": "response.audio.done",
 }
 

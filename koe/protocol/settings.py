@@ -8,15 +8,22 @@ import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from koe.protocol.dialect import BETA_VOICES, GA_VOICES, REASONING_MODELS, Dialect, ReasoningEffort, is_reasoning_model
 
 __all__ = [
+    "AudioFormat",
+    "FunctionTool",
+    "McpTool",
     "SemanticVad",
     "ServerVad",
     "SessionSettings",
     "SettingsError",
+    "Tool",
+    "ToolChoice",
+    "ToolChoiceFunction",
+    "ToolChoiceMcp",
     "TranscriptionSettings",
     "TurnDetection",
     "changed_fields",
@@ -34,14 +41,15 @@ class SettingsError(ValueError):
         self.message = message
 
 
-_VAD_TAGS = {"server_vad", "semantic_vad"}
+_VAD_TAGS = {"server_vad", "semantic_vad", "function", "mcp"}  # union tags pydantic puts in the path
 
 
 def settings_error_from(exc: ValidationError) -> SettingsError:
     """Turn pydantic's first error into one plain sentence."""
     err = exc.errors()[0]
     # Discriminated unions put the tag in the path; people think of "turn_detection.eagerness".
-    field = ".".join(str(p) for p in err["loc"] if p not in _VAD_TAGS) or "session"
+    field = ".".join(str(p) for p in err["loc"] if p not in _VAD_TAGS and not str(p).startswith("literal[")) \
+        or "session"
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("Input should be "):
         msg = "must be " + msg.removeprefix("Input should be ")
@@ -93,6 +101,68 @@ class SemanticVad(_Settings):
 TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 _VADS: dict[str, type[_Settings]] = {"server_vad": ServerVad, "semantic_vad": SemanticVad}
 
+class FunctionTool(_Settings):
+    """A function the model may call (openai-python `RealtimeFunctionTool`): `parameters` is a JSON
+    Schema object describing the arguments, which arrive as a JSON string in a `function_call` item."""
+
+    type: Literal["function"] = "function"
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class McpTool(BaseModel):
+    """A remote MCP server OpenAI calls itself (GA only; `server_label` plus `server_url`, `allowed_tools`,
+    `require_approval`...): Koe passes it to OpenAI unchanged, every key kept."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["mcp"] = "mcp"
+    server_label: str = Field(min_length=1)
+
+
+Tool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
+
+
+class ToolChoiceFunction(_Settings):
+    type: Literal["function"] = "function"
+    name: str = Field(min_length=1)
+
+
+class ToolChoiceMcp(_Settings):
+    type: Literal["mcp"] = "mcp"
+    server_label: str = Field(min_length=1)
+    name: str | None = None
+
+
+# "auto" (the model decides), "none", "required", or one named function / MCP server's tool.
+ToolChoice = Literal["auto", "none", "required"] | Annotated[ToolChoiceFunction | ToolChoiceMcp,
+                                                             Field(discriminator="type")]
+_TOOL_CHOICE_OPTIONS = ("auto", "none", "required")
+
+
+# Audio on a WebSocket (WebRTC carries Opus and leaves these unset). Internally the beta names;
+# GA writes them as objects: pcm16 = {"type": "audio/pcm", "rate": 24000} (24 kHz is the only rate).
+AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
+_GA_FORMATS: dict[str, str] = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
+PCM_RATE = 24_000
+
+
+def _encode_format(fmt: str, dialect: Dialect) -> Any:
+    if dialect == "beta":
+        return fmt
+    return {"type": "audio/pcm", "rate": PCM_RATE} if fmt == "pcm16" else {"type": _GA_FORMATS[fmt]}
+
+
+def _decode_format(v: Any) -> Any:
+    """A GA format object as its beta name; anything else is left for validation to refuse."""
+    if not isinstance(v, dict):
+        return v
+    name = next((k for k, t in _GA_FORMATS.items() if t == v.get("type")), v.get("type"))
+    if name == "pcm16" and v.get("rate", PCM_RATE) != PCM_RATE:
+        raise SettingsError("audio.format.rate", f"must be {PCM_RATE} (got {v.get('rate')!r})")
+    return name
+
+
 # Where each setting lives on the wire. Missing from a table = not part of that dialect.
 _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
     "ga": {
@@ -106,6 +176,10 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "speed": ("audio", "output", "speed"),
         "max_output_tokens": ("max_output_tokens",),
         "reasoning_effort": ("reasoning", "effort"),
+        "input_audio_format": ("audio", "input", "format"),
+        "output_audio_format": ("audio", "output", "format"),
+        "tools": ("tools",),
+        "tool_choice": ("tool_choice",),
     },
     "beta": {
         "model": ("model",),
@@ -118,6 +192,10 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "turn_detection": ("turn_detection",),
         "max_output_tokens": ("max_response_output_tokens",),
         "temperature": ("temperature",),
+        "input_audio_format": ("input_audio_format",),
+        "output_audio_format": ("output_audio_format",),
+        "tools": ("tools",),
+        "tool_choice": ("tool_choice",),
     },
 }
 
@@ -134,6 +212,19 @@ class SessionSettings(_Settings):
     max_output_tokens: int | Literal["inf"] = "inf"
     temperature: float | None = Field(None, ge=0.6, le=1.2)  # beta only
     reasoning_effort: ReasoningEffort | None = None  # GA reasoning models (REASONING_MODELS) only; None: the server's default
+    # WebSocket audio; None = unset (WebRTC, or the default pcm16 at 24 kHz): then left off the wire.
+    input_audio_format: AudioFormat | None = None
+    output_audio_format: AudioFormat | None = None
+    tools: list[Tool] = Field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dialect_voice(cls, data: Any) -> Any:
+        # The default voice is marin, which only GA has: a beta session starts with alloy.
+        if isinstance(data, dict) and "voice" not in data and "realtime-preview" in str(data.get("model", "")):
+            return {**data, "voice": BETA_VOICES[0]}
+        return data
 
     @field_validator("voice")
     @classmethod
@@ -163,7 +254,7 @@ class SessionSettings(_Settings):
         wanted = names if only is None else only - {"model"}
         out: dict[str, Any] = {"type": "realtime"} if dialect == "ga" else {}
         for name, path in _PATHS[dialect].items():
-            if name in wanted and not (name in ("temperature", "reasoning_effort") and getattr(self, name) is None):
+            if name in wanted and not (name in _UNSET_OFF_WIRE and getattr(self, name) is None):
                 _put(out, path, self._encode(name, dialect))
         return out
 
@@ -177,6 +268,12 @@ class SessionSettings(_Settings):
             return {k: v for k, v in self.transcription.model_dump().items() if v not in (None, "")}
         if name == "noise_reduction" and self.noise_reduction is not None:
             return {"type": self.noise_reduction}
+        if name in ("input_audio_format", "output_audio_format"):
+            return _encode_format(getattr(self, name), dialect)
+        if name == "tools":
+            return [tool.model_dump(mode="json", exclude_none=True) for tool in self.tools]
+        if name == "tool_choice":
+            return _encode_tool_choice(self.tool_choice, dialect)
         if name == "turn_detection" and self.turn_detection is not None:
             exclude = {"idle_timeout_ms"} if dialect == "beta" else set()
             return self.turn_detection.model_dump(exclude_none=True, exclude=exclude)
@@ -200,6 +297,9 @@ class SessionSettings(_Settings):
         if values.get("model", self.model) != self.model:
             raise SettingsError("model", f"cannot change mid-session (got {values['model']!r})")
         return _build(self.model_dump(), values)
+
+
+_UNSET_OFF_WIRE = frozenset({"temperature", "input_audio_format", "output_audio_format", "reasoning_effort"})
 
 
 def _build(base: dict[str, Any], values: dict[str, Any]) -> SessionSettings:
@@ -242,12 +342,27 @@ def _decode(dialect: Dialect, session: dict[str, Any]) -> dict[str, Any]:
             v = "audio" if "audio" in v else "text"
         elif name == "transcription":
             v = _known(TranscriptionSettings, v)
+        elif name in ("input_audio_format", "output_audio_format"):
+            v = _decode_format(v)
         elif name == "noise_reduction" and isinstance(v, dict):
             v = v.get("type")
         elif name == "turn_detection" and isinstance(v, dict) and v.get("type") in _VADS:
             v = _known(_VADS[v["type"]], v)
+        elif name == "tools" and isinstance(v, list):
+            v = [{**_known(FunctionTool, t), "type": "function"}
+                 if isinstance(t, dict) and t.get("type", "function") == "function" else t for t in v]
+        elif name == "tool_choice" and dialect == "beta" and isinstance(v, str) and v not in _TOOL_CHOICE_OPTIONS:
+            v = {"type": "function", "name": v}  # beta names the one function to call
         values[name] = v
     return values
+
+
+def _encode_tool_choice(choice: ToolChoice, dialect: Dialect) -> Any:
+    if isinstance(choice, str):
+        return choice
+    if dialect == "beta" and isinstance(choice, ToolChoiceFunction):
+        return choice.name  # beta's tool_choice is a string: a function's name forces that function
+    return choice.model_dump(mode="json", exclude_none=True)
 
 
 def validate_for_dialect(settings: SessionSettings, dialect: Dialect, extra_voices: Iterable[str] = ()) -> None:
@@ -270,6 +385,9 @@ def validate_for_dialect(settings: SessionSettings, dialect: Dialect, extra_voic
     if dialect == "beta" and isinstance(vad, ServerVad) and vad.idle_timeout_ms is not None:
         field = "turn_detection.idle_timeout_ms"
         raise SettingsError(field, "not part of the beta interface; leave it unset")
+    if dialect == "beta" and (any(isinstance(t, McpTool) for t in settings.tools)
+                              or isinstance(settings.tool_choice, ToolChoiceMcp)):
+        raise SettingsError("tools", "MCP servers are part of the GA interface only; use function tools")
 
 
 def changed_fields(old: SessionSettings, new: SessionSettings) -> set[str]:
