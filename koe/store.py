@@ -477,8 +477,8 @@ class SessionStore:
         with self._read() as conn:
             found = conn.execute(
                 "SELECT at, role, text, final, interrupted, latency_ms, item_id, heard FROM items"
-                " WHERE conversation_id = ? AND (trim(text) != '' OR (final = 0 AND interrupted = 0))"
-                " ORDER BY position", (conversation_id,)).fetchall()
+                " WHERE conversation_id = ? ORDER BY position", (conversation_id,)).fetchall()
+        found = [r for r in found if r["text"].strip() or not (r["final"] or r["interrupted"])]
         return pd.DataFrame({
             "time": _local_times(r["at"] for r in found),
             "speaker": [_SPEAKERS.get(r["role"], r["role"]) for r in found],
