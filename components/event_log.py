@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+
 import pandas as pd
 import streamlit as st
 
+from koe.relay import TURN_WAITED
 from koe.store import SessionStore
 
 LIVE_EVERY_S = 2.0
@@ -33,6 +36,7 @@ class _Snapshot:
     key: tuple[str, int, tuple[str, ...], str]  # conversation, version, chosen types, direction
     running: bool
     latency: pd.Series
+    waited: pd.Series  # per user turn: ms the backend waited after the user stopped
     usage: pd.DataFrame
     kinds: list[str]
     count: str
@@ -48,13 +52,16 @@ def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[
     latency = transcript["latency_ms"].dropna().reset_index(drop=True)
     latency.index += 1
     every = store.events(conversation_id, limit=rows)
+    waited = pd.Series([json.loads(p)["waited_ms"] for p in every.loc[every["type"] == TURN_WAITED, "payload"]],
+                       dtype="Int64")
+    waited.index += 1
     chosen = every if not types and direction == "all" else store.events(
         conversation_id, types=list(types) or None, direction=None if direction == "all" else direction, limit=rows)
     shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3],
                           event_id=chosen["event_id"].fillna("")).rename(columns=EVENT_COLUMNS)
     usage = store.usage(conversation_id)
     usage = usage.assign(time=usage["time"].dt.strftime("%H:%M:%S")).rename(columns=USAGE_COLUMNS)
-    return _Snapshot((conversation_id, version, types, direction), running, latency, usage,
+    return _Snapshot((conversation_id, version, types, direction), running, latency, waited, usage,
                      sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown)
 
 
@@ -75,6 +82,13 @@ def _section(store: SessionStore, conversation_id: str) -> None:
         st.bar_chart(snapshot.latency, y_label="ms", x_label="reply")
     else:
         st.caption("No replies yet.")
+    st.subheader("Wait after the user stopped, per turn")
+    if len(snapshot.waited):
+        st.bar_chart(snapshot.waited, y_label="ms", x_label="turn")
+        st.caption("From the microphone's last voiced frame to the backend's speech_stopped, measured at the relay: "
+                   "server VAD waits its silence window; semantic VAD ends a finished sentence sooner.")
+    else:
+        st.caption("No turns ended by turn detection yet.")
     st.subheader("Tokens and estimated cost")
     if len(snapshot.usage):
         st.dataframe(snapshot.usage, hide_index=True, width="stretch")

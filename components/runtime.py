@@ -14,7 +14,7 @@ from koe.access import Backoff, Passes
 from koe.client import Backend, Capabilities, fetch_capabilities
 from koe.config import Config, load_config
 from koe.ice import bound_gathering, browser_ice_servers, server_ice_servers
-from koe.limits import Limiter
+from koe.limits import Ledger, Limiter
 from koe.local import LocalServer
 from koe.local.stages.models import warm
 from koe.loop_watch import LoopWatch
@@ -68,14 +68,17 @@ def media_loop_watch() -> LoopWatch:
 
 @st.cache_resource(show_spinner=False)
 def store() -> SessionStore:
-    return SessionStore(config().backend.data_dir / "koe.sqlite3")
+    """`KOE_DATABASE_URL` (PostgreSQL, shared by several app servers) when set, else SQLite in the data folder."""
+    backend = config().backend
+    if backend.database_url is not None:
+        return SessionStore(backend.database_url.get_secret_value())
+    return SessionStore(backend.data_dir / "koe.sqlite3")
 
 
 @st.cache_resource(show_spinner=False)
 def limiter() -> Limiter:
-    return Limiter(config().limits,
-                   sessions_since=lambda visitor, since: store().totals(since, visitor)["conversations"],
-                   spent_since=lambda since: store().totals(since)["cost_usd"])
+    """The limits, counted in the store's database (shared by every app server on it)."""
+    return Limiter(config().limits, Ledger(store().engine))
 
 
 @st.cache_resource(show_spinner=False)

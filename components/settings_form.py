@@ -121,15 +121,19 @@ def sidebar(current: SessionSettings | None) -> Choice:
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
                              format_func=voice_labels.get,
                              help="Fixed once the assistant has spoken: a change then starts a new session.")
+        # The local backend's default is semantic VAD: its turn model answers sooner and lets the user pause.
+        local = backend_name == LOCAL_BACKEND
         turn = st.radio("Turn detection", list(TURNS), key="turn",
+                        index=list(TURNS).index("Semantic VAD" if local else "Server VAD"),
+                        format_func=lambda t: f"{t} (default here: a turn model)" if local and t == "Semantic VAD" else t,
                         help="Push to talk: hold the Talk button (or the space bar) while you speak.")
-        with st.expander("Turn detection details"):
+        eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"],
+                                 help="How long an unfinished-sounding pause is waited through: low 8 s, medium 4 s, "
+                                      "high 2 s (auto = medium). A finished sentence ends the turn at once.")
+        with st.expander("Server VAD details"):
             threshold = st.slider("VAD threshold", 0.0, 1.0, 0.5, 0.05)
             padding = st.number_input("Prefix padding (ms)", 0, 5000, 300, 50)
             silence = st.number_input("Silence duration (ms)", 0, 10000, 500, 50)
-            eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"])
-            if capabilities and "turn_detection.semantic_vad" in capabilities.approximated:
-                st.caption(f"Local backend: semantic VAD is {capabilities.approximated['turn_detection.semantic_vad']}.")
         transcription_model = st.selectbox("Transcription model", TRANSCRIPTION_MODELS,
                                            disabled="transcription.model" in ignored,
                                            help="The local backend always transcribes with Whisper."

@@ -8,11 +8,12 @@ errors never echo an input (`hide_input_in_errors`), so a malformed secret is no
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from koe.access import AccessConfig
 from koe.client import OPENAI_BASE_URL
@@ -35,6 +36,9 @@ class BackendConfig(BaseModel):
     local_url: str | None = Field(None, pattern=r"^https?://", validation_alias="KOE_LOCAL_URL")
     local_api_key: SecretStr | None = Field(None, validation_alias="KOE_LOCAL_API_KEY")
     data_dir: Path = Field(Path("data"), validation_alias="KOE_DATA_DIR")
+    # History, visitors and the limits' counters in PostgreSQL (postgresql://user:password@host/db), shared
+    # by several app servers; else SQLite in data_dir. A secret: the URL may hold a password.
+    database_url: SecretStr | None = Field(None, validation_alias="KOE_DATABASE_URL")
     # The embedded local backend's replies from any OpenAI-compatible chat endpoint (vLLM, Ollama...).
     chat_base_url: str | None = Field(None, pattern=r"^https?://", validation_alias="KOE_CHAT_BASE_URL")
     chat_model: str | None = Field(None, validation_alias="KOE_CHAT_MODEL")
@@ -42,6 +46,13 @@ class BackendConfig(BaseModel):
     # Function tools: your own modules (`@koe.tools.tool` functions) and how long one call may run.
     tools_dir: Path | None = Field(None, validation_alias="KOE_TOOLS_DIR")
     tool_timeout_s: float = Field(10.0, gt=0, le=120, validation_alias="KOE_TOOL_TIMEOUT_S")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not re.match(r"postgres(ql)?(\+psycopg)?://", url.get_secret_value()):
+            raise ValueError("must be a postgresql:// URL (without it, Koe uses SQLite in KOE_DATA_DIR)")
+        return url
 
 
 class ProviderKeys(BaseModel):

@@ -3,12 +3,20 @@
 
 The engine enforces them, not the UI: `Limiter.admit` refuses a session before it starts, and the
 relay consults the `SessionGuard` it was given on every server event and on a timer, and ends the
-call with the guard's reason. 0 turns a limit off. Figures are per process: several app servers
-behind a load balancer each apply them to their own sessions (see the README).
+call with the guard's reason. 0 turns a limit off.
+
+The day's spend and each visitor's admissions are counted in the database (`Ledger`), so app servers
+sharing one (PostgreSQL, `KOE_DATABASE_URL`) share one daily budget and one hourly quota per visitor;
+each count is one transaction, so concurrent sessions lose no update. Concurrent sessions are a
+machine's capacity and stay per process. The relay's loop never waits on the database: spends are
+handed to a thread, and a session's checks read the day's spend as last counted (re-read every
+few seconds, so another server's spending is seen).
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -16,10 +24,19 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from koe.db import admissions, limit_counters, write_transaction
 from koe.pricing import cost_usd, token_counts
 
-__all__ = ["LimitReached", "Limiter", "Limits", "SessionGuard", "start_of_day"]
+__all__ = ["LimitReached", "Ledger", "Limiter", "Limits", "SessionGuard", "start_of_day"]
+
+log = logging.getLogger("koe.limits")
+
+SPENT = "cost_usd"  # the ledger's counter of the day's spend, in USD
+REFRESH_S = 3.0  # how often running sessions re-read the day's spend (other servers spend too)
+SPEND_QUEUE = 1000
 
 
 class Limits(BaseModel):
@@ -121,24 +138,66 @@ class SessionGuard:
             self._limiter.release()
 
 
-class Limiter:
-    """Process-wide admission and the day's spend.
+class Ledger:
+    """The limits' counters in the database: admissions per visitor and named totals per period.
+    Every method is one transaction and may wait on the database (never call it on a media loop).
+    Raises SQLAlchemy's errors when the database is unreachable."""
 
-    `sessions_since(visitor, since)` counts a visitor's sessions started since then and
-    `spent_since(since)` the stored spend (the session store's `totals`); the day's spend is read
-    once per day and grown by each reply after that, so no reply is counted twice.
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def admit(self, visitor: str, *, since: float, most: int, now: float) -> int:
+        """Record an admission of `visitor` at `now` unless `most` were recorded since `since`;
+        returns how many there were before. Admissions of one visitor are counted one at a time,
+        across processes, so concurrent ones cannot both take the last place."""
+        with write_transaction(self.engine, lock=f"koe.admit:{visitor}") as conn:
+            conn.execute(delete(admissions).where(admissions.c.visitor == visitor, admissions.c.at < since))
+            before = conn.execute(select(func.count()).where(admissions.c.visitor == visitor,
+                                                             admissions.c.at >= since)).scalar_one()
+            if before < most:
+                conn.execute(insert(admissions).values(visitor=visitor, at=now))
+        return before
+
+    def add(self, name: str, period: float, amount: float) -> float:
+        """Add `amount` to the counter `name` of the period starting at `period`; returns its new total
+        (everyone's). Atomic: an upsert that adds in the database, not a read then a write."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        statement = dialect_insert(limit_counters).values(name=name, period=period, value=amount)
+        statement = statement.on_conflict_do_update(
+            index_elements=["name", "period"], set_={"value": limit_counters.c.value + statement.excluded.value})
+        with write_transaction(self.engine) as conn:
+            return conn.execute(statement.returning(limit_counters.c.value)).scalar_one()
+
+    def value(self, name: str, period: float) -> float:
+        """The counter's total for the period starting at `period` (0 if nothing was counted)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(limit_counters.c.value).where(
+                limit_counters.c.name == name, limit_counters.c.period == period)).scalar()
+        return found or 0.0
+
+
+class Limiter:
+    """Admission and the day's spend: concurrency per process, the rest counted in the `ledger`.
+
+    `admit` and `refresh` wait on the database (script threads); `spend`, `spent_today` and the
+    guards' checks never do (the relay's loop): a thread of the limiter's own writes the spends.
     """
 
-    def __init__(self, limits: Limits, *, sessions_since: Callable[[str, float], int],
-                 spent_since: Callable[[float], float], clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
-        self.limits = limits
-        self._sessions_since, self._spent_since = sessions_since, spent_since
-        self._clock, self._wall_clock = clock, wall_clock
+    def __init__(self, limits: Limits, ledger: Ledger, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, refresh_s: float = REFRESH_S) -> None:
+        self.limits, self.ledger = limits, ledger
+        self._clock, self._wall_clock, self._refresh_s = clock, wall_clock, refresh_s
         self._lock = threading.Lock()
+        self._counting = threading.Condition(self._lock)  # notified as queued spends get counted
         self._active = 0
-        self._day: float | None = None
-        self._spent = 0.0
+        self._day, self._spent = start_of_day(wall_clock()), 0.0  # the day's spend as last counted
+        self._pending = 0  # spends queued, not yet counted in the ledger
+        self._spends: queue.Queue[tuple[float, float] | None] = queue.Queue(SPEND_QUEUE)
+        self._thread = threading.Thread(target=self._run, name="koe-ledger", daemon=True)
+        self._thread.start()
 
     @property
     def active(self) -> int:
@@ -146,36 +205,99 @@ class Limiter:
 
     @property
     def spent_today(self) -> float:
+        """Today's spend on every server sharing the database, as last counted (never waits)."""
         with self._lock:
-            return self._roll_day()
+            return self._spent if self._day == start_of_day(self._wall_clock()) else 0.0
 
-    def _roll_day(self) -> float:
+    def _counted(self, day: float, total: float) -> None:
+        with self._lock:
+            if day >= self._day:
+                self._day, self._spent = day, total
+
+    def refresh(self) -> float:
+        """Read today's spend from the database now; returns it."""
         day = start_of_day(self._wall_clock())
-        if day != self._day:
-            self._day, self._spent = day, self._spent_since(day)
-        return self._spent
+        total = self.ledger.value(SPENT, day)
+        self._counted(day, total)
+        return total
 
     def spend(self, usd: float) -> None:
+        """Count a reply's cost (never waits: the limiter's thread adds it to the ledger)."""
+        day = start_of_day(self._wall_clock())
         with self._lock:
-            self._roll_day()
-            self._spent += usd
+            if day == self._day:
+                self._spent += usd
+            self._pending += 1
+        try:
+            self._spends.put_nowait((day, usd))
+        except queue.Full:  # only a database stalled for a thousand replies gets here
+            log.error("the limits' ledger is stalled: $%.4f not counted", usd)
+            self._counted_one()
+
+    def _counted_one(self) -> None:
+        with self._counting:
+            self._pending -= 1
+            self._counting.notify_all()
+
+    def _run(self) -> None:
+        item: tuple[float, float] | tuple[()] | None
+        while True:
+            try:
+                item = self._spends.get(timeout=self._refresh_s)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                return
+            try:
+                if item:
+                    self._counted(item[0], self.ledger.add(SPENT, item[0], item[1]))
+                else:  # other servers spend too; and the owner's meter shows the day's figure
+                    self.refresh()
+            except SQLAlchemyError as exc:
+                log.error("the limits' ledger could not count: %s", type(exc).__name__)
+            finally:
+                if item:
+                    self._counted_one()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every spend so far is counted in the ledger; False if that took over `timeout_s`."""
+        with self._counting:
+            return self._counting.wait_for(lambda: self._pending <= 0, timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Count what is queued, then stop the limiter's thread. Idempotent."""
+        if self._thread.is_alive():
+            self._spends.put(None)
+            self._thread.join(timeout_s)
 
     def admit(self, visitor: str, *, model: str, billed: bool, exempt: bool = False) -> SessionGuard:
-        """A guard for a new session, or LimitReached. `exempt` (the owner) skips the hourly quota."""
+        """A guard for a new session, or LimitReached. `exempt` (the owner) skips the hourly quota.
+        Waits on the database (the day's spend, the visitor's admissions)."""
         limits = self.limits
         with self._lock:
-            if limits.max_daily_cost_usd and self._roll_day() >= limits.max_daily_cost_usd:
-                raise LimitReached(f"today's ${limits.max_daily_cost_usd:.2f} budget for this demo is spent: "
-                                   "try again tomorrow")
             if limits.max_concurrent_sessions and self._active >= limits.max_concurrent_sessions:
                 raise LimitReached(f"all {self._active} conversation slots of this server are in use: "
                                    "try again in a few minutes")
+            self._active += 1  # held while the database decides; given back if it refuses
+        try:
+            self.flush()  # this server's own spends first, then everyone's
+            if limits.max_daily_cost_usd and self.refresh() >= limits.max_daily_cost_usd:
+                raise LimitReached(f"today's ${limits.max_daily_cost_usd:.2f} budget for this demo is spent: "
+                                   "try again tomorrow")
             if not exempt and limits.max_sessions_per_hour:
-                started = self._sessions_since(visitor, self._wall_clock() - 3600)
+                now = self._wall_clock()
+                started = self.ledger.admit(visitor, since=now - 3600, most=limits.max_sessions_per_hour, now=now)
                 if started >= limits.max_sessions_per_hour:
                     raise LimitReached(f"you have started {started} conversations in the last hour, the most "
                                        "allowed: try again later")
-            self._active += 1
+        except SQLAlchemyError as exc:  # fail closed: a budget that cannot be checked is not spent
+            self.release()
+            log.error("the limits could not be checked: %s", type(exc).__name__)
+            raise LimitReached("this demo's limits cannot be checked right now (its database is unreachable): "
+                               "try again in a minute") from None
+        except BaseException:
+            self.release()
+            raise
         return SessionGuard(self, model=model, billed=billed, clock=self._clock)
 
     def release(self) -> None:

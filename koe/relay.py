@@ -23,7 +23,7 @@ from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from koe.audio import RATE, FrameQueueTrack, frame_to_mono, rms_dbfs
-from koe.client import Backend, RealtimeConnection, RealtimeError
+from koe.client import Backend, RateLimitError, RealtimeConnection, RealtimeError
 from koe.ice import stun_urls, unanswered_stun, upstream_ice_servers
 from koe.limits import SessionGuard
 from koe.protocol import ServerEvent, SessionSettings, SettingsError, new_id
@@ -32,7 +32,7 @@ from koe.tool_runner import ToolRunner
 log = logging.getLogger("koe.relay")
 
 QUEUE_FRAMES = 10  # 200 ms each way: more than that behind means a loop stalled, and old audio goes
-VOICE_DBFS = -50.0  # a reply frame louder than this is speech (for the latency figure)
+VOICE_DBFS = -50.0  # a frame louder than this is speech (for the latency and turn-wait figures)
 HEARD_DBFS = -45.0  # a push-to-talk turn with no browser frame louder than this had nothing said in it
 LIMIT_TICK_S = 0.5  # how often the session's time limits are checked
 SLOW_CONNECT_S = 4.0  # a connection not up by then is said to take longer than expected, with why
@@ -75,6 +75,10 @@ class RelayStatus:
     ended_by: str = ""  # "user" when STOP ended it; "limit" / "backend" when the session ended on its own
 
 
+# App event: the time from the user's last voiced frame to the backend's speech_stopped, as the relay saw it.
+TURN_WAITED = "koe.turn_waited"
+
+
 class Relay:
     """Relays one browser conversation to a backend and records it.
 
@@ -82,7 +86,9 @@ class Relay:
     `on_event(direction, event_dict, at)` to receive every event both ways (the session store's
     `record_event`, bound to the conversation) and `on_latency(item_id, ms)` for the reply latency the
     relay measures where it matters: end of the user's speech to the first voiced frame for the browser.
-    A `SessionGuard` given to `start` ends the call when a limit is reached (time, idleness, cost).
+    At each `speech_stopped` an app event TURN_WAITED {item_id, waited_ms} says how long the backend's
+    turn detection waited after the user's last voiced frame. A `SessionGuard` given to `start` ends the
+    call when a limit is reached (time, idleness, cost).
     """
 
     def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
@@ -104,6 +110,7 @@ class Relay:
         self._reply_playing = False  # between output_audio_buffer.started and .stopped/.cleared
         self._reply_start = 0  # to_browser sample index where the current reply's audio began
         self._speech_stopped_at: float | None = None
+        self._user_voice_at: float | None = None  # monotonic time of the latest voiced browser frame
         self._assistant_spoke = False
         self._response_active = False  # between response.created and response.done
         self._reply_text = ""  # the current reply's transcript so far (to say how much of it was heard)
@@ -126,6 +133,8 @@ class Relay:
             frame = silent_like(frame)
         self.status.input_dbfs = level = rms_dbfs(frame.to_ndarray())
         self._turn_peak_dbfs = max(self._turn_peak_dbfs, level)
+        if level >= VOICE_DBFS:
+            self._user_voice_at = time.monotonic()
         if self.recorder is not None:
             self.recorder.user(frame)
         upstream = self._upstream
@@ -359,6 +368,12 @@ class Relay:
         connection.add_listener(self._on_server_event)
         try:
             await connection.connect()
+        except RateLimitError as exc:  # a full backend refused before any media: say when to come back
+            wait = f" in {exc.retry_after_s:.0f} s" if exc.retry_after_s else " later"
+            told = exc.message if "try again" in exc.message.lower() else f"{exc.message} Try again{wait}."
+            self.status.state, self.status.message = "failed", f"Not started: {told}"
+            self._connection = None
+            return
         except (RealtimeError, SettingsError) as exc:
             self.status.state, self.status.message = "failed", f"Could not connect: {exc}"
             self._connection = None
@@ -431,6 +446,10 @@ class Relay:
         elif kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped_at = time.monotonic()
             status.phase = THINKING if self._auto_reply() else LISTENING
+            if self._user_voice_at is not None:  # how long the backend's turn detection waited after the user
+                waited = round(1000 * (self._speech_stopped_at - self._user_voice_at))
+                self.on_event("app", {"type": TURN_WAITED, "item_id": getattr(event, "item_id", None),
+                                      "waited_ms": waited}, at)
         elif kind == "input_audio_buffer.committed" and self._awaiting_commit:
             # The words are in the conversation now: only now may the reply be asked for.
             self._awaiting_commit = False

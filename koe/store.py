@@ -1,10 +1,16 @@
-"""Conversations on disk: the one place a conversation is persisted, so that a page reload, a STOP,
-a crash or an expired upstream session leaves it complete and exportable.
+"""Conversations in the database: the one place a conversation is persisted, so that a page reload,
+a STOP, a crash or an expired upstream session leaves it complete and exportable.
 
-Writes come from the media event loop and must never wait on the disk: `record_*` only put onto a
-bounded queue, and one writer thread stores the raw events, folds server events into each
+Writes come from the media event loop and must never wait on the database: `record_*` only put onto
+a bounded queue, and one writer thread stores the raw events, folds server events into each
 conversation's `Transcript`, and commits in small batches. Reads come from any thread (Streamlit
-script threads) on a connection of their own, never the writer's; WAL lets them run during writes.
+script threads) on pooled connections, never the writer's; SQLite's WAL lets them run during writes.
+
+The database is a SQLite file (the default) or PostgreSQL (`KOE_DATABASE_URL`), shared by several
+processes or app servers (`koe.db`). Each store registers itself as an owner with a heartbeat and
+stamps the conversations it starts; a conversation left without an end is marked ended only once
+its owner is gone (closed, its process dead, or its heartbeat stale), so a second process on the
+same database never ends the first one's live conversations.
 
 Secrets are never stored: values under keys named like api_key / authorization / *secret* /
 password are replaced before anything reaches the disk. Nothing upstream should put a key into an
@@ -16,20 +22,25 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import queue
 import re
-import sqlite3
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+from sqlalchemy import Connection, Engine, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from koe.db import casefold, conversations, events, items, open_database, store_owners, upsert, usage, write_transaction
 from koe.export import SETTINGS_EVENTS, Format, export
 from koe.pricing import cost_usd, token_counts
 from koe.protocol import new_id, parse_server_event
@@ -45,7 +56,9 @@ QUEUE_SIZE = 10_000
 BATCH_ITEMS = 200
 BATCH_WINDOW_S = 0.1
 FULL_QUEUE_WAIT_S = 0.5
-BUSY_TIMEOUT_S = 10.0
+CLOSE_WAIT_S = 10.0
+HEARTBEAT_S = 5.0  # how often a store says it is alive
+OWNER_GONE_AFTER_S = 60.0  # a heartbeat this old means its process is gone (hung or on a lost machine)
 REDACTED = "[redacted]"
 
 _SECRET_KEY = re.compile(r"api[-_]?key|authorization|secret|password", re.IGNORECASE)
@@ -57,82 +70,21 @@ _EVENT_TYPES = {"direction": "str", "type": "str", "event_id": "str", "payload":
 _USAGE_TYPES = {"response_id": "str", "model": "str", "input_text_tokens": "int64", "input_audio_tokens": "int64",
                 "cached_text_tokens": "int64", "cached_audio_tokens": "int64", "output_text_tokens": "int64",
                 "output_audio_tokens": "int64", "cost_usd": "float64"}
+_TOKENS = ("input_text_tokens", "input_audio_tokens", "cached_text_tokens", "cached_audio_tokens",
+           "output_text_tokens", "output_audio_tokens")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    end_reason TEXT,
-    backend TEXT NOT NULL,
-    model TEXT NOT NULL,
-    dialect TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    visitor TEXT,
-    title TEXT,
-    version INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS conversations_by_start ON conversations (started_at);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    conversation_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    direction TEXT NOT NULL,
-    type TEXT NOT NULL,
-    event_id TEXT,
-    payload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_conversation ON events (conversation_id, id);
-CREATE TABLE IF NOT EXISTS items (
-    conversation_id TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    previous_item_id TEXT,
-    role TEXT NOT NULL,
-    text TEXT NOT NULL,
-    final INTEGER NOT NULL,
-    interrupted INTEGER NOT NULL,
-    at REAL NOT NULL,
-    latency_ms INTEGER,
-    position INTEGER NOT NULL,
-    heard INTEGER,
-    PRIMARY KEY (conversation_id, item_id)
-);
-CREATE TABLE IF NOT EXISTS usage (
-    conversation_id TEXT NOT NULL,
-    response_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    model TEXT NOT NULL,
-    input_text_tokens INTEGER NOT NULL,
-    input_audio_tokens INTEGER NOT NULL,
-    cached_text_tokens INTEGER NOT NULL,
-    cached_audio_tokens INTEGER NOT NULL,
-    output_text_tokens INTEGER NOT NULL,
-    output_audio_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    PRIMARY KEY (conversation_id, response_id)
-);
-"""
-
-_CONVERSATION_SQL = """
-SELECT c.id, c.started_at, c.ended_at, c.end_reason, c.backend, c.model, c.dialect, c.settings,
-       c.visitor, c.title,
-       (SELECT i.text FROM items i WHERE i.conversation_id = c.id AND i.role IN ('user', 'assistant')
-          AND trim(i.text) != '' ORDER BY i.position LIMIT 1) AS first_text,
-       (SELECT COUNT(*) FROM items i
-         WHERE i.conversation_id = c.id AND i.role IN ('user', 'assistant')) AS turns,
-       (SELECT COALESCE(SUM(u.cost_usd), 0.0) FROM usage u WHERE u.conversation_id = c.id) AS cost_usd
-FROM conversations c
-"""
-
-_UPSERT_ITEM = """
-INSERT INTO items (conversation_id, item_id, previous_item_id, role, text, final, interrupted, at,
-                   latency_ms, position, heard)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (conversation_id, item_id) DO UPDATE SET
-    previous_item_id = excluded.previous_item_id, role = excluded.role, text = excluded.text,
-    final = excluded.final, interrupted = excluded.interrupted, latency_ms = excluded.latency_ms,
-    position = excluded.position, heard = excluded.heard
-"""
+_c, _i, _u = conversations.c, items.c, usage.c
+_CONVERSATION = select(
+    _c.id, _c.started_at, _c.ended_at, _c.end_reason, _c.backend, _c.model, _c.dialect, _c.settings, _c.visitor,
+    _c.title,
+    select(_i.text).where(_i.conversation_id == _c.id, _i.role.in_(("user", "assistant")), func.trim(_i.text) != "")
+    .order_by(_i.position).limit(1).scalar_subquery().label("first_text"),
+    select(func.count()).where(_i.conversation_id == _c.id, _i.role.in_(("user", "assistant")))
+    .scalar_subquery().label("turns"),
+    select(func.coalesce(func.sum(_u.cost_usd), 0.0)).where(_u.conversation_id == _c.id)
+    .scalar_subquery().label("cost_usd"),
+)
+_ITEM_COLUMNS = ("previous_item_id", "role", "text", "final", "interrupted", "at", "latency_ms", "position", "heard")
 
 
 def _redact(value: Any) -> Any:
@@ -145,17 +97,69 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def _casefold(text: str | None) -> str | None:
-    return text.casefold() if isinstance(text, str) else text
-
-
 def _local_times(seconds: Any) -> pd.DatetimeIndex:
     """Epoch seconds → naive local datetimes, as a person reading the table expects."""
     return pd.DatetimeIndex([datetime.fromtimestamp(s) for s in seconds], dtype="datetime64[us]")
 
 
+def _local_day(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).date().isoformat()
+
+
 def _status(final: bool, interrupted: bool) -> str:
     return "interrupted" if interrupted else "final" if final else "partial"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+_LIVE_OWNERS: set[str] = set()  # the stores open in this process
+
+
+def _alive_here(owner: str, pid: int) -> bool:
+    """Whether a store on this machine lives: in this process, only the stores open here (a
+    restarted container may reuse the pid); elsewhere, whether its process runs."""
+    return owner in _LIVE_OWNERS if pid == os.getpid() else _pid_alive(pid)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """This store, as other processes see it: `owner` is unique even when a pid is reused."""
+
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}")
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def heartbeat(self, conn: Connection, now: float) -> None:
+        """Say this store is alive (registering again if another process had given it up)."""
+        if not conn.execute(update(store_owners).where(store_owners.c.owner == self.owner)
+                            .values(heartbeat_at=now)).rowcount:
+            conn.execute(insert(store_owners).values(owner=self.owner, host=self.host, pid=self.pid,
+                                                     started_at=now, heartbeat_at=now))
+
+    def sweep(self, conn: Connection, now: float) -> int:
+        """End the open conversations whose owner is gone; returns how many."""
+        gone = [row.owner for row in conn.execute(select(store_owners)) if row.owner != self.owner and (
+            row.heartbeat_at < now - OWNER_GONE_AFTER_S
+            or (row.host == self.host and not _alive_here(row.owner, row.pid)))]
+        last_event = select(func.max(events.c.at)).where(events.c.conversation_id == _c.id).scalar_subquery()
+        ended = conn.execute(
+            update(conversations)
+            .where(_c.ended_at.is_(None), or_(_c.owner.is_(None), _c.owner.in_(gone),
+                                             _c.owner.not_in(select(store_owners.c.owner))))
+            .values(end_reason=RESTART_REASON, version=_c.version + 1,
+                    ended_at=case((func.coalesce(last_event, 0.0) > _c.started_at, last_event),
+                                  else_=_c.started_at))).rowcount
+        if gone:
+            conn.execute(delete(store_owners).where(store_owners.c.owner.in_(gone)))
+        return ended
 
 
 # -- what the writer thread is asked to do ---------------------------------------------------------
@@ -193,34 +197,49 @@ _Op = _Event | _Latency | _End | _Flush
 
 
 class _Writer:
-    """The writer thread's state: its connection, and each conversation's transcript and the row
-    positions last written. Only the writer thread touches it."""
+    """The writer thread's state: each conversation's transcript and the row positions last written.
+    Only the writer thread touches it; `conn` is the transaction of the batch being written."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.conn: Connection | None = None
         self.transcripts: dict[str, Transcript] = {}
         self.positions: dict[str, dict[str, int]] = {}  # conversation → item id → stored position
         self.meta: dict[str, tuple[str, str]] = {}  # conversation → (model, backend)
 
     def write(self, batch: list[_Op]) -> None:
-        changed: dict[str, set[str]] = {}  # conversation → item ids changed (its version grows)
-        for op in batch:
-            try:
-                self._apply(op, changed)
-            except Exception:  # one bad event must not cost the rest of the batch
-                log.exception("could not store %s", type(op).__name__)
+        """Commit `batch` in one transaction. If the database refuses it, each operation is tried
+        alone, so that one bad value costs only itself; an unreachable database costs the batch."""
+        ops = [op for op in batch if not isinstance(op, _Flush)]
+        if not ops:
+            return
         try:
-            for conversation_id, item_ids in changed.items():
-                self._write_items(conversation_id, item_ids)
-            self.conn.executemany("UPDATE conversations SET version = version + 1 WHERE id = ?",
-                                  [(c,) for c in changed])
-            self.conn.commit()
-        except sqlite3.Error:
-            log.exception("could not commit %d store operations", len(batch))
-            self.conn.rollback()
-            for conversation_id in changed:  # rebuild from what the disk really holds
+            with write_transaction(self.engine) as self.conn:
+                self._write(ops)
+        except SQLAlchemyError as exc:
+            log.error("could not commit %d store operations: %s", len(ops), type(exc).__name__)
+            for conversation_id in {op.conversation_id for op in ops}:  # rebuild from what is stored
                 self.transcripts.pop(conversation_id, None)
                 self.positions.pop(conversation_id, None)
+            if len(ops) > 1 and not isinstance(exc, OperationalError):
+                for op in ops:
+                    self.write([op])
+        finally:
+            self.conn = None
+
+    def _write(self, ops: list[_Op]) -> None:
+        changed: dict[str, set[str]] = {}  # conversation → item ids changed (its version grows)
+        for op in ops:
+            try:
+                self._apply(op, changed)
+            except SQLAlchemyError:
+                raise
+            except Exception:  # one bad event must not cost the rest of the batch
+                log.exception("could not store %s", type(op).__name__)
+        for conversation_id, item_ids in changed.items():
+            self._write_items(conversation_id, item_ids)
+        if changed:
+            self.conn.execute(update(conversations).where(_c.id.in_(list(changed))).values(version=_c.version + 1))
 
     def _apply(self, op: _Op, changed: dict[str, set[str]]) -> None:
         match op:
@@ -231,10 +250,10 @@ class _Writer:
                 if item_ids:
                     changed.setdefault(op.conversation_id, set()).update(item_ids)
             case _End():
-                cursor = self.conn.execute(
-                    "UPDATE conversations SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
-                    (op.at, op.reason, op.conversation_id))
-                if cursor.rowcount:
+                ended = self.conn.execute(
+                    update(conversations).where(_c.id == op.conversation_id, _c.ended_at.is_(None))
+                    .values(ended_at=op.at, end_reason=op.reason)).rowcount
+                if ended:
                     # Rows still waiting for text will get none now: closed, and hidden when empty.
                     changed.setdefault(op.conversation_id, set()).update(
                         self._transcript(op.conversation_id).close_open_rows())
@@ -243,11 +262,10 @@ class _Writer:
         payload = _redact(op.event)
         kind = payload.get("type")
         event_id = payload.get("event_id")
-        self.conn.execute(
-            "INSERT INTO events (conversation_id, at, direction, type, event_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            (op.conversation_id, op.at, op.direction, kind if isinstance(kind, str) else "",
-             event_id if isinstance(event_id, str) else None,
-             json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)))
+        self.conn.execute(insert(events).values(
+            conversation_id=op.conversation_id, at=op.at, direction=op.direction,
+            type=kind if isinstance(kind, str) else "", event_id=event_id if isinstance(event_id, str) else None,
+            payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)))
         item_ids = changed.setdefault(op.conversation_id, set())
         if op.direction == "app" and kind == "koe.reply_cut" and isinstance(payload.get("item_id"), str):
             heard = payload.get("heard_chars")
@@ -261,33 +279,36 @@ class _Writer:
 
     def _store_usage(self, conversation_id: str, response: dict[str, Any], at: float) -> None:
         model, backend = self._meta(conversation_id)
-        usage = response["usage"]
-        t = token_counts(usage)
-        cost = 0.0 if backend == LOCAL_BACKEND else cost_usd(model, usage)
-        self.conn.execute(
-            "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (conversation_id, str(response.get("id") or new_id("resp")), at, model, t.input_text, t.input_audio,
-             t.cached_text, t.cached_audio, t.output_text, t.output_audio, cost))
+        usage_ = response["usage"]
+        t = token_counts(usage_)
+        cost = 0.0 if backend == LOCAL_BACKEND else cost_usd(model, usage_)
+        row = dict(zip(_TOKENS, (t.input_text, t.input_audio, t.cached_text, t.cached_audio, t.output_text,
+                                 t.output_audio)))
+        upsert(self.conn, usage, [{"conversation_id": conversation_id,
+                                   "response_id": str(response.get("id") or new_id("resp")),
+                                   "at": at, "model": model, **row, "cost_usd": cost}],
+               keys=["conversation_id", "response_id"], update=["at", "model", *_TOKENS, "cost_usd"])
 
     def _meta(self, conversation_id: str) -> tuple[str, str]:
         if conversation_id not in self.meta:
-            found = self.conn.execute("SELECT model, backend FROM conversations WHERE id = ?",
-                                      (conversation_id,)).fetchone()
+            found = self.conn.execute(select(_c.model, _c.backend).where(_c.id == conversation_id)).first()
             if found is None:
                 return "", ""  # events of a conversation never started: stored, billed at zero
-            self.meta[conversation_id] = found
+            self.meta[conversation_id] = tuple(found)
         return self.meta[conversation_id]
 
     def _transcript(self, conversation_id: str) -> Transcript:
         """The conversation's transcript; rebuilt from its stored rows the first time it is needed."""
         if conversation_id not in self.transcripts:
             stored = self.conn.execute(
-                "SELECT item_id, previous_item_id, role, text, final, interrupted, at, latency_ms, position, heard"
-                " FROM items WHERE conversation_id = ? ORDER BY position", (conversation_id,)).fetchall()
-            rows = [Row(item_id=r[0], previous_item_id=r[1], role=r[2], text=r[3], final=bool(r[4]),
-                        interrupted=bool(r[5]), at=r[6], latency_ms=r[7], heard=r[9]) for r in stored]
+                select(_i.item_id, *(items.c[name] for name in _ITEM_COLUMNS))
+                .where(_i.conversation_id == conversation_id).order_by(_i.position)).all()
+            rows = [Row(item_id=r.item_id, previous_item_id=r.previous_item_id, role=r.role, text=r.text,
+                        final=bool(r.final), interrupted=bool(r.interrupted), at=r.at, latency_ms=r.latency_ms,
+                        heard=r.heard)
+                    for r in stored]
             self.transcripts[conversation_id] = Transcript.from_rows(rows)
-            self.positions[conversation_id] = {r[0]: r[8] for r in stored}
+            self.positions[conversation_id] = {r.item_id: r.position for r in stored}
         return self.transcripts[conversation_id]
 
     def _write_items(self, conversation_id: str, item_ids: set[str]) -> None:
@@ -297,36 +318,39 @@ class _Writer:
         old = self.positions[conversation_id]
         rows = self.transcripts[conversation_id].rows()
         new = {row.item_id: index for index, row in enumerate(rows)}
-        self.conn.executemany("DELETE FROM items WHERE conversation_id = ? AND item_id = ?",
-                              [(conversation_id, i) for i in old.keys() - new.keys()])
-        self.conn.executemany(_UPSERT_ITEM, [
-            (conversation_id, r.item_id, r.previous_item_id, r.role, r.text, int(r.final), int(r.interrupted), r.at,
-             r.latency_ms, index, r.heard)
-            for index, r in enumerate(rows) if r.item_id in item_ids or old.get(r.item_id) != index])
+        removed = list(old.keys() - new.keys())
+        if removed:
+            self.conn.execute(delete(items).where(_i.conversation_id == conversation_id, _i.item_id.in_(removed)))
+        upsert(self.conn, items, [
+            {"conversation_id": conversation_id, "item_id": r.item_id, "previous_item_id": r.previous_item_id,
+             "role": r.role, "text": r.text, "final": int(r.final), "interrupted": int(r.interrupted), "at": r.at,
+             "latency_ms": r.latency_ms, "position": index, "heard": r.heard}
+            for index, r in enumerate(rows) if r.item_id in item_ids or old.get(r.item_id) != index],
+            keys=["conversation_id", "item_id"],
+            update=["previous_item_id", "role", "text", "final", "interrupted", "latency_ms", "position", "heard"])
         self.positions[conversation_id] = new
 
 
 class SessionStore:
-    """Conversations, their events, transcript rows and usage in one SQLite file.
+    """Conversations, their events, transcript rows and usage in a SQLite file or a database URL.
 
-    One store per file per process: opening a file marks every conversation it holds without an
-    end as ended by a restart. `record_event` takes ownership of the event dict (do not mutate it).
+    `target` is a file path (SQLite) or a URL such as `postgresql://user:pass@host/db`; its schema is
+    migrated forward on open. Opening a store ends the open conversations of stores that are gone,
+    never those of a live one. `record_event` takes ownership of the event dict (do not mutate it).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            if "heard" not in {row[1] for row in conn.execute("PRAGMA table_info(items)")}:
-                conn.execute("ALTER TABLE items ADD COLUMN heard INTEGER")  # a file from before the column
-            with conn:
-                conn.execute(
-                    "UPDATE conversations SET end_reason = ?, version = version + 1,"
-                    " ended_at = MAX(started_at, COALESCE((SELECT MAX(e.at) FROM events e"
-                    "                                      WHERE e.conversation_id = conversations.id), 0))"
-                    " WHERE ended_at IS NULL", (RESTART_REASON,))
+    def __init__(self, target: str | Path) -> None:
+        is_url = isinstance(target, str) and "://" in target
+        self.path: Path | None = None if is_url else Path(target)  # the SQLite file, if that is the database
+        self._engine = open_database(target)
+        self._owner = _Owner()
+        _LIVE_OWNERS.add(self._owner.owner)
+        with write_transaction(self._engine, lock="koe.store_owners") as conn:
+            now = time.time()
+            self._owner.heartbeat(conn, now)
+            swept = self._owner.sweep(conn, now)
+        if swept:
+            log.info("marked %d conversations of stopped processes as ended", swept)
         self._queue: queue.Queue[_Op] = queue.Queue(maxsize=QUEUE_SIZE)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -334,38 +358,65 @@ class SessionStore:
         self._thread.start()
         atexit.register(self.close)  # what is still queued at exit gets written
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across app crashes, fast commits
-        conn.create_function("casefold", 1, _casefold, deterministic=True)
-        return conn
+    @property
+    def engine(self) -> Engine:
+        """The database (other parts, such as the limits' ledger, share it)."""
+        return self._engine
+
+    @property
+    def owner(self) -> str:
+        """This store's owner id, stamped on the conversations it starts."""
+        return self._owner.owner
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Connection]:
         """A connection for one read: any thread may read, and never on the writer's connection."""
-        with closing(self._connect()) as conn:
-            conn.row_factory = sqlite3.Row
+        with self._engine.connect() as conn:
             yield conn
 
     # -- the writer thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        writer = _Writer(self._connect())
-        try:
-            while True:
-                batch = self._next_batch()
-                writer.write(batch)
-                for op in batch:
-                    if isinstance(op, _Flush):
-                        op.done.set()
-                if any(isinstance(op, _Flush) and op.stop for op in batch):
-                    return
-        finally:
-            writer.conn.close()
+        writer = _Writer(self._engine)
+        next_beat = time.monotonic() + HEARTBEAT_S
+        while True:
+            batch = self._next_batch(max(0.0, next_beat - time.monotonic()))
+            writer.write(batch)
+            for op in batch:
+                if isinstance(op, _Flush):
+                    op.done.set()
+            if any(isinstance(op, _Flush) and op.stop for op in batch):
+                _LIVE_OWNERS.discard(self._owner.owner)
+                self._unregister()
+                return
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_S
+                self._beat()
 
-    def _next_batch(self) -> list[_Op]:
-        """Wait for one operation, then gather more for up to BATCH_WINDOW_S or BATCH_ITEMS; a flush
-        ends the batch at once so its caller is not kept waiting."""
-        batch = [self._queue.get()]
+    def _beat(self) -> None:
+        """Heartbeat, and end what stores that have gone since left open."""
+        try:
+            with write_transaction(self._engine, lock="koe.store_owners") as conn:
+                now = time.time()
+                self._owner.heartbeat(conn, now)
+                self._owner.sweep(conn, now)
+        except SQLAlchemyError as exc:
+            log.warning("session store heartbeat failed: %s", type(exc).__name__)
+
+    def _unregister(self) -> None:
+        """A closed store is gone: what it left open may be ended by the next sweep."""
+        try:
+            with write_transaction(self._engine, lock="koe.store_owners") as conn:
+                conn.execute(delete(store_owners).where(store_owners.c.owner == self._owner.owner))
+        except SQLAlchemyError as exc:
+            log.warning("session store could not unregister: %s", type(exc).__name__)
+
+    def _next_batch(self, wait_s: float) -> list[_Op]:
+        """Wait up to `wait_s` for one operation, then gather more for up to BATCH_WINDOW_S or
+        BATCH_ITEMS; a flush ends the batch at once so its caller is not kept waiting."""
+        try:
+            batch = [self._queue.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
         deadline = time.monotonic() + BATCH_WINDOW_S
         while len(batch) < BATCH_ITEMS and not isinstance(batch[-1], _Flush):
             try:
@@ -382,7 +433,7 @@ class SessionStore:
         try:
             self._queue.put_nowait(op)
         except queue.Full:
-            # Only a stalled disk gets here (10,000 operations behind). Waiting a moment stalls the
+            # Only a stalled database gets here (10,000 operations behind). Waiting a moment stalls the
             # caller, perhaps the media loop, but keeps the data; waiting longer would freeze the
             # call itself, so after FULL_QUEUE_WAIT_S the operation is dropped, loudly.
             log.error("session store queue is full: the writer is stalled")
@@ -396,17 +447,16 @@ class SessionStore:
                            visitor: str | None = None, title: str | None = None) -> str:
         """A new conversation's id; written at once (not queued), so any reader sees it on return."""
         conversation_id = new_id("conv")
-        with closing(self._connect()) as conn, conn:
-            conn.execute(
-                "INSERT INTO conversations (id, started_at, backend, model, dialect, settings, visitor, title)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, time.time(), backend, model, dialect,
-                 json.dumps(_redact(settings), ensure_ascii=False, default=str), visitor, title))
+        with write_transaction(self._engine) as conn:
+            conn.execute(insert(conversations).values(
+                id=conversation_id, started_at=time.time(), backend=backend, model=model, dialect=dialect,
+                settings=json.dumps(_redact(settings), ensure_ascii=False, default=str), visitor=visitor,
+                title=title, owner=self._owner.owner))
         return conversation_id
 
     def record_event(self, conversation_id: str, direction: Literal["server", "client", "app"],
                      event: dict[str, Any], at: float | None = None) -> None:
-        """Queue one event (never waits on the disk); `at` defaults to now, in epoch seconds."""
+        """Queue one event (never waits on the database); `at` defaults to now, in epoch seconds."""
         self._put(_Event(conversation_id, direction, event, time.time() if at is None else at))
 
     def set_latency(self, conversation_id: str, item_id: str, ms: int) -> None:
@@ -429,21 +479,22 @@ class SessionStore:
         return marker.done.wait(timeout_s)
 
     def close(self) -> None:
-        """Write what is queued, then stop the writer. Idempotent."""
+        """Write what is queued, then stop the writer and give up ownership. Idempotent."""
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
         marker = _Flush(stop=True)
         self._queue.put(marker)
-        marker.done.wait(BUSY_TIMEOUT_S)
-        self._thread.join(BUSY_TIMEOUT_S)
+        marker.done.wait(CLOSE_WAIT_S)
+        self._thread.join(CLOSE_WAIT_S)
+        self._engine.dispose()
         atexit.unregister(self.close)
 
     # -- reading -------------------------------------------------------------------------------------
     @staticmethod
-    def _conversation_dict(row: sqlite3.Row) -> dict[str, Any]:
-        found = dict(row)
+    def _conversation_dict(row: Any) -> dict[str, Any]:
+        found = dict(row._mapping)
         found["settings"] = json.loads(found["settings"])
         return found
 
@@ -451,23 +502,22 @@ class SessionStore:
         """Metadata (id, started_at, ended_at, end_reason, backend, model, dialect, settings, visitor,
         title, first_text (the first words said, or None), turns, cost_usd), or None."""
         with self._read() as conn:
-            found = conn.execute(_CONVERSATION_SQL + " WHERE c.id = ?", (conversation_id,)).fetchone()
+            found = conn.execute(_CONVERSATION.where(_c.id == conversation_id)).first()
         return self._conversation_dict(found) if found is not None else None
 
     def conversations(self, *, search: str | None = None, visitor: str | None = None,
                       limit: int = 200) -> list[dict[str, Any]]:
         """Newest first; `search` matches transcript text or title, ignoring case."""
-        where, params = [], []
+        query = _CONVERSATION
         if search:
-            where.append("(instr(casefold(COALESCE(c.title, '')), ?) OR EXISTS (SELECT 1 FROM items i"
-                         " WHERE i.conversation_id = c.id AND instr(casefold(i.text), ?)))")
-            params += [search.casefold()] * 2
+            needle = search.casefold()
+            query = query.where(or_(
+                casefold(func.coalesce(_c.title, "")).contains(needle, autoescape=True),
+                exists().where(_i.conversation_id == _c.id, casefold(_i.text).contains(needle, autoescape=True))))
         if visitor is not None:
-            where.append("c.visitor = ?")
-            params.append(visitor)
-        sql = _CONVERSATION_SQL + (" WHERE " + " AND ".join(where) if where else "")
+            query = query.where(_c.visitor == visitor)
         with self._read() as conn:
-            found = conn.execute(sql + " ORDER BY c.started_at DESC LIMIT ?", (*params, limit)).fetchall()
+            found = conn.execute(query.order_by(_c.started_at.desc()).limit(limit)).all()
         return [self._conversation_dict(row) for row in found]
 
     def transcript(self, conversation_id: str) -> pd.DataFrame:
@@ -476,85 +526,85 @@ class SessionStore:
         text (a reply stopped before it began, silence) are left out."""
         with self._read() as conn:
             found = conn.execute(
-                "SELECT at, role, text, final, interrupted, latency_ms, item_id, heard FROM items"
-                " WHERE conversation_id = ? ORDER BY position", (conversation_id,)).fetchall()
-        found = [r for r in found if r["text"].strip() or not (r["final"] or r["interrupted"])]
+                select(_i.at, _i.role, _i.text, _i.final, _i.interrupted, _i.latency_ms, _i.item_id, _i.heard)
+                .where(_i.conversation_id == conversation_id).order_by(_i.position)).all()
+        found = [r for r in found if r.text.strip() or not (r.final or r.interrupted)]
         return pd.DataFrame({
-            "time": _local_times(r["at"] for r in found),
-            "speaker": [_SPEAKERS.get(r["role"], r["role"]) for r in found],
-            "text": [r["text"] for r in found],
-            "status": [_status(r["final"], r["interrupted"]) for r in found],
-            "latency_ms": [r["latency_ms"] for r in found],
-            "item_id": [r["item_id"] for r in found],
-            "heard": [r["heard"] for r in found],
+            "time": _local_times(r.at for r in found),
+            "speaker": [_SPEAKERS.get(r.role, r.role) for r in found],
+            "text": [r.text for r in found],
+            "status": [_status(r.final, r.interrupted) for r in found],
+            "latency_ms": [r.latency_ms for r in found],
+            "item_id": [r.item_id for r in found],
+            "heard": [r.heard for r in found],
         }).astype(_TRANSCRIPT_TYPES)
 
     def events(self, conversation_id: str, *, types: list[str] | None = None, direction: str | None = None,
                limit: int = 5000) -> pd.DataFrame:
         """The latest `limit` events, oldest first: time, direction, type, event_id, payload (JSON)."""
-        where, params = ["conversation_id = ?"], [conversation_id]
+        e = events.c
+        latest = select(e.id, e.at, e.direction, e.type, e.event_id, e.payload).where(
+            e.conversation_id == conversation_id)
         if types:
-            where.append(f"type IN ({', '.join('?' * len(types))})")
-            params += types
+            latest = latest.where(e.type.in_(types))
         if direction is not None:
-            where.append("direction = ?")
-            params.append(direction)
-        sql = ("SELECT * FROM (SELECT id, at AS time, direction, type, event_id, payload FROM events"
-               f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) ORDER BY id")
+            latest = latest.where(e.direction == direction)
+        latest = latest.order_by(e.id.desc()).limit(limit).subquery()
         with self._read() as conn:
-            frame = pd.read_sql_query(sql, conn, params=(*params, limit), dtype=_EVENT_TYPES)
+            found = conn.execute(select(latest).order_by(latest.c.id)).all()
+        frame = pd.DataFrame([tuple(r)[1:] for r in found], columns=["time", *_EVENT_TYPES], dtype=object)
+        frame = frame.astype(_EVENT_TYPES)
         frame["time"] = _local_times(frame["time"])
-        return frame.drop(columns="id")
+        return frame
 
     def usage(self, conversation_id: str) -> pd.DataFrame:
         """One row per reply that reported usage: tokens by kind (input counts include cached) and cost."""
         with self._read() as conn:
-            frame = pd.read_sql_query(
-                "SELECT at AS time, response_id, model, input_text_tokens, input_audio_tokens, cached_text_tokens,"
-                " cached_audio_tokens, output_text_tokens, output_audio_tokens, cost_usd FROM usage"
-                " WHERE conversation_id = ? ORDER BY at", conn, params=(conversation_id,), dtype=_USAGE_TYPES)
+            found = conn.execute(select(_u.at, _u.response_id, _u.model, *(usage.c[t] for t in _TOKENS), _u.cost_usd)
+                                 .where(_u.conversation_id == conversation_id).order_by(_u.at)).all()
+        frame = pd.DataFrame([tuple(r) for r in found], columns=["time", *_USAGE_TYPES], dtype=object)
+        frame = frame.astype(_USAGE_TYPES)
         frame["time"] = _local_times(frame["time"])
         return frame
 
     def totals(self, since: float | None = None, visitor: str | None = None) -> dict[str, Any]:
         """input_tokens, output_tokens, cost_usd of replies since `since` (epoch seconds), and the
         number of conversations started since then; optionally one visitor's only."""
-        where, params = ["1"], []
+        spent = select(func.coalesce(func.sum(_u.input_text_tokens + _u.input_audio_tokens), 0),
+                       func.coalesce(func.sum(_u.output_text_tokens + _u.output_audio_tokens), 0),
+                       func.coalesce(func.sum(_u.cost_usd), 0.0)).select_from(usage.join(conversations,
+                                                                                          _c.id == _u.conversation_id))
+        started = select(func.count()).select_from(conversations)
         if since is not None:
-            where.append("{at} >= ?")
-            params.append(since)
+            spent, started = spent.where(_u.at >= since), started.where(_c.started_at >= since)
         if visitor is not None:
-            where.append("c.visitor = ?")
-            params.append(visitor)
-        condition = " AND ".join(where)
+            spent, started = spent.where(_c.visitor == visitor), started.where(_c.visitor == visitor)
         with self._read() as conn:
-            tokens = conn.execute(
-                "SELECT COALESCE(SUM(u.input_text_tokens + u.input_audio_tokens), 0),"
-                " COALESCE(SUM(u.output_text_tokens + u.output_audio_tokens), 0), COALESCE(SUM(u.cost_usd), 0.0)"
-                " FROM usage u JOIN conversations c ON c.id = u.conversation_id WHERE "
-                + condition.format(at="u.at"), params).fetchone()
-            count = conn.execute("SELECT COUNT(*) FROM conversations c WHERE " + condition.format(at="c.started_at"),
-                                 params).fetchone()
-        return {"input_tokens": tokens[0], "output_tokens": tokens[1], "cost_usd": tokens[2],
-                "conversations": count[0]}
+            tokens = conn.execute(spent).one()
+            count = conn.execute(started).scalar_one()
+        return {"input_tokens": int(tokens[0]), "output_tokens": int(tokens[1]), "cost_usd": float(tokens[2]),
+                "conversations": count}
 
     def daily_totals(self, days: int = 7, visitor: str | None = None) -> pd.DataFrame:
         """Per local day, newest first, over the last `days` days: day, conversations, input_tokens,
         output_tokens, cost_usd; optionally one visitor's only."""
-        since = (datetime.now().date() - timedelta(days=days - 1)).isoformat()
-        mine = "" if visitor is None else " AND c.visitor = ?"
-        params = (since,) if visitor is None else (since, visitor)
+        first = datetime.now().date() - timedelta(days=days - 1)
+        since = datetime(first.year, first.month, first.day).timestamp()
+        started = select(_c.started_at).where(_c.started_at >= since)
+        spent = (select(_u.at, _u.input_text_tokens + _u.input_audio_tokens,
+                        _u.output_text_tokens + _u.output_audio_tokens, _u.cost_usd)
+                 .select_from(usage.join(conversations, _c.id == _u.conversation_id)).where(_u.at >= since))
+        if visitor is not None:
+            started, spent = started.where(_c.visitor == visitor), spent.where(_c.visitor == visitor)
         with self._read() as conn:
-            started = pd.read_sql_query(
-                "SELECT date(c.started_at, 'unixepoch', 'localtime') AS day, COUNT(*) AS conversations"
-                f" FROM conversations c WHERE day >= ?{mine} GROUP BY day", conn, params=params)
-            spent = pd.read_sql_query(
-                "SELECT date(u.at, 'unixepoch', 'localtime') AS day,"
-                " SUM(u.input_text_tokens + u.input_audio_tokens) AS input_tokens,"
-                " SUM(u.output_text_tokens + u.output_audio_tokens) AS output_tokens, SUM(u.cost_usd) AS cost_usd"
-                f" FROM usage u JOIN conversations c ON c.id = u.conversation_id WHERE day >= ?{mine} GROUP BY day",
-                conn, params=params)
-        table = started.merge(spent, on="day", how="outer").fillna(0)
+            starts = conn.execute(started).scalars().all()
+            replies = conn.execute(spent).all()
+        per_day = pd.DataFrame({"day": [_local_day(s) for s in starts], "conversations": 1})
+        per_day = per_day.groupby("day", as_index=False).sum()
+        spend = pd.DataFrame([(_local_day(r[0]), *r[1:]) for r in replies],
+                             columns=["day", "input_tokens", "output_tokens", "cost_usd"])
+        spend = spend.groupby("day", as_index=False).sum()
+        table = per_day.merge(spend, on="day", how="outer").fillna(0)
         return table.astype({"day": "str", "conversations": "int64", "input_tokens": "int64",
                              "output_tokens": "int64", "cost_usd": "float64"}).sort_values(
             "day", ascending=False, ignore_index=True)[["day", "conversations", "input_tokens", "output_tokens",
@@ -563,8 +613,8 @@ class SessionStore:
     def version(self, conversation_id: str) -> int:
         """Grows with every commit that touched the conversation: poll it, redraw on change."""
         with self._read() as conn:
-            found = conn.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        return found[0] if found is not None else 0
+            found = conn.execute(select(_c.version).where(_c.id == conversation_id)).scalar()
+        return found if found is not None else 0
 
     # -- exports -------------------------------------------------------------------------------------
     def export(self, conversation_id: str, fmt: Format) -> str:

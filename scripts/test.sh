@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-browser
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q "$@"
+# The store, limits and two-app-server tests run against PostgreSQL as well as SQLite: a throwaway cluster.
+eval "$(bash scripts/postgres.sh start)"
+trap 'bash scripts/postgres.sh stop "$KOE_TEST_PGDIR"' EXIT
+.venv/bin/python -m pytest -q "$@"

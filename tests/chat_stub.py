@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -18,10 +19,20 @@ from koe.local.server import bound_port
 
 @dataclass
 class Reply:
-    """Stream `text` as SSE chunks (a few characters each)."""
+    """Stream `text` as SSE chunks (a few characters each); a callable gets the request body first
+    (to answer from a tool's result, say)."""
 
-    text: str
+    text: str | Callable[[dict], str]
     cut_after: int | None = None  # drop the connection after this many chunks, without [DONE]
+
+
+@dataclass
+class ToolCalls:
+    """Call functions instead of answering: (name, JSON arguments) each, streamed as OpenAI's chat
+    completions stream them (`delta.tool_calls[]`: id and name first, then the arguments in pieces),
+    ending with finish_reason "tool_calls"."""
+
+    calls: list[tuple[str, str]]
 
 
 @dataclass
@@ -43,7 +54,7 @@ class Recorded:
 
 @dataclass
 class ChatStub:
-    script: list[Reply | Fail | Hang] = field(default_factory=list)  # one per request, in order
+    script: list[Reply | ToolCalls | Fail | Hang] = field(default_factory=list)  # one per request, in order
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""  # the base URL, ".../v1"
 
@@ -52,17 +63,36 @@ class ChatStub:
         self._thread: threading.Thread | None = None
 
     async def _completions(self, request: Request) -> Response:
-        self.requests.append(Recorded(await request.json(), dict(request.headers)))
+        body = await request.json()
+        self.requests.append(Recorded(body, dict(request.headers)))
         step = self.script.pop(0) if self.script else Reply("Okay.")
         if isinstance(step, Fail):
             return JSONResponse(step.body, step.status)
         if isinstance(step, Hang):
             await asyncio.sleep(step.seconds)
             return JSONResponse({"error": {"message": "too late"}}, 504)
-        return StreamingResponse(self._chunks(step), media_type="text/event-stream")
+        if isinstance(step, ToolCalls):
+            return StreamingResponse(self._tool_chunks(step), media_type="text/event-stream")
+        return StreamingResponse(self._chunks(step, body), media_type="text/event-stream")
 
-    async def _chunks(self, reply: Reply):
-        pieces = [reply.text[i : i + 4] for i in range(0, len(reply.text), 4)]
+    async def _tool_chunks(self, step: ToolCalls):
+        for index, (name, arguments) in enumerate(step.calls):
+            first = {"index": index, "id": f"call_stub{index}", "type": "function",
+                     "function": {"name": name, "arguments": ""}}
+            pieces = [{"index": index, "function": {"arguments": arguments[i : i + 5]}}
+                      for i in range(0, len(arguments), 5)]
+            for call in (first, *pieces):
+                chunk = {"id": "chatcmpl-stub", "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+                await asyncio.sleep(0.005)
+        done = {"id": "chatcmpl-stub", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+
+    async def _chunks(self, reply: Reply, body: dict):
+        text = reply.text(body) if callable(reply.text) else reply.text
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
         for n, piece in enumerate(pieces):
             if reply.cut_after is not None and n == reply.cut_after:
                 raise ConnectionAbortedError("the stub drops the stream")  # uvicorn closes mid-body

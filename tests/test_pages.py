@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import pyarrow
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -204,6 +205,20 @@ def test_wrong_codes_from_one_browser_do_not_make_another_wait(data, monkeypatch
     assert waits == [0.5, 1.0, 2.0] and "waits" not in texts(alice) and "No conversation yet" in texts(alice)
     mallory = enter(mallory, "guess-again")
     assert waits == [0.5, 1.0, 2.0, 4.0]  # the same browser still waits longer each time
+
+
+def test_the_events_page_shows_how_long_each_turn_waited_after_the_user_stopped(data, tmp_path):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    for n, waited in enumerate((512, 236)):  # what the relay records at each speech_stopped
+        store.record_event(data["v_alice"], "app", {"type": "koe.turn_waited", "item_id": f"item_{n}",
+                                                    "waited_ms": waited})
+    store.close()
+    at = page("2_Events.py", visitor=ALICE, id=data["v_alice"])
+    assert "Wait after the user stopped, per turn" in [h.value for h in at.subheader]
+    assert "last voiced frame" in texts(at) and "No turns ended by turn detection yet." not in texts(at)
+    chart = at.get("vega_lite_chart")[0].proto  # the one chart: no reply latency was recorded
+    table = pyarrow.ipc.open_stream(chart.datasets[0].data.data).read_all().to_pydict()
+    assert [512, 236] in table.values()
 
 
 def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from koe.audio import FRAME_SAMPLES, RATE, FrameQueueTrack, mono_to_frame, rms_dbfs
 from koe.client import Backend
 from koe.protocol import SessionSettings
-from koe.relay import QUEUE_FRAMES, LoopThread, Relay
+from koe.relay import QUEUE_FRAMES, TURN_WAITED, LoopThread, Relay
 
 SETTINGS = SessionSettings(instructions="You are a helpful assistant. Answer briefly.", voice="alloy")
 
@@ -99,6 +99,10 @@ async def test_a_conversation_through_the_relay(local_server, backend, speech, l
         assert "count" in heard.lower()
         assert browser.voiced_since(t0) > -40  # the browser received the AI's voice
         assert latencies and 0 < latencies[0] < 5000
+        # How long turn detection waited after the user's last voiced frame: server VAD's 500 ms window and more.
+        committed = next(e["item_id"] for _, e in relay.events if e["type"] == "input_audio_buffer.committed")
+        waited = [e for d, e in relay.events if d == "app" and e["type"] == TURN_WAITED]
+        assert [e["item_id"] for e in waited] == [committed] and 300 < waited[0]["waited_ms"] < 3000
         # Live settings: confirmed by the server, and refused before sending when invalid.
         confirmed = relay.update(SETTINGS.changed(instructions="Answer in French.", speed=1.25),
                                  only={"instructions", "speed"})

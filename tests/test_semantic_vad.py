@@ -69,7 +69,8 @@ def test_japanese_complete_question_ends_sooner_and_a_paused_sentence_is_heard_o
     # turn model hears as unfinished even on complete questions (see the README's turn detection figures).
     tts = get_japanese_models().tts
     complete = trim_silence(tts.synthesize("好きな食べ物は何ですか？", voice=CALLER_JA))
-    unfinished = trim_silence(tts.synthesize("私が言いたいのは、明日は休みだということです。", voice=CALLER_JA))
+    unfinished = trim_silence(tts.synthesize("私が言いたいのは、明日は休みだということです。",
+                                             voice=CALLER_JA))
     check_both_kinds(models, complete, unfinished)
 
 

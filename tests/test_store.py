@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import logging
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -93,8 +92,8 @@ def reply_done(dialect: str, a: str, r: str, text: str, t: float, status: str = 
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SessionStore(tmp_path / "data" / "koe.sqlite")
+def store(database):
+    s = SessionStore(database)
     yield s
     s.close()
 
@@ -247,9 +246,8 @@ def test_usage_rows_cost_and_totals(store) -> None:
 
 
 # -- persistence -------------------------------------------------------------------------------------
-def test_everything_reads_back_from_a_new_store(tmp_path) -> None:
-    path = tmp_path / "koe.sqlite"
-    first = SessionStore(path)
+def test_everything_reads_back_from_a_new_store(database) -> None:
+    first = SessionStore(database)
     c = new_conversation(first, title="Morning chat", visitor="v1")
     record(first, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
     first.record_event(c, "client", {"type": "response.cancel", "event_id": "event_c1"}, T0 + 2.2)
@@ -259,7 +257,7 @@ def test_everything_reads_back_from_a_new_store(tmp_path) -> None:
     assert first.flush()
     before = (first.conversation(c), first.transcript(c), first.events(c), first.usage(c))
 
-    second = SessionStore(path)
+    second = SessionStore(database)
     try:
         after = (second.conversation(c), second.transcript(c), second.events(c), second.usage(c))
         assert after[0] == before[0]
@@ -283,17 +281,16 @@ def test_everything_reads_back_from_a_new_store(tmp_path) -> None:
         second.close()
 
 
-def test_conversations_left_open_by_a_crash_are_marked_ended(tmp_path) -> None:
-    path = tmp_path / "koe.sqlite"
-    first = SessionStore(path)
+def test_conversations_left_open_by_a_closed_store_are_marked_ended(database) -> None:
+    first = SessionStore(database)
     open_one = new_conversation(first)
     ended = new_conversation(first)
     now = time.time()
     record(first, open_one, reply_events("ga", "item_U", "item_A", "resp_1", None, now))
     first.end_conversation(ended, "stopped by the user")
-    first.close()  # no end for `open_one`: as after a crash
+    first.close()  # no end for `open_one`: its store is gone
 
-    second = SessionStore(path)
+    second = SessionStore(database)
     try:
         found = second.conversation(open_one)
         assert found["end_reason"] == RESTART_REASON
@@ -402,8 +399,12 @@ def test_secrets_never_reach_the_disk(tmp_path) -> None:
 
 def test_recording_never_waits_on_the_disk(store, caplog) -> None:
     c = new_conversation(store)
-    blocker = sqlite3.connect(store.path)
-    blocker.execute("BEGIN IMMEDIATE")  # the database is write-locked: the writer must wait
+    blocker = store.engine.connect()  # another connection holds the write lock: the writer must wait
+    if blocker.dialect.name == "sqlite":
+        blocker.execution_options(koe_write=True).begin()  # BEGIN IMMEDIATE: the database's write lock
+    else:
+        blocker.begin()
+        blocker.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")  # writes wait, reads do not
     try:
         with caplog.at_level(logging.ERROR, logger="koe.store"):
             for i in range(3000):

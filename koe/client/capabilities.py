@@ -21,7 +21,6 @@ class Capabilities(BaseModel):
     context_tokens: int | None = None  # the reply model's whole context; None: unknown
     max_reply_tokens: int | None = None
     ignored: list[str] = Field(default_factory=list)  # settings accepted but without effect
-    approximated: dict[str, str] = Field(default_factory=dict)  # setting → how it is served
 
     @model_validator(mode="before")
     @classmethod

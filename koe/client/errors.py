@@ -39,7 +39,10 @@ class NotFoundError(RealtimeError):
 
 
 class RateLimitError(RealtimeError):
-    """429: too many requests, or the quota is used up."""
+    """429: too many requests, the quota is used up, or (koe.local) every conversation slot is taken.
+    `retry_after_s`: the server's `Retry-After` in seconds, when it sent one."""
+
+    retry_after_s: float | None = None
 
 
 class ServerError(RealtimeError):
@@ -75,5 +78,11 @@ def error_from_response(response: httpx.Response) -> RealtimeError:
         pass
     message = info.get("message") or response.text.strip()[:300] or response.reason_phrase
     cls = _BY_STATUS.get(response.status_code, ServerError if response.status_code >= 500 else RealtimeError)
-    return cls(str(message), status=response.status_code, code=info.get("code"),
-               type=info.get("type"), param=info.get("param"))
+    error = cls(str(message), status=response.status_code, code=info.get("code"),
+                type=info.get("type"), param=info.get("param"))
+    if isinstance(error, RateLimitError):
+        try:
+            error.retry_after_s = float(response.headers.get("retry-after", ""))
+        except ValueError:  # absent, or an HTTP date: no figure to show
+            pass
+    return error

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 
+from koe.local.admission import MAX_CALLS_ENV, default_max_calls
 from koe.local.server import LocalServer, cors_origins_from
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint
 from koe.local.stages.llm import DEFAULT_PROFILE, PROFILES, REPLY_MODEL_ENV
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=os.environ.get("KOE_LOCAL_API_KEY"),
                         help="require this bearer key (default: $KOE_LOCAL_API_KEY; none = open)")
     parser.add_argument("--max-session-minutes", type=float, default=60.0)
+    parser.add_argument("--max-calls", type=int, default=None,
+                        help=f"conversations served at once; more are refused (429, Retry-After) before any media "
+                             f"flows (default: ${MAX_CALLS_ENV}, else one per core; 0 = no limit)")
     parser.add_argument("--cors-origins", default=os.environ.get("KOE_CORS_ORIGINS", "*"),
                         help="comma-separated origins whose pages may call the API (default: $KOE_CORS_ORIGINS, "
                              "else * = any: access is by bearer key, not cookies)")
@@ -38,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--japanese", action="store_true",
                         help="load the Japanese models at start (else on the first Japanese session)")
     args = parser.parse_args(argv)
+    try:
+        max_calls = default_max_calls() if args.max_calls is None else args.max_calls
+    except ValueError as exc:
+        parser.error(str(exc))
+    if max_calls < 0:
+        parser.error("--max-calls must be 0 (no limit) or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:  # checked before the models load, so a missing model name is reported at once
         endpoint = ChatEndpoint.configured(args.chat_base_url, args.chat_model, args.chat_api_key, args.chat_timeout)
@@ -51,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     server = LocalServer(args.host, args.port, api_key=args.api_key, max_session_s=args.max_session_minutes * 60,
                          models=get_models(args.reply_model), chat_base_url=args.chat_base_url, chat_model=args.chat_model,
                          chat_api_key=args.chat_api_key, chat_timeout_s=args.chat_timeout,
-                         cors_origins=cors_origins_from(args.cors_origins))
-    print(f"Koe local Realtime server on http://{args.host}:{args.port} "
+                         cors_origins=cors_origins_from(args.cors_origins), max_calls=max_calls)
+    print(f"Koe local Realtime server on http://{args.host}:{args.port}, "
+          f"{max_calls or 'unlimited'} conversations at once "
           f"(WebRTC: POST /v1/realtime/calls, beta POST /v1/realtime?model=...; WebSocket: GET /v1/realtime?model=...)", flush=True)
     try:
         asyncio.run(server.serve())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from koe.protocol import Dialect
+from koe.protocol import Dialect, function_call_item, function_call_output_item
 
 
 @dataclass
@@ -17,6 +17,13 @@ class Item:
     # Assistant audio: (end sample at 48 kHz, transcript up to there) per clause, to cut the text
     # where playback stopped (conversation.item.truncate).
     spoken: list[tuple[int, str]] = field(default_factory=list)
+    # Function calling: type "function_call" (the model's `name`, `call_id`, JSON `arguments`) or
+    # "function_call_output" (`call_id`, `output`); role is then "assistant" / "tool".
+    type: str = "message"
+    name: str = ""
+    call_id: str = ""
+    arguments: str = ""
+    output: str = ""
 
     def heard(self, samples: int) -> str:
         """The transcript of the clauses wholly played within the first `samples` (48 kHz)."""
@@ -26,6 +33,11 @@ class Item:
     def wire(self, dialect: Dialect) -> dict:
         """The item as Realtime events carry it: assistant parts are `output_audio` / `output_text`
         in GA, `audio` / `text` in beta (the SDKs' item types)."""
+        if self.type == "function_call":
+            return function_call_item(self.id, self.call_id, self.name, self.arguments, self.status)
+        if self.type == "function_call_output":
+            return {"object": "realtime.item", "status": self.status,
+                    **function_call_output_item(self.call_id, self.output, self.id)}
         if self.role == "assistant":
             kind = ("output_" if dialect == "ga" else "") + ("audio" if self.audio else "text")
             part = {"type": kind, ("transcript" if self.audio else "text"): self.text}
@@ -70,8 +82,22 @@ class Conversation:
     def delete(self, item_id: str) -> None:
         del self.items[self.index(item_id)]
 
-    def chat_messages(self, instructions: str) -> list[dict[str, str]]:
-        """The history as chat messages; the instructions stay first so the prompt prefix is cached."""
-        messages = [{"role": "system", "content": instructions}] if instructions else []
-        messages += [{"role": item.role, "content": item.text} for item in self.items if item.text.strip()]
+    def chat_messages(self, instructions: str, tools: bool = False) -> list[dict]:
+        """The history as chat messages; the instructions stay first so the prompt prefix is cached.
+
+        With `tools`, function calls are an assistant message's `tool_calls` and their outputs `tool`
+        messages (chat completions' form); without, a model that cannot call functions never sees them."""
+        messages: list[dict] = [{"role": "system", "content": instructions}] if instructions else []
+        for item in self.items:
+            if item.type == "function_call" and tools:
+                call = {"id": item.call_id, "type": "function",
+                        "function": {"name": item.name, "arguments": item.arguments or "{}"}}
+                if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
+                    messages[-1]["tool_calls"].append(call)
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            elif item.type == "function_call_output" and tools:
+                messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+            elif item.type == "message" and item.text.strip():
+                messages.append({"role": item.role, "content": item.text})
         return messages

@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from koe.local.admission import Admission, default_max_calls
 from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
@@ -94,7 +95,7 @@ class LocalServer:
                  max_session_s: float = 3600.0, models: LocalModels | None = None,
                  chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
                  chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None,
-                 cors_origins: list[str] | None = None) -> None:
+                 cors_origins: list[str] | None = None, max_calls: int | None = None) -> None:
         """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
         OpenAI-compatible chat-completions endpoint instead of the bundled model. `reply_model` names the
         bundled model's profile (else $KOE_REPLY_MODEL, else "default"; ValueError if unknown); `models`,
@@ -102,11 +103,16 @@ class LocalServer:
 
         `cors_origins`: origins whose pages may call the API (else $KOE_CORS_ORIGINS, else any:
         access is by bearer key, never by cookie, so a foreign page gains nothing without one).
+
+        `max_calls`: conversations (WebRTC calls and WebSocket sessions) served at once, else
+        $KOE_LOCAL_MAX_CALLS, else one per core (koe.local.admission); 0 = no limit. Beyond it a new
+        one is refused with 429 and `Retry-After` before any media flows.
         """
         self.host, self.port = host, port
         self.reply_profile = models.llm.profile if models is not None else reply_profile(reply_model)
         self.api_key = api_key
         self.max_session_s = max_session_s
+        self.admission = Admission(default_max_calls() if max_calls is None else max_calls)
         self._models = models
         endpoint = ChatEndpoint.configured(chat_base_url, chat_model, chat_api_key, chat_timeout_s)
         self.chat: ChatModel | None = ChatModel(endpoint) if endpoint else None
@@ -124,7 +130,7 @@ class LocalServer:
             Route("/v1/realtime/sessions", self.create_beta_session, methods=["POST"]),
             Route("/v1/realtime", self.create_beta_call, methods=["POST"]),
             WebSocketRoute("/v1/realtime", self.realtime_socket),
-            Route("/healthz", lambda request: JSONResponse({"ok": True, "calls": len(self._calls)})),
+            Route("/healthz", lambda request: JSONResponse({"ok": True, **self.admission.load()})),
             Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
         ], exception_handlers={HttpError: lambda request, exc: exc.response}, middleware=[
             Middleware(CORSMiddleware, allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
@@ -144,9 +150,8 @@ class LocalServer:
 
         {"reply_model": {"profile", "model", "size", "context_tokens", "offline"}, "reply_models": [same, per
         bundled profile], "japanese_voices": [...], "voices": {"en": [...], "ja": [...]}, "max_reply_tokens":
-        what max_output_tokens "inf" means here, "ignored": [session settings accepted without effect],
-        "approximated": {setting: how it is served}}. With a chat endpoint, reply_model is {"profile": None,
-        "model": its model name, "size": None, "context_tokens": None, "offline": False}. Instructions and
+        what max_output_tokens "inf" means here, "ignored": [session settings accepted without effect]}.
+        With a chat endpoint, reply_model is {"profile": None, "model": its model name, "size": None, "context_tokens": None, "offline": False}. Instructions and
         history beyond context_tokens (less the reply) are refused with a `context_length_exceeded` error.
         """
         if self.chat is not None:
@@ -158,8 +163,8 @@ class LocalServer:
                 "japanese_voices": list(JAPANESE_VOICES),
                 "voices": {"en": list(ENGLISH_VOICES), "ja": list(JAPANESE_VOICES)},
                 "max_reply_tokens": DEFAULT_REPLY_TOKENS,
-                "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature", "reasoning"],
-                "approximated": {}}
+                "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature",
+                            "reasoning"]}
 
     # -- running -------------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -295,9 +300,19 @@ class LocalServer:
             await self._refuse(websocket, exc.response)
             return
         subprotocol = "realtime" if ("realtime" in offered or key is not None) else None
+        slot = None  # a new session's place in the admission count (a sideband socket takes none)
         if session is None:
             models = await self.models()
-        await websocket.accept(subprotocol=subprotocol)
+            try:
+                slot = self._admit(object())
+            except HttpError as exc:
+                await self._refuse(websocket, exc.response)
+                return
+        try:
+            await websocket.accept(subprotocol=subprotocol)
+        except Exception:
+            self.admission.leave(slot)
+            raise
         transport = SocketTransport(websocket)
         self._sockets.add(transport)
         if session is None:
@@ -314,6 +329,7 @@ class LocalServer:
                     break
                 session.handle(message)
         finally:
+            self.admission.leave(slot)
             self._sockets.discard(transport)
             if session.transport is transport:
                 await session.close()
@@ -354,7 +370,7 @@ class LocalServer:
         if not offer or not offer.startswith("v=0") or "m=audio" not in offer:
             raise HttpError(error(400, "The body must be an SDP offer with an audio m-line.", "invalid_offer", "sdp"))
         models = await self.models()
-        call_id = new_id("rtc")
+        call_id = self._admit(new_id("rtc"))
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         transport = DataChannelTransport()
         session = self._new_session(dialect, settings, models, transport)
@@ -390,6 +406,7 @@ class LocalServer:
                         headers={"Location": f"/v1/realtime/calls/{call_id}"})
 
     async def _end_call(self, call_id: str) -> None:
+        self.admission.leave(call_id)
         entry = self._calls.pop(call_id, None)
         if entry is None:
             return
@@ -401,6 +418,17 @@ class LocalServer:
         log.info("call %s ended", call_id)
 
     # -- request helpers -----------------------------------------------------------------------
+    def _admit(self, key: Hashable) -> Hashable:
+        """Take a slot for a new conversation under `key` (returned), or refuse it: 429 in OpenAI's
+        shape with `Retry-After`, before any media flows."""
+        if not self.admission.enter(key):
+            message, wait = self.admission.refusal()
+            log.info("refused a new conversation: %d of %d running", self.admission.running, self.admission.max_calls)
+            response = error(429, message, "session_limit_reached", type_="rate_limit_error")
+            response.headers["Retry-After"] = str(wait)
+            raise HttpError(response)
+        return key
+
     def _authorize(self, request: HTTPConnection, ephemeral: bool = True, key: str | None = None) -> ClientSecret | None:
         """Check the key (the bearer header unless `key` is given, as a browser's WebSocket subprotocol
         gives it): the server's own key, or (where allowed) a live client secret."""

@@ -26,7 +26,7 @@ from koe.local.conversation import Conversation, Item
 from koe.local.stages.chat import ChatEndpointError
 from koe.local.stages.llm import ContextOverflow
 from koe.local.stages.models import LocalModels, get_japanese_models
-from koe.local.stages.replies import ReplyStream
+from koe.local.stages.replies import ReplyStream, ToolCallDelta
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechResumed,
                                    SpeechStarted, SpeechStopped)
@@ -35,7 +35,8 @@ from koe.local.transports import Transport
 from koe.local.voices import OPENJTALK_VOICE, japanese_voice
 from koe.local.wire_audio import InputDecoder, encode
 from koe.protocol import (
-    Dialect, EventError, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event, server_event_name,
+    Dialect, EventError, FunctionTool, McpTool, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event,
+    server_event_name,
 )
 
 log = logging.getLogger("koe.local")
@@ -61,6 +62,7 @@ class Response:
     input_tokens: int = 0
     output_tokens: int = 0
     marks: dict[str, float] = field(default_factory=dict)  # monotonic times of this turn's stages
+    calls: dict[int, Item] = field(default_factory=dict)  # function_call items by the model's call index
 
     @property
     def cancelled(self) -> bool:
@@ -136,6 +138,7 @@ class LocalSession:
         """The client can hear events now: greet it with `session.created`."""
         self.emit("session.created", to=self.transport, session=self.session_object())
         self._on_language()
+        self._on_tools()
 
     def observe(self, transport: Transport) -> None:
         """Attach a sideband link (`/v1/realtime?call_id=`): it gets every event from now on and may
@@ -266,11 +269,13 @@ class LocalSession:
         where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         self.emit("response.content_part.added", part=part, **where)
         # The new assistant item is still empty, so the history ends with the user's turn.
-        messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions))
+        messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
+                                                    tools=not self._bundled_replies)
         limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
         max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
         try:
-            await self._generate(response, messages, max_tokens, where)
+            tools = {} if self._bundled_replies else self._chat_tools(overrides)
+            await self._generate(response, messages, max_tokens, where, tools)
         except asyncio.CancelledError:
             pass  # barge-in or response.cancel: _interrupt already told the client
         except ChatEndpointError as exc:  # the person running the server can fix this: say what happened
@@ -288,7 +293,10 @@ class LocalSession:
                                                          "message": str(exc)}
         self._finish(response, where)
 
-    async def _generate(self, response: Response, messages: list[dict[str, str]], max_tokens: int, where: dict) -> None:
+    async def _generate(self, response: Response, messages: list[dict], max_tokens: int, where: dict,
+                        tools: dict | None = None) -> None:
+        """Stream the reply: text is spoken (or sent as text), function calls become items; `tools` are the
+        reply stream's `tools` / `tool_choice` keyword arguments (none for the bundled model)."""
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
         temperature = self.settings.temperature  # None (GA has none): the reply model's recommended sampling
@@ -296,18 +304,22 @@ class LocalSession:
         def produce() -> None:
             try:
                 for delta in self.replies.stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                                 cancelled=lambda: response.status != "in_progress"):
+                                                 cancelled=lambda: response.status != "in_progress", **tools):
                     loop.call_soon_threadsafe(deltas.put_nowait, delta)
             finally:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
-        response.input_tokens = sum(self.replies.count_tokens(m["content"]) + 4 for m in messages)
+        tools = tools or {}
+        response.input_tokens = sum(self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4
+                                    for m in messages)
         producer = loop.run_in_executor(self._executor, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
             response.marks.setdefault("first_token", time.monotonic())
             response.output_tokens += 1
-            if response.audio:
+            if isinstance(delta, ToolCallDelta):
+                self._call_delta(response, delta)
+            elif response.audio:
                 for clause in splitter.push(delta):
                     await self._speak(response, clause, where)
             else:
@@ -316,6 +328,46 @@ class LocalSession:
         for clause in splitter.flush():
             await self._speak(response, clause, where)
         await producer
+
+    def _chat_tools(self, overrides: dict) -> dict:
+        """This reply's function tools (per-response ones win) and tool_choice in chat-completions form,
+        as keyword arguments for the reply stream; {} when there are none. MCP servers are left out."""
+        tools = overrides.get("tools")
+        declared = ([t for t in tools if isinstance(t, dict) and t.get("type", "function") == "function"]
+                    if isinstance(tools, list) else
+                    [t.model_dump() for t in self.settings.tools if isinstance(t, FunctionTool)])
+        if not declared:
+            return {}
+        choice = overrides.get("tool_choice", self.settings.to_wire(self.dialect, only={"tool_choice"})["tool_choice"])
+        if isinstance(choice, dict):
+            choice = {"type": "function", "function": {"name": choice["name"]}} if choice.get("type") == "function" \
+                else "auto"
+        elif choice not in ("auto", "none", "required"):  # beta names the function in a string
+            choice = {"type": "function", "function": {"name": choice}}
+        functions = [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description") or "",
+                                                       "parameters": t.get("parameters") or {"type": "object",
+                                                                                             "properties": {}}}}
+                     for t in declared]
+        return {"tools": functions, "tool_choice": choice}
+
+    def _call_delta(self, response: Response, delta: ToolCallDelta) -> None:
+        """A piece of a function call from the reply model: the item first, then argument deltas."""
+        item = response.calls.get(delta.index)
+        if item is None:
+            item = Item(id=new_id("item"), role="assistant", audio=False, status="in_progress", type="function_call",
+                        name=delta.name or "", call_id=delta.id or new_id("call"))
+            response.calls[delta.index] = item
+            previous = self._conversation.add(item)
+            self.emit("response.output_item.added", response_id=response.id, output_index=len(response.calls),
+                      item=item.wire(self.dialect))
+            self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
+        elif delta.name and not item.name:
+            item.name = delta.name
+        if delta.arguments:
+            item.arguments += delta.arguments
+            self.emit("response.function_call_arguments.delta", response_id=response.id, item_id=item.id,
+                      output_index=list(response.calls).index(delta.index) + 1, call_id=item.call_id,
+                      delta=delta.arguments)
 
     async def _speak(self, response: Response, clause: str, where: dict) -> None:
         pcm = await self._run(self._synthesize, clause)
@@ -358,6 +410,15 @@ class LocalSession:
         item.status = "completed" if response.status == "completed" else "incomplete"
         self.emit("response.output_item.done", response_id=response.id, output_index=0, item=item.wire(self.dialect))
         self.emit("conversation.item.done", item=item.wire(self.dialect))
+        for index, call in enumerate(response.calls.values(), start=1):
+            call.status = item.status
+            if call.status == "completed":
+                name = {"name": call.name} if self.dialect == "ga" else {}  # beta's event has no name
+                self.emit("response.function_call_arguments.done", response_id=response.id, item_id=call.id,
+                          output_index=index, call_id=call.call_id, arguments=call.arguments, **name)
+            self.emit("response.output_item.done", response_id=response.id, output_index=index,
+                      item=call.wire(self.dialect))
+            self.emit("conversation.item.done", item=call.wire(self.dialect))
         self.emit("response.done", response=self._response_object(response, done=True))
         self.emit("rate_limits.updated", rate_limits=[])
         if self._response is response:
@@ -367,7 +428,9 @@ class LocalSession:
 
     def _response_object(self, response: Response, done: bool = False) -> dict:
         body = {"id": response.id, "object": "realtime.response", "status": response.status,
-                "status_details": None, "output": [response.item.wire(self.dialect)] if done else []}
+                "status_details": None, "output": [response.item.wire(self.dialect),
+                                                   *(c.wire(self.dialect) for c in response.calls.values())]
+                if done else []}
         if response.status == "cancelled":
             body["status_details"] = {"type": "cancelled", "reason": response.reason}
         elif response.status == "failed":
@@ -390,7 +453,7 @@ class LocalSession:
         so it is negative): operators read them, the benchmark collects them."""
         start = response.marks.get("speech_stopped", min(response.marks.values()))
         timings = {name: round(1000 * (t - start)) for name, t in response.marks.items()}
-        log.info("reply %s: %s", response.id, ", ".join(f"{k} +{v} ms" for k, v in timings.items()),
+        log.info("reply %s: %s", response.id, ", ".join(f"{k} {v:+} ms" for k, v in timings.items()),
                  extra={"timings_ms": timings})
 
     def _interrupt(self, reason: str) -> bool:
@@ -451,6 +514,7 @@ class LocalSession:
         self._apply_turn_detection()
         self.emit("session.updated", session=self.session_object())
         self._on_language()
+        self._on_tools()
 
     def _on_input_audio_buffer_append(self, event) -> None:
         try:
@@ -484,11 +548,18 @@ class LocalSession:
         content = item_data.get("content") or []
         text = " ".join(str(p.get("text") or p.get("transcript") or "") for p in content if isinstance(p, dict))
         role = item_data.get("role", "user")
-        if role not in ("user", "assistant", "system") or item_data.get("type", "message") != "message":
-            self.error("Only message items with role user, assistant or system are supported here.",
+        kind = item_data.get("type", "message")
+        if kind in ("function_call", "function_call_output"):  # a function's result, for the next reply
+            item = Item(id=item_data.get("id") or new_id("item"), role="assistant" if kind == "function_call" else "tool",
+                        audio=False, type=kind, name=str(item_data.get("name") or ""),
+                        call_id=str(item_data.get("call_id") or ""), arguments=str(item_data.get("arguments") or ""),
+                        output=str(item_data.get("output") or ""))
+        elif role not in ("user", "assistant", "system") or kind != "message":
+            self.error("Only message, function_call and function_call_output items are supported here.",
                        "invalid_value", event_id=event.event_id, param="item")
             return
-        item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
+        else:
+            item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
         try:
             previous = self._conversation.add(item, event.previous_item_id)
         except KeyError:
@@ -587,6 +658,19 @@ class LocalSession:
             self.error("Japanese replies are spoken by OpenJTalk's fast voice \"mei\" (HTS, CC BY 3.0); Kokoro's "
                        "voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo) sound more natural "
                        "but start speaking about a second later.", "local_fast_voice", type_="warning")
+
+    def _on_tools(self) -> None:
+        """Say once what this backend cannot do with the session's tools."""
+        if self._bundled_replies and any(isinstance(t, FunctionTool) for t in self.settings.tools) \
+                and "tools" not in self._warned:
+            self._warned.add("tools")
+            self.error("The bundled reply model cannot call functions, so the session's tools go unused. Configure "
+                       "a chat endpoint whose model can (KOE_CHAT_BASE_URL, KOE_CHAT_MODEL), or use OpenAI.",
+                       "local_tools_unsupported", type_="warning")
+        if any(isinstance(t, McpTool) for t in self.settings.tools) and "mcp" not in self._warned:
+            self._warned.add("mcp")
+            self.error("MCP servers are called by OpenAI itself; the local backend leaves them out.",
+                       "local_mcp_unsupported", type_="warning")
 
     # Both run in the executor: the Japanese models load there on first use, never on the loop.
     def _transcribe(self, audio16k: np.ndarray) -> str:

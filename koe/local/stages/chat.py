@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from koe.local.stages.replies import ToolCallDelta
+
 DEFAULT_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5.0
 BYTES_PER_TOKEN = 4  # a rough count for usage figures: the endpoint's tokenizer is unknown here
@@ -58,14 +60,21 @@ class ChatModel:
     def count_tokens(self, text: str) -> int:
         return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 200, temperature: float | None = None,
-               cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
-        """Text deltas of the reply; stops reading (and closes the stream) once cancelled().
+    def stream(self, messages: list[dict], *, max_tokens: int = 200, temperature: float | None = None,
+               cancelled: Callable[[], bool] = lambda: False, tools: list[dict] | None = None,
+               tool_choice: str | dict | None = None) -> Iterator[str | ToolCallDelta]:
+        """Text deltas of the reply, and ToolCallDelta pieces when the model calls one of `tools`
+        (chat completions' `[{"type": "function", "function": {name, description, parameters}}]`, with
+        `tool_choice` "auto" | "none" | "required" | {"type": "function", "function": {"name"}});
+        stops reading (and closes the stream) once cancelled().
 
         `temperature` None leaves it to the endpoint's default for its model."""
         body = {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens, "stream": True}
         if temperature is not None:
             body["temperature"] = temperature
+        if tools:
+            body["tools"] = tools
+            body["tool_choice"] = tool_choice or "auto"
         where = self.endpoint.base_url
         try:
             with self._http.stream("POST", "/chat/completions", json=body) as response:
@@ -81,9 +90,11 @@ class ChatModel:
                         return
                     choice = _first_choice(data, where)
                     finished = finished or choice.get("finish_reason") is not None
-                    delta = (choice.get("delta") or {}).get("content")
-                    if delta:
-                        yield delta
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield delta["content"]
+                    for call in delta.get("tool_calls") or ():
+                        yield _tool_call_delta(call, where)
                 if not finished:
                     raise ChatEndpointError(f"The chat endpoint {where} ended the reply stream before it was done.")
         except httpx.TimeoutException:
@@ -96,6 +107,14 @@ class ChatModel:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _tool_call_delta(call: object, where: str) -> ToolCallDelta:
+    if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
+        raise ChatEndpointError(f"The chat endpoint {where} sent a malformed tool call: {str(call)[:80]!r}")
+    function = call.get("function") or {}
+    return ToolCallDelta(index=call.get("index", 0), id=call.get("id") or None, name=function.get("name") or None,
+                         arguments=function.get("arguments") or "")
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:

@@ -1,0 +1,212 @@
+"""Load on one local backend: N simultaneous callers, N ramping up, the backend in its own process.
+
+    .venv/bin/python bench/load.py [--ramp 1,2,3,4,6] [--turns 2] [--max-calls N] [--reply-model fast|default]
+
+Starts `python -m koe.local` (its capacity: `--max-calls`, else its own default, one per core; 0 = none),
+then for each N runs N synthetic callers at once (aiortc WebRTC calls from this process, each asking short
+questions in speech made with the project's own TTS, Piper). Per N it prints:
+- refusals: callers answered 429 (the backend full) instead of a call;
+- p50/p95 reply latency: end of the caller's speech (`speech_stopped`) to the first voiced reply frame heard;
+- late audio: the share of each reply's playing time (first voiced frame to `output_audio_buffer.stopped`)
+  spent in silences of 250 ms or more, where the backend had no audio ready, against N = 1 in the same run
+  (a reply's own pauses between sentences are in both);
+- the backend process's CPU (cores busy, from /proc) and its peak memory (VmHWM);
+and names the first N where replies degrade (p50 over 1.5 s, or late audio 5 points above N = 1).
+Figures on a shared machine are noisy: read them as ceilings, and compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.figures import percentile  # noqa: E402
+from koe.audio import FRAME_SAMPLES, RATE, rms_dbfs  # noqa: E402
+from koe.client import Backend, RateLimitError  # noqa: E402
+from koe.client.simulated_user import QUESTIONS, VOICE_DBFS, SimulatedUser  # noqa: E402
+from koe.local.stages.tts import Speaker  # noqa: E402
+from koe.protocol import SessionSettings  # noqa: E402
+
+GAP_S = 0.25  # a silence this long inside a reply is the backend falling behind
+SETTINGS = SessionSettings(instructions="You are a helpful assistant. Answer in one short sentence.", voice="alloy")
+
+
+@dataclass
+class Level:
+    """What N callers saw."""
+
+    callers: int
+    refused: int = 0
+    failed: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    played_s: float = 0.0  # reply playing time, summed
+    gaps_s: float = 0.0  # of which silences of GAP_S or more
+    cpu_cores: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def late(self) -> float:
+        return self.gaps_s / self.played_s if self.played_s else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def until(user: SimulatedUser, start: int, type_: str, timeout_s: float) -> float:
+    """Arrival time of the first `type_` event from index `start` of the caller's events."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = next((t for t, e in user.events[start:] if e.type == type_), None)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"no {type_} within {timeout_s:.0f} s")
+
+
+def gaps(user: SimulatedUser, begin: float, end: float) -> tuple[float, float]:
+    """(playing time, time in silences of GAP_S or more) of the audio heard between begin and end."""
+    frames = [samples for at, samples in user.frames if begin <= at <= end]
+    silent_run, gap = 0, 0
+    for samples in frames:
+        if rms_dbfs(samples) <= VOICE_DBFS:
+            silent_run += 1
+            continue
+        if silent_run * FRAME_SAMPLES / RATE >= GAP_S:
+            gap += silent_run
+        silent_run = 0
+    return len(frames) * FRAME_SAMPLES / RATE, gap * FRAME_SAMPLES / RATE
+
+
+async def caller(url: str, speech: list[np.ndarray], turns: int, level: Level, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)  # callers do not all press START in the same millisecond
+    user = SimulatedUser(Backend(url), SETTINGS)
+    try:
+        await user.connection.connect()
+    except RateLimitError:
+        level.refused += 1
+        return
+    try:
+        for n in range(turns):
+            start = len(user.events)
+            await user.say(speech[(n + int(delay_s * 10)) % len(speech)], silence_after_s=0.3)
+            stopped = await until(user, start, "input_audio_buffer.speech_stopped", 60)
+            ended = await until(user, start, "output_audio_buffer.stopped", 180)
+            first = user.first_voice_after(stopped)
+            if first is None or first > ended:
+                level.failed += 1
+                continue
+            level.latencies_s.append(first - stopped)
+            played, gap = gaps(user, first, ended)
+            level.played_s += played
+            level.gaps_s += gap
+            await asyncio.sleep(0.5)
+    except (TimeoutError, ConnectionError) as exc:
+        print(f"  a caller gave up: {exc}")
+        level.failed += 1
+    finally:
+        await user.connection.close()
+
+
+async def run_level(url: str, pid: int, speech: list[np.ndarray], n: int, turns: int) -> Level:
+    level = Level(n)
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.gather(*(caller(url, speech, turns, level, random.uniform(0, 1.0)) for _ in range(n)))
+    level.cpu_cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    level.peak_rss_mb = peak_rss_mb(pid)
+    return level
+
+
+def report(levels: list[Level], max_calls: str) -> None:
+    print(f"\nkoe.local, capacity {max_calls}, {os.cpu_count()} cores (shared machine: noisy figures)")
+    print(f"{'N':>3} {'refused':>7} {'failed':>6} {'turns':>5} {'p50 ms':>7} {'× N=1':>6} {'p95 ms':>7} {'late':>6} "
+          f"{'vs N=1':>7} {'CPU cores':>9} {'peak MB':>8}")
+    base = levels[0].late if levels else 0.0
+    base_p50 = statistics.median(levels[0].latencies_s) * 1000 if levels and levels[0].latencies_s else float("nan")
+    degraded = None
+    for level in levels:
+        lat = level.latencies_s
+        p50 = statistics.median(lat) * 1000 if lat else float("nan")
+        p95 = percentile(lat, 0.95) * 1000 if lat else float("nan")
+        print(f"{level.callers:>3} {level.refused:>7} {level.failed:>6} {len(lat):>5} {p50:>7.0f} {p50 / base_p50:>6.2f} "
+              f"{p95:>7.0f} {level.late:>6.1%} {level.late - base:>+7.1%} {level.cpu_cores:>9.2f} "
+              f"{level.peak_rss_mb:>8.0f}")
+        if degraded is None and lat and (p50 > 1500 or level.late - base > 0.05):
+            degraded = level.callers
+    print(f"degrades at N = {degraded}" if degraded else "no degradation within the ramp "
+          "(p50 <= 1.5 s and late audio within 5 points of N = 1)")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    speaker = Speaker()
+    speech = [speaker.synthesize(q) for q in QUESTIONS[:4]]
+    port = free_port()
+    command = [sys.executable, "-m", "koe.local", "--port", str(port), "--reply-model", args.reply_model]
+    if args.max_calls is not None:
+        command += ["--max-calls", str(args.max_calls)]
+    backend = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = None
+        for _ in range(600):  # the models load first (a minute or more on a busy machine)
+            try:
+                health = httpx.get(url + "/healthz", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if backend.poll() is not None:
+                    raise SystemExit("koe.local did not start")
+                await asyncio.sleep(0.5)
+        if health is None:
+            raise SystemExit("koe.local did not answer /healthz")
+        levels = []
+        for n in args.ramp:
+            print(f"N = {n}: {n} callers, {args.turns} turns each…", flush=True)
+            levels.append(await run_level(url, backend.pid, speech, n, args.turns))
+        report(levels, str(health["max_calls"] or "unlimited"))
+    finally:
+        backend.terminate()
+        backend.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ramp", default="1,2,3,4,6", type=lambda s: [int(n) for n in s.split(",")])
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--max-calls", type=int, default=None, help="the backend's capacity (default: its own)")
+    parser.add_argument("--reply-model", default="fast", help="the bundled reply model (default: %(default)s)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
