@@ -84,8 +84,9 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
         previous = relay
         relay = Relay(choice.backend, choice.settings, runtime.loop_thread(), ice_servers=to_aiortc(server_ice),
                       extra_voices=choice.extra_voices)
-        if previous is not None:  # keep saying how the last conversation ended
+        if previous is not None:  # keep saying how the last conversation ended, and its figures
             relay.status.message = f"{previous.status.message} Press START to talk again."
+            st.session_state["koe_last_guard"] = previous.guard
         st.session_state["relay"] = relay
         # A reload or a closed tab ends the Streamlit session without STOP: close the upstream call then.
         observer = st.session_state.get("relay_observer")
@@ -168,7 +169,7 @@ def last_conversation_pointer(store: SessionStore, visitor: Visitor) -> None:
     """After a reload (a new browser session): where the conversation just had can be found."""
     if st.session_state.get("conversation_id"):
         return
-    latest = store.conversations(visitor=visitor.id, limit=1)
+    latest = store.conversations(visitor=None if visitor.owner else visitor.id, limit=1)
     if not latest or not latest[0].get("turns"):
         return
     last = latest[0]

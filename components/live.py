@@ -92,8 +92,10 @@ def cost_meter(relay: Relay | None, store: SessionStore, visitor: Visitor) -> No
     """This session's time, tokens and estimated cost against its limits; today's totals (costs only
     where the backend bills: the local backend is free)."""
     guard = relay.guard if relay is not None else None
+    if guard is None:  # nothing runs: the figures of the session that ended last, frozen
+        guard = st.session_state.get("koe_last_guard")
     billed = guard.billed if guard is not None else runtime.openai_backend() is not None
-    if guard is not None and relay.status.state in ("live", "ended"):
+    if guard is not None:
         limits = guard.limits
         minutes = f" of {_clock(limits.max_session_minutes * 60)}" if limits.max_session_minutes else ""
         cost = ""

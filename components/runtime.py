@@ -112,7 +112,8 @@ def local_backend(reply_model: str | None = None) -> Backend:
     return Backend(local_server(reply_model).url)
 
 
-@st.cache_data(ttl=300, show_spinner="Asking the local backend what it offers…", hash_funcs={Backend: lambda b: b.base_url})
+@st.cache_data(ttl=300, show_spinner="Asking the local backend what it offers…",
+               hash_funcs={Backend: lambda b: b.base_url})
 def capabilities(backend: Backend) -> Capabilities | None:
     """The local backend's voices, context size and ignored options (None when it does not say)."""
     return fetch_capabilities(backend)

@@ -15,7 +15,8 @@ import streamlit as st
 from koe.client import Backend, Capabilities, estimate_tokens
 from koe.presets import PRESETS
 from koe.protocol import (
-    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, REASONING_EFFORTS, SemanticVad, ServerVad, SessionSettings, SettingsError,
+    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, REASONING_EFFORTS, SemanticVad, ServerVad, SessionSettings,
+    SettingsError,
     TranscriptionSettings, dialect_for_model, is_reasoning_model, validate_for_dialect,
 )
 from koe.local.stages.llm import PROFILES, reply_profile
@@ -125,7 +126,8 @@ def sidebar(current: SessionSettings | None) -> Choice:
         local = backend_name == LOCAL_BACKEND
         turn = st.radio("Turn detection", list(TURNS), key="turn",
                         index=list(TURNS).index("Semantic VAD" if local else "Server VAD"),
-                        format_func=lambda t: f"{t} (default here: a turn model)" if local and t == "Semantic VAD" else t,
+                        format_func=lambda t: f"{t} (default here: a turn model)"
+                        if local and t == "Semantic VAD" else t,
                         help="Push to talk: hold the Talk button (or the space bar) while you speak.")
         eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"],
                                  help="How long an unfinished-sounding pause is waited through: low 8 s, medium 4 s, "

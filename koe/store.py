@@ -269,7 +269,8 @@ class _Writer:
         item_ids = changed.setdefault(op.conversation_id, set())
         if op.direction == "app" and kind == "koe.reply_cut" and isinstance(payload.get("item_id"), str):
             heard = payload.get("heard_chars")
-            item_ids |= self._transcript(op.conversation_id).cut(payload["item_id"], heard if isinstance(heard, int) else 0)
+            item_ids |= self._transcript(op.conversation_id).cut(payload["item_id"],
+                                                                  heard if isinstance(heard, int) else 0)
         if op.direction != "server":
             return
         item_ids |= self._transcript(op.conversation_id).apply(parse_server_event(payload), op.at)

@@ -10,7 +10,9 @@ screen, a conversation and History go to tests/screenshots/ (ignored by git) for
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -38,6 +40,19 @@ def mic(tmp_path: Path, speech, *parts) -> Path:
     """A microphone recording: floats are seconds of silence, strings are spoken."""
     pieces = [np.zeros(int(48_000 * p), np.int16) if isinstance(p, (int, float)) else speech(p) for p in parts]
     return write_wav(tmp_path / "mic.wav", np.concatenate(pieces))
+
+
+@contextlib.contextmanager
+def opened(tmp_path: Path, wav: Path, url: str):
+    """The app in Chromium with `wav` as its microphone; what the page showed is saved if the test fails."""
+    with chromium(tmp_path / "profile", wav) as context:
+        page = open_app(context, url)
+        try:
+            yield page
+        except BaseException:
+            with contextlib.suppress(Exception):
+                shoot(page, f"failed-{os.environ.get('PYTEST_CURRENT_TEST', 'test').split('::')[-1].split(' ')[0]}")
+            raise
 
 
 def open_app(context, url: str):
@@ -134,8 +149,7 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
     reply cut off by it is closed as interrupted, nothing is stored twice, no stale error stays."""
     url, data = app
     wav = mic(tmp_path, speech, 120.0)  # typed turns: the machine's speed cannot make them early or late
-    with chromium(tmp_path / "profile", wav) as context:
-        page = open_app(context, url)
+    with opened(tmp_path, wav, url) as page:
         set_instructions(page, STORYTELLER)
         apply(page)
         start(page)
@@ -177,8 +191,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
     a turn with nothing said is not sent, and the page says so."""
     url, data = app
     wav = mic(tmp_path, speech, 9.0, "What is the capital of Japan?", 40.0)
-    with chromium(tmp_path / "profile", wav) as context:
-        page = open_app(context, url)
+    with opened(tmp_path, wav, url) as page:
         set_instructions(page, STORYTELLER)
         sidebar(page).get_by_text("Push to talk (manual)").click()
         apply(page)
@@ -219,7 +232,8 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         sent = [t for d, t, _ in log[create + 1:after] if d == "client"]
         assert "response.cancel" in sent or "output_audio_buffer.clear" in sent, sent
         assert index(log, "client", "conversation.item.truncate", after=create) > -1
-        assert not [p for d, t, p in log if t == "error" and p["error"]["code"] == "conversation_already_has_active_response"]
+        assert not [p for d, t, p in log
+                    if t == "error" and p["error"]["code"] == "conversation_already_has_active_response"]
         assert index(log, "client", "input_audio_buffer.commit", after=after) == -1, "silence was sent as a turn"
         assert len(rows(page)) == 2, rows(page)
         stop(page)
@@ -231,8 +245,7 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
     before sending, with the limit in words."""
     url, data = app
     wav = mic(tmp_path, speech, 60.0)
-    with chromium(tmp_path / "profile", wav) as context:
-        page = open_app(context, url)
+    with opened(tmp_path, wav, url) as page:
         choose(page, "Instructions preset", "English tutor")
         box = sidebar(page).get_by_label("Instructions", exact=True)
         page.wait_for_function("() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('tutor'))")
@@ -266,8 +279,7 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
     heard (the rest struck through). History offers the conversation's audio, both sides."""
     url, data = app
     wav = mic(tmp_path, speech, 7.0, "Please count from one to five.", 30.0)
-    with chromium(tmp_path / "profile", wav) as context:
-        page = open_app(context, url)
+    with opened(tmp_path, wav, url) as page:
         assert page.locator("video").count() == 0 or not page.locator("video").first.is_visible()
         shoot(page, "first-screen")
         set_instructions(page, STORYTELLER)
@@ -317,3 +329,39 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
     assert audio.shape[1] > 48_000 * 10  # the whole call, not just the replies
     you, ai = np.sqrt((audio.astype(np.float64) ** 2).mean(axis=1))
     assert ai > 0.005, (you, ai)  # the AI's voice is on the right
+
+
+@pytest.fixture(scope="module")
+def short_app(tmp_path_factory):
+    """An app whose sessions end after 20 s without speech."""
+    yield from serve(tmp_path_factory.mktemp("short"), KOE_REPLY_MODEL="fast", KOE_IDLE_TIMEOUT_S="20")
+
+
+def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, tmp_path, speech):
+    url, _ = short_app
+    with opened(tmp_path, mic(tmp_path, speech, 90.0), url) as page:
+        start(page)
+        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        page.get_by_text("The session ends in").first.wait_for(timeout=30_000)
+        page.get_by_text("Ended: no speech for 20 seconds").first.wait_for(timeout=60_000)
+        # The browser's call stopped with it: the button offers START again, and the clock stands still.
+        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").wait_for(timeout=30_000)
+        clock = page.get_by_text("This session:").first
+        first = clock.inner_text()
+        settle(page, 3)
+        assert clock.inner_text() == first
+
+
+def test_a_refused_microphone_is_explained(app, tmp_path):
+    """Without the fake permission prompt, headless Chromium refuses the microphone."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--deny-permission-prompts"])
+        page = open_app(context, url)
+        start(page)
+        page.get_by_text("the browser blocked the microphone").wait_for(timeout=30_000)
+        context.close()

@@ -457,3 +457,13 @@ def test_rows_left_without_text_are_closed_and_hidden(store) -> None:
     store.end_conversation(c, "stopped by the user")
     assert table(store, c) == []
     assert "**You:**" not in store.export(c, "markdown")
+
+
+def test_a_cut_reply_keeps_its_words_when_the_server_keeps_only_whole_clauses(store) -> None:
+    """Koe's local backend cuts its own transcript at the last clause it played whole."""
+    c = new_conversation(store)
+    record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
+    store.record_event(c, "app", {"type": "koe.reply_cut", "item_id": "item_A", "audio_end_ms": 400,
+                                  "heard_chars": 5}, T0 + 2.2)
+    record(store, c, reply_done("ga", "item_A", "resp_1", "", T0 + 2.5, status="cancelled"))
+    assert table(store, c)[1] == ("AI", "Hello there", "interrupted")

@@ -152,7 +152,8 @@ class LocalServer:
         bundled profile], "japanese_voices": [...], "voices": {"en": [...], "ja": [...]}, "max_reply_tokens":
         what max_output_tokens "inf" means here, "ignored": [session settings accepted without effect]}.
         With a chat endpoint, reply_model is {"profile": None, "model": its model name, "size": None,
-        "context_tokens": None, "offline": False}. Instructions and history beyond context_tokens (less the reply) are refused with a `context_length_exceeded` error.
+        "context_tokens": None, "offline": False}. Instructions and history beyond context_tokens (less the
+        reply) are refused with a `context_length_exceeded` error.
         """
         if self.chat is not None:
             reply = {"profile": None, "model": self.chat.endpoint.model, "size": None, "context_tokens": None,
