@@ -9,7 +9,7 @@ from components import runtime
 from components.controls import apply_settings, conversation_controls
 from components.conversation import current_relay, last_conversation_pointer, microphone_watch, talk
 from components.gate import require_access
-from components.live import cost_meter, status_and_meters, transcript
+from components.live import cost_meter, drawn_for, status_and_meters, transcript
 from components.settings_form import sidebar
 
 
@@ -37,6 +37,8 @@ def talk_page() -> None:
             last_conversation_pointer(store, visitor)
     before = relay.settings if relay is not None else None  # what START would have used until this Apply
     relay = talk(choice, store, visitor)
+    drawn = relay.status.state  # read once: if it changes while the page is drawn, the status fragment sees it
+    drawn_for(relay, drawn)
     with st.container():
         microphone_watch()
     apply_settings(relay, choice, before)
@@ -44,7 +46,7 @@ def talk_page() -> None:
                                                      help="How late the loop that carries the audio runs.")
     status_and_meters(relay, runtime.media_loop_watch() if diagnostics else None)
     with st.container():
-        conversation_controls(relay)
+        conversation_controls(relay, drawn)
     cost_meter(relay, store, visitor)
     st.subheader("Transcript")
     transcript(store)

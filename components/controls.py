@@ -102,9 +102,10 @@ def _act(action) -> None:
         st.session_state["control_error"] = f"Not sent: {exc}"
 
 
-def conversation_controls(relay: Relay) -> None:
-    """While live: mute, stop the AI, hold to talk (push to talk), and a typed message."""
-    if relay.status.state != "live":
+def conversation_controls(relay: Relay, state: str) -> None:
+    """While live (`state`, as the page read it): mute, stop the AI, hold to talk (push to talk), and a
+    typed message."""
+    if state != "live":
         return
     if error := st.session_state.pop("control_error", None):
         st.error(error)

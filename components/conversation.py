@@ -130,7 +130,8 @@ export default function (component) {
       let win;
       try { win = frame.contentWindow; } catch (e) { continue; }
       const devices = win && win.navigator && win.navigator.mediaDevices;
-      if (!devices || win.__koeMicWatched) continue;
+      // Marked on the document: the iframe's first window object can outlive its initial blank document.
+      if (!devices || win.document.__koeMicWatched) continue;
       const style = win.document.createElement('style');
       style.textContent = '.MuiPaper-elevation0:not(.MuiAlert-root) { display: none !important; }';
       win.document.head.appendChild(style);
@@ -139,7 +140,7 @@ export default function (component) {
         try { const stream = await original(constraints); setStateValue('error', ''); return stream; }
         catch (e) { setStateValue('error', String(e && e.name || e)); throw e; }
       };
-      win.__koeMicWatched = true;
+      win.document.__koeMicWatched = true;
     }
   };
   hook();

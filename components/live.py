@@ -25,6 +25,12 @@ STATUS_ICONS = {"idle": "⏸️", "connecting": "⏳", "live": "🟢", "ended": 
 PHASES = {"listening": "🟢 Listening: speak when you like.", "hearing you": "🎙️ Hearing you…",
           "thinking": "💭 Thinking…", "speaking": "🔊 Speaking… (talk over it, or Stop the AI, to interrupt)"}
 COUNTDOWN_S = 30  # warn this long before a time limit ends the session
+DRAWN_STATE = "koe_drawn_state"  # (relay id, state) the page's last full run was drawn for
+
+
+def drawn_for(relay: Relay, state: str) -> None:
+    """Note, in a full run of the page (before the status fragment), the session state it draws for."""
+    st.session_state[DRAWN_STATE] = (id(relay), state)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -53,10 +59,9 @@ def _status_line(relay: Relay) -> str:
 def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None:
     """`loop_watch` (for the owner): how late the loop that carries the audio runs, a gap in the sound."""
     status = relay.status
-    seen = st.session_state.get("koe_seen_state")
-    st.session_state["koe_seen_state"] = (id(relay), status.state)
-    if seen is not None and seen != (id(relay), status.state) and seen[0] == id(relay):
-        st.rerun(scope="app")  # controls and the START/STOP button follow the new state
+    drawn = st.session_state.get(DRAWN_STATE)
+    if drawn is not None and drawn != (id(relay), status.state):
+        st.rerun(scope="app")  # controls and the START/STOP button follow the new state (again, if one was lost)
     text = _status_line(relay)
     if status.state == "failed" or status.message.startswith("Could not connect"):
         st.error(text)

@@ -314,7 +314,13 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
         shoot(page, "conversation")
         stop(page)
 
-        page.goto(url + "/History")
+        page.reload()  # a new browser session: the page points to the conversation just had
+        page.get_by_text("Your last conversation").wait_for(timeout=30_000)
+        for _ in range(3):  # a click that lands while the page redraws is lost: click again
+            page.get_by_role("link", name="Open it in History").click()
+            with contextlib.suppress(Exception):
+                page.wait_for_url("**/History?**", timeout=10_000)
+                break
         download = page.get_by_role("button", name="Download audio")
         download.wait_for(timeout=30_000)
         shoot(page, "history")
