@@ -1,10 +1,13 @@
 """Load on one local backend: N simultaneous callers, N ramping up, the backend in its own process.
 
     .venv/bin/python bench/load.py [--ramp 1,2,3,4,6] [--turns 2] [--max-calls N] [--reply-model fast|default]
+                                   [--through-relay]
 
 Starts `python -m koe.local` (its capacity: `--max-calls`, else its own default, one per core; 0 = none),
 then for each N runs N synthetic callers at once (aiortc WebRTC calls from this process, each asking short
-questions in speech made with the project's own TTS, Piper). Per N it prints:
+questions in speech made with the project's own TTS, Piper). With `--through-relay` each caller is a
+synthetic browser behind the app's relay, as in bench/relay.py (browser peer → app peer → Relay → backend),
+all of the app side in this process. Per N it prints:
 - refusals: callers answered 429 (the backend full) instead of a call;
 - p50/p95 reply latency: end of the caller's speech (`speech_stopped`) to the first voiced reply frame heard;
 - late audio: the share of each reply's playing time (first voiced frame to `output_audio_buffer.stopped`)
@@ -33,15 +36,17 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.relay's RelayedCall uses the tests' helpers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.figures import percentile  # noqa: E402
+from bench.relay import RelayedCall  # noqa: E402
 from koe.audio import FRAME_SAMPLES, RATE, rms_dbfs  # noqa: E402
 from koe.client import Backend, RateLimitError  # noqa: E402
 from koe.client.simulated_user import QUESTIONS, VOICE_DBFS, SimulatedUser  # noqa: E402
 from koe.local.stages.tts import Speaker  # noqa: E402
 from koe.protocol import SessionSettings  # noqa: E402
+from koe.relay import LoopThread  # noqa: E402
 
 GAP_S = 0.25  # a silence this long inside a reply is the backend falling behind
 SETTINGS = SessionSettings(instructions="You are a helpful assistant. Answer in one short sentence.", voice="alloy")
@@ -84,72 +89,126 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def until(user: SimulatedUser, start: int, type_: str, timeout_s: float) -> float:
-    """Arrival time of the first `type_` event from index `start` of the caller's events."""
+async def until(events: list[tuple[float, str]], start: int, type_: str, timeout_s: float) -> float:
+    """Arrival time of the first `type_` event from index `start` of a caller's (time, type) events."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = next((t for t, e in user.events[start:] if e.type == type_), None)
+        found = next((t for t, kind in events[start:] if kind == type_), None)
         if found is not None:
             return found
         await asyncio.sleep(0.02)
     raise TimeoutError(f"no {type_} within {timeout_s:.0f} s")
 
 
-def gaps(user: SimulatedUser, begin: float, end: float) -> tuple[float, float]:
-    """(playing time, time in silences of GAP_S or more) of the audio heard between begin and end."""
-    frames = [samples for at, samples in user.frames if begin <= at <= end]
+def gaps(heard: list[tuple[float, float]], begin: float, end: float) -> tuple[float, float]:
+    """(playing time, time in silences of GAP_S or more) of the (arrival, dBFS) frames heard in [begin, end]."""
+    levels = [level for at, level in heard if begin <= at <= end]
     silent_run, gap = 0, 0
-    for samples in frames:
-        if rms_dbfs(samples) <= VOICE_DBFS:
+    for level in levels:
+        if level <= VOICE_DBFS:
             silent_run += 1
             continue
         if silent_run * FRAME_SAMPLES / RATE >= GAP_S:
             gap += silent_run
         silent_run = 0
-    return len(frames) * FRAME_SAMPLES / RATE, gap * FRAME_SAMPLES / RATE
+    return len(levels) * FRAME_SAMPLES / RATE, gap * FRAME_SAMPLES / RATE
 
 
-async def caller(url: str, speech: list[np.ndarray], turns: int, level: Level, delay_s: float) -> None:
+class DirectCaller:
+    """A caller on the backend itself (OpenAI's WebRTC protocol, as any client)."""
+
+    def __init__(self, url: str) -> None:
+        self.user = SimulatedUser(Backend(url), SETTINGS)
+
+    async def start(self) -> bool:
+        """False when the backend refused the call (busy)."""
+        try:
+            await self.user.connection.connect()
+        except RateLimitError:
+            return False
+        return True
+
+    def say(self, speech: np.ndarray) -> None:
+        self.user.mic.push(np.concatenate([speech, np.zeros(int(0.3 * RATE), np.int16)]))
+
+    def events(self) -> list[tuple[float, str]]:
+        return [(t, e.type) for t, e in self.user.events]
+
+    def heard(self) -> list[tuple[float, float]]:
+        return [(at, rms_dbfs(samples)) for at, samples in self.user.frames]
+
+    async def close(self) -> None:
+        await self.user.connection.close()
+
+
+class RelayedCaller:
+    """A synthetic browser behind the app's relay (bench/relay.py's RelayedCall)."""
+
+    def __init__(self, url: str, loop_thread: LoopThread) -> None:
+        self.call = RelayedCall(Backend(url), SETTINGS, loop_thread)
+
+    async def start(self) -> bool:
+        try:
+            await self.call.start()
+        except RuntimeError:
+            if "busy" in self.call.relay.status.message:
+                return False
+            raise
+        return True
+
+    def say(self, speech: np.ndarray) -> None:
+        self.call.mic.push(np.concatenate([speech, np.zeros(int(0.3 * RATE), np.int16)]))
+
+    def events(self) -> list[tuple[float, str]]:
+        return self.call.events
+
+    def heard(self) -> list[tuple[float, float]]:
+        return list(self.call.heard)
+
+    async def close(self) -> None:
+        await self.call.close()
+
+
+async def caller(make, speech: list[np.ndarray], turns: int, level: Level, delay_s: float) -> None:
     await asyncio.sleep(delay_s)  # callers do not all press START in the same millisecond
-    user = SimulatedUser(Backend(url), SETTINGS)
+    who = make()
     try:
-        await user.connection.connect()
-    except RateLimitError:
-        level.refused += 1
-        return
-    try:
+        if not await who.start():
+            level.refused += 1
+            return
         for n in range(turns):
-            start = len(user.events)
-            await user.say(speech[(n + int(delay_s * 10)) % len(speech)], silence_after_s=0.3)
-            stopped = await until(user, start, "input_audio_buffer.speech_stopped", 60)
-            ended = await until(user, start, "output_audio_buffer.stopped", 180)
-            first = user.first_voice_after(stopped)
+            start = len(who.events())
+            who.say(speech[(n + int(delay_s * 10)) % len(speech)])
+            stopped = await until(who.events(), start, "input_audio_buffer.speech_stopped", 60)
+            ended = await until(who.events(), start, "output_audio_buffer.stopped", 180)
+            heard = who.heard()
+            first = next((at for at, dbfs in heard if at > stopped and dbfs > VOICE_DBFS), None)
             if first is None or first > ended:
                 level.failed += 1
                 continue
             level.latencies_s.append(first - stopped)
-            played, gap = gaps(user, first, ended)
+            played, gap = gaps(heard, first, ended)
             level.played_s += played
             level.gaps_s += gap
             await asyncio.sleep(0.5)
-    except (TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError, RuntimeError) as exc:
         print(f"  a caller gave up: {exc}")
         level.failed += 1
     finally:
-        await user.connection.close()
+        await who.close()
 
 
-async def run_level(url: str, pid: int, speech: list[np.ndarray], n: int, turns: int) -> Level:
+async def run_level(make, pid: int, speech: list[np.ndarray], n: int, turns: int) -> Level:
     level = Level(n)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    await asyncio.gather(*(caller(url, speech, turns, level, random.uniform(0, 1.0)) for _ in range(n)))
+    await asyncio.gather(*(caller(make, speech, turns, level, random.uniform(0, 1.0)) for _ in range(n)))
     level.cpu_cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
     level.peak_rss_mb = peak_rss_mb(pid)
     return level
 
 
-def report(levels: list[Level], max_calls: str) -> None:
-    print(f"\nkoe.local, capacity {max_calls}, {os.cpu_count()} cores (shared machine: noisy figures)")
+def report(levels: list[Level], max_calls: str, path: str) -> None:
+    print(f"\nkoe.local, capacity {max_calls}, {path}, {os.cpu_count()} cores (shared machine: noisy figures)")
     print(f"{'N':>3} {'refused':>7} {'failed':>6} {'turns':>5} {'p50 ms':>7} {'× N=1':>6} {'p95 ms':>7} {'late':>6} "
           f"{'vs N=1':>7} {'CPU cores':>9} {'peak MB':>8}")
     base = levels[0].late if levels else 0.0
@@ -189,11 +248,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.5)
         if health is None:
             raise SystemExit("koe.local did not answer /healthz")
+        loop_thread = LoopThread() if args.through_relay else None  # the relays' loop, as in the app
+        make = (lambda: RelayedCaller(url, loop_thread)) if loop_thread else (lambda: DirectCaller(url))
         levels = []
         for n in args.ramp:
             print(f"N = {n}: {n} callers, {args.turns} turns each…", flush=True)
-            levels.append(await run_level(url, backend.pid, speech, n, args.turns))
-        report(levels, str(health["max_calls"] or "unlimited"))
+            levels.append(await run_level(make, backend.pid, speech, n, args.turns))
+        report(levels, str(health["max_calls"] or "unlimited"),
+               "through the relay" if loop_thread else "callers straight to the backend")
     finally:
         backend.terminate()
         backend.wait(30)
@@ -205,6 +267,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--max-calls", type=int, default=None, help="the backend's capacity (default: its own)")
     parser.add_argument("--reply-model", default="fast", help="the bundled reply model (default: %(default)s)")
+    parser.add_argument("--through-relay", action="store_true", help="each caller behind the app's relay")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -78,7 +78,7 @@ def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None)
     if "voice" in changed and relay.assistant_spoke:
         rows = runtime.store().transcript(st.session_state["conversation_id"])
         history = [{"id": row.item_id, "role": "user" if row.speaker == "You" else "assistant", "text": row.text}
-                   for row in rows.itertuples() if row.text and row.speaker in ("You", "AI")]
+                   for row in rows.itertuples() if row.text and row.speaker in ("You", "AI")]  # not tool rows
         relay.restart(choice.settings, history)
         st.sidebar.warning("The voice cannot change once the AI has spoken: a new session starts with the new "
                            "voice. The transcript is kept, and the AI is given the conversation so far.")

@@ -24,7 +24,7 @@ from koe.recording import Recorder, recording_path
 from koe.relay import Relay
 from koe.store import LOCAL_BACKEND, SessionStore
 
-from components import runtime
+from components import runtime, tools
 from components.settings_form import Choice
 
 # The browser's own echo cancellation keeps the AI from hearing (and interrupting) itself.
@@ -68,6 +68,7 @@ def _on_change(store: SessionStore, backend_name: str, visitor: Visitor) -> None
         relay.on_event = functools.partial(store.record_event, conversation_id)
         relay.on_latency = functools.partial(store.set_latency, conversation_id)
         relay.on_end = functools.partial(store.end_conversation, conversation_id)
+        tools.attach(relay, store, conversation_id, visitor)
         relay.start(guard)
     elif not ctx.state.playing and not ctx.state.signalling:
         relay.stop()

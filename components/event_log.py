@@ -41,6 +41,7 @@ class _Snapshot:
     kinds: list[str]
     count: str
     events: pd.DataFrame
+    tool_calls: tuple[int, int]  # function calls run for the AI, and how many of them failed
 
 
 def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[str, ...],
@@ -59,10 +60,12 @@ def _read(store: SessionStore, conversation_id: str, version: int, types: tuple[
         conversation_id, types=list(types) or None, direction=None if direction == "all" else direction, limit=rows)
     shown = chosen.assign(time=chosen["time"].dt.strftime("%H:%M:%S.%f").str[:-3],
                           event_id=chosen["event_id"].fillna("")).rename(columns=EVENT_COLUMNS)
+    calls = [json.loads(p) for p in every.loc[every["type"] == "koe.tool_call", "payload"]]
     usage = store.usage(conversation_id)
     usage = usage.assign(time=usage["time"].dt.strftime("%H:%M:%S")).rename(columns=USAGE_COLUMNS)
     return _Snapshot((conversation_id, version, types, direction), running, latency, waited, usage,
-                     sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown)
+                     sorted(every["type"].unique()), f"{len(every)}{'+' if len(every) == rows else ''}", shown,
+                     (len(calls), sum(c.get("error") is not None for c in calls)))
 
 
 def _section(store: SessionStore, conversation_id: str) -> None:
@@ -102,6 +105,8 @@ def _section(store: SessionStore, conversation_id: str) -> None:
     state = (f"live: the latest {LIVE_ROWS} while the conversation runs, updated as events arrive"
              if snapshot.running else "the conversation has ended")
     st.caption(f"{snapshot.count} events · {state}")
+    calls, failed = snapshot.tool_calls
+    st.caption(f"Tool calls: {calls} ({failed} failed; their events are of type koe.tool_call)")
     st.dataframe(snapshot.events, hide_index=True, width="stretch")
 
 

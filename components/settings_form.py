@@ -23,6 +23,7 @@ from koe.local.stages.llm import PROFILES, reply_profile
 from koe.store import LOCAL_BACKEND
 
 from components import runtime
+from components.tools import tool_picker
 
 TRANSCRIPTION_MODELS = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
 LANGUAGES = {"auto": None, "English": "en", "Japanese": "ja", "Spanish": "es", "French": "fr", "German": "de"}
@@ -153,6 +154,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
             effort = st.selectbox("Reasoning effort", [None, *REASONING_EFFORTS], key="reasoning_effort",
                                   format_func=lambda e: "server default (low)" if e is None else e,
                                   help="How long the model reasons before it answers: more effort, slower replies.")
+        tools = tool_picker(base)
         if ignored:
             st.caption("The local backend does not use: "
                        + ", ".join(sorted(LABELS.get(i.split(".")[0], i) + (" model" if i.endswith(".model") else "")
@@ -169,6 +171,7 @@ def sidebar(current: SessionSettings | None) -> Choice:
         "noise_reduction": None if noise == "off" or "noise_reduction" in ignored else noise,
         "temperature": temperature if dialect == "beta" else None,
         "reasoning_effort": effort,
+        "tools": tools,
     }
     settings = base.changed(model=base.model if current else model)
     refused: dict[str, str] = {}

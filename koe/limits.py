@@ -194,7 +194,7 @@ class Limiter:
         self._counting = threading.Condition(self._lock)  # notified as queued spends get counted
         self._active = 0
         self._day, self._spent = start_of_day(wall_clock()), 0.0  # the day's spend as last counted
-        self._pending = 0  # spends queued, not yet counted in the ledger
+        self._pending, self._pending_usd = 0, 0.0  # spends queued, not yet counted in the ledger
         self._spends: queue.Queue[tuple[float, float] | None] = queue.Queue(SPEND_QUEUE)
         self._thread = threading.Thread(target=self._run, name="koe-ledger", daemon=True)
         self._thread.start()
@@ -209,10 +209,16 @@ class Limiter:
         with self._lock:
             return self._spent if self._day == start_of_day(self._wall_clock()) else 0.0
 
-    def _counted(self, day: float, total: float) -> None:
-        with self._lock:
-            if day >= self._day:
-                self._day, self._spent = day, total
+    def _counted(self, day: float, total: float | None, settled: float | None = None) -> None:
+        """The ledger's `total` for `day` (None: no figure), plus what is still queued here; `settled`:
+        the queued spend this answer was for (counted, or lost with an error)."""
+        with self._counting:
+            if settled is not None:
+                self._pending -= 1
+                self._pending_usd -= settled
+                self._counting.notify_all()
+            if total is not None and day >= self._day:
+                self._day, self._spent = day, total + self._pending_usd
 
     def refresh(self) -> float:
         """Read today's spend from the database now; returns it."""
@@ -228,16 +234,12 @@ class Limiter:
             if day == self._day:
                 self._spent += usd
             self._pending += 1
+            self._pending_usd += usd
         try:
             self._spends.put_nowait((day, usd))
         except queue.Full:  # only a database stalled for a thousand replies gets here
             log.error("the limits' ledger is stalled: $%.4f not counted", usd)
-            self._counted_one()
-
-    def _counted_one(self) -> None:
-        with self._counting:
-            self._pending -= 1
-            self._counting.notify_all()
+            self._counted(day, None, settled=usd)
 
     def _run(self) -> None:
         item: tuple[float, float] | tuple[()] | None
@@ -248,16 +250,17 @@ class Limiter:
                 item = ()
             if item is None:
                 return
+            total = None
             try:
                 if item:
-                    self._counted(item[0], self.ledger.add(SPENT, item[0], item[1]))
+                    total = self.ledger.add(SPENT, item[0], item[1])
                 else:  # other servers spend too; and the owner's meter shows the day's figure
                     self.refresh()
             except SQLAlchemyError as exc:
                 log.error("the limits' ledger could not count: %s", type(exc).__name__)
             finally:
                 if item:
-                    self._counted_one()
+                    self._counted(item[0], total, settled=item[1])
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every spend so far is counted in the ledger; False if that took over `timeout_s`."""

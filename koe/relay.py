@@ -305,6 +305,7 @@ class Relay:
         upstream as a `function_call_output` item, recorded like every client event."""
         self._tools = runner
         runner.send = self._send_upstream
+        runner.offered = lambda: [tool.name for tool in self.settings.tools if tool.type == "function"]
 
     async def _send_upstream(self, event: dict) -> None:
         connection = self._connection

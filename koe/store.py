@@ -62,7 +62,7 @@ OWNER_GONE_AFTER_S = 60.0  # a heartbeat this old means its process is gone (hun
 REDACTED = "[redacted]"
 
 _SECRET_KEY = re.compile(r"api[-_]?key|authorization|secret|password", re.IGNORECASE)
-_SPEAKERS = {"user": "You", "assistant": "AI"}
+_SPEAKERS = {"user": "You", "assistant": "AI", "function_call": "Tool call", "function_call_output": "Tool result"}
 # Fixed column types, so that an empty table has the same ones as a full one.
 _TRANSCRIPT_TYPES = {"speaker": "str", "text": "str", "status": "str", "latency_ms": "Int64", "item_id": "str",
                      "heard": "Int64"}
@@ -600,10 +600,11 @@ class SessionStore:
         with self._read() as conn:
             starts = conn.execute(started).scalars().all()
             replies = conn.execute(spent).all()
-        per_day = pd.DataFrame({"day": [_local_day(s) for s in starts], "conversations": 1})
+        # "day" typed as text from the start: an empty frame would otherwise guess float64 and refuse the merge.
+        per_day = pd.DataFrame({"day": pd.Series([_local_day(s) for s in starts], dtype="str"), "conversations": 1})
         per_day = per_day.groupby("day", as_index=False).sum()
         spend = pd.DataFrame([(_local_day(r[0]), *r[1:]) for r in replies],
-                             columns=["day", "input_tokens", "output_tokens", "cost_usd"])
+                             columns=["day", "input_tokens", "output_tokens", "cost_usd"]).astype({"day": "str"})
         spend = spend.groupby("day", as_index=False).sum()
         table = per_day.merge(spend, on="day", how="outer").fillna(0)
         return table.astype({"day": "str", "conversations": "int64", "input_tokens": "int64",

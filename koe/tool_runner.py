@@ -18,7 +18,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ log = logging.getLogger("koe.tools")
 DEFAULT_TIMEOUT_S = 10.0
 MAX_OUTPUT_CHARS = 8000  # an output is read by the model on every later turn: keep it bounded
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ToolCall", "ToolRunner"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ToolCall", "ToolRunner", "stored_in"]
 
 
 @dataclass
@@ -61,8 +61,12 @@ class ToolRunner:
 
     def __init__(self, registry: ToolRegistry, context: ToolContext, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  send: Callable[[dict], Awaitable[None]] | None = None,
-                 on_call: Callable[[ToolCall], None] = lambda call: None) -> None:
+                 on_call: Callable[[ToolCall], None] = lambda call: None,
+                 offered: Callable[[], Iterable[str]] | None = None) -> None:
         self.registry = registry
+        # The names the session offers right now (None: every registered tool): a model talked into
+        # calling a tool the person did not enable gets an error, not the tool.
+        self.offered = offered
         self.context = context
         self.timeout_s = timeout_s
         self.send = send
@@ -122,7 +126,8 @@ class ToolRunner:
             call.output = json.dumps({"error": call.error}, ensure_ascii=False)
         self._running.pop(call.call_id, None)
         self.on_call(call)
-        await self._send({"type": "conversation.item.create", "item": function_call_output_item(call.call_id, call.output)})
+        item = function_call_output_item(call.call_id, call.output)
+        await self._send({"type": "conversation.item.create", "item": item})
         if follow_up:
             self._follow_up(call.response_id)
         else:
@@ -130,8 +135,8 @@ class ToolRunner:
 
     async def _invoke(self, call: ToolCall) -> Any:
         tool = self.registry.get(call.name)
-        if tool is None:
-            raise ToolArgumentsError(f"there is no tool named {call.name!r}")
+        if tool is None or (self.offered is not None and call.name not in set(self.offered())):
+            raise ToolArgumentsError(f"there is no tool named {call.name!r} in this session")
         values = tool.parse(call.arguments)
         if inspect.iscoroutinefunction(tool.function):
             return await tool.call(values, self.context)
@@ -153,6 +158,16 @@ class ToolRunner:
                 await self.send(event)
             except Exception as exc:  # the call ended meanwhile: nothing to answer
                 log.info("tool result not sent: %s", exc)
+
+
+def stored_in(store: Any, conversation_id: str) -> Callable[[ToolCall], None]:
+    """An `on_call` that keeps each call in the session store (`koe.store.SessionStore`): a
+    `koe.tool_call` app event, and the call's duration on its transcript row (the latency column)."""
+    def store_call(call: ToolCall) -> None:
+        store.record_event(conversation_id, "app", call.record())
+        if call.item_id and call.ms is not None:
+            store.set_latency(conversation_id, call.item_id, call.ms)
+    return store_call
 
 
 def _bounded(text: str) -> str:

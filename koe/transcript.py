@@ -29,6 +29,7 @@ from koe.protocol import (
     ResponseOutputAudioTranscriptDelta,
     ResponseOutputAudioTranscriptDone,
     ResponseOutputItemAdded,
+    ResponseOutputItemDone,
     ResponseOutputTextDelta,
     ResponseOutputTextDone,
     ResponseTextDelta,
@@ -53,6 +54,11 @@ class Row:
 
 
 def _item_text(item: dict[str, Any]) -> str:
+    """What a row shows: a message's text; a function call as `name(arguments)`; a function's output."""
+    if item.get("type") == "function_call":
+        return f"{item.get('name') or '?'}({item.get('arguments') or ''})"
+    if item.get("type") == "function_call_output":
+        return str(item.get("output") or "")
     parts = item.get("content")
     if not isinstance(parts, list):
         return ""
@@ -137,6 +143,10 @@ class Transcript:
                 changed = self._provisional(item["id"], item.get("role") or item.get("type") or "assistant", at)
                 self._responses.setdefault(response_id, []).append(item["id"])
                 return changed
+            case ResponseOutputItemDone(item=item) if item.get("type") == "function_call" \
+                    and isinstance(item.get("id"), str) and item.get("status") == "completed":
+                # Beta sends no conversation.item.done: the finished call's arguments arrive here.
+                return self._set_final(item["id"], "function_call", _item_text(item), at)
             case ConversationItemInputAudioTranscriptionDelta(item_id=item_id, delta=delta):
                 return self._add_text(item_id, "user", delta, at)
             case ConversationItemInputAudioTranscriptionCompleted(item_id=item_id, transcript=text):

@@ -119,8 +119,9 @@ def app(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def chromium(profile: Path, mic_wav: Path):
-    """Debian's Chromium, headless, its microphone playing `mic_wav` once; the page's peers recorded."""
+def chromium(profile: Path, mic_wav: Path, **options):
+    """Debian's Chromium, headless, its microphone playing `mic_wav` once; the page's peers recorded.
+    `options` go to Playwright's launch_persistent_context (timezone_id, locale...)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -131,6 +132,7 @@ def chromium(profile: Path, mic_wav: Path):
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                   f"--use-file-for-fake-audio-capture={mic_wav}%noloop", "--autoplay-policy=no-user-gesture-required"],
+            **options,
         )
         context.add_init_script(RECORD_PEERS)
         yield context

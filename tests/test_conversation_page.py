@@ -214,7 +214,8 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         create = index(log, "client", "response.create")
         assert committed < create, "the reply was asked for before the commit was confirmed"
         heard = index(log, "server", "conversation.item.input_audio_transcription.completed", item_id=user_item)
-        assert -1 < heard < index(log, "server", "response.created"), "the reply began before the words were in"
+        first_word = index(log, "server", "response.output_audio_transcript.delta")
+        assert -1 < heard < first_word, "the reply was written before the words were in"
 
         # A new turn over the AI's reply ends that reply first (mouse this time), then nothing is said.
         box = button.bounding_box()

@@ -171,3 +171,37 @@ def test_a_second_process_keeps_the_first_ones_conversations(database):
         for server in (a, b, c):
             if server is not None:
                 server.stop()
+
+
+def test_the_app_keeps_its_history_where_the_settings_say(database, monkeypatch):
+    """The History page through the app's own wiring (components/runtime.py): `KOE_DATABASE_URL` for
+    PostgreSQL, else SQLite in `KOE_DATA_DIR`."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root))  # the pages import `components` from the repository root
+    for name in ("KOE_ACCESS_CODE", "KOE_ADMIN_CODE", "OPENAI_API_KEY", "KOE_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if "://" in database:
+        monkeypatch.setenv("KOE_DATABASE_URL", database)
+    else:
+        monkeypatch.setenv("KOE_DATA_DIR", str(Path(database).parent))
+    store = SessionStore(database)
+    conversation = store.start_conversation(backend="local", model="gpt-realtime", dialect="ga", settings={},
+                                            visitor="v_someone")
+    store.record_event(conversation, "server", {
+        "type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1", "content_index": 0,
+        "transcript": "stored where the settings say"})
+    store.end_conversation(conversation, "stopped by the user")
+    store.close()
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(root / "pages" / "1_History.py"), default_timeout=30).run()  # no codes: the owner
+        shown = "\n".join(str(e.value) for kind in ("markdown", "text", "caption") for e in getattr(at, kind))
+        assert not at.exception and "stored where the settings say" in shown
+    finally:
+        from components import runtime
+
+        runtime.store().close()  # the page's store (cached for the process), before its database goes
+        st.cache_resource.clear()

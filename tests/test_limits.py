@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from koe.db import admissions, open_database
+from koe.db import admissions, limit_counters, open_database
 from koe.limits import SPENT, LimitReached, Ledger, Limiter, Limits, start_of_day
 from koe.relay import Relay
 from koe.store import SessionStore
@@ -106,6 +106,31 @@ def test_the_day_rolls_over(ledger):
         now[0] += 3600  # the next day: nothing spent since its midnight
         assert gate.spent_today == 0.0
         gate.admit("a", model="gpt-realtime", billed=True)
+    finally:
+        gate.close()
+
+
+def test_spending_never_waits_on_the_database(ledger):
+    """The relay's loop spends: with the counter locked by another transaction, every spend returns,
+    and the guards see it at once; the ledger counts them all once the lock is gone."""
+    gate = Limiter(Limits(max_daily_cost_usd=1.0), ledger)
+    ledger.add(SPENT, start_of_day(), 0.5)  # the counter's row exists: lock it
+    assert gate.refresh() == 0.5
+    blocker = ledger.engine.connect()
+    blocker.execution_options(koe_write=True).begin()  # SQLite: the database's write lock
+    blocker.execute(limit_counters.update().values(value=limit_counters.c.value))  # PostgreSQL: the row's
+    try:
+        for _ in range(100):
+            gate.spend(0.001)
+        assert gate.spent_today == pytest.approx(0.6)  # counted here before the database has it
+        assert not gate.flush(timeout_s=0.5)  # the ledger is still waiting for the lock
+        assert gate.spent_today == pytest.approx(0.6)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    try:
+        assert gate.flush(timeout_s=30)
+        assert gate.refresh() == pytest.approx(0.6)
     finally:
         gate.close()
 

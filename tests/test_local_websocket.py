@@ -51,7 +51,10 @@ async def until(connection, type_: str, seen: list, timeout_s: float = 60.0):
             seen.append(event)
             if event.type == type_:
                 return event
-    return await asyncio.wait_for(read(), timeout_s)
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"no {type_} within {timeout_s} s; saw {[e.type for e in seen][-12:]}") from None
 
 
 @pytest.mark.parametrize("model", [GA, BETA])
@@ -96,14 +99,14 @@ async def test_g711_in_and_out(local_server, speech, fmt):
     seen: list = []
     async with client(local_server).beta.realtime.connect(model=BETA) as connection:
         await connection.session.update(session={"input_audio_format": fmt, "output_audio_format": fmt,
-                                                  "turn_detection": None,
+                                                  "turn_detection": None, "instructions": "Answer in one sentence.",
                                                   "input_audio_transcription": {"model": "whisper-1"}})
         updated = await until(connection, "session.updated", seen, 10)
         assert updated.session.input_audio_format == fmt
         clip = resample(speech(QUESTION), RATE, 8_000)
         await connection.input_audio_buffer.append(audio=encode(resample(clip, 8_000, RATE), fmt))
         await connection.input_audio_buffer.commit()
-        await connection.response.create(response={"modalities": ["audio", "text"]})
+        await connection.response.create(response={"modalities": ["audio", "text"], "max_response_output_tokens": 30})
         await until(connection, "response.done", seen, 90)
     heard = next(e for e in seen if e.type == "conversation.item.input_audio_transcription.completed").transcript
     assert "count" in heard.lower()
@@ -276,3 +279,82 @@ async def test_a_beta_webrtc_session_starts_with_a_beta_voice(local_server):
         minted = await http.post("/v1/realtime/sessions", json={"model": BETA},
                                  headers={"Authorization": f"Bearer {LOCAL_KEY}"})
     assert minted.json()["voice"] == "alloy"
+
+
+async def test_what_is_not_implemented_is_said(local_server):
+    """Stored prompts, noise reduction, out-of-band responses and non-text item parts get an
+    `unsupported_feature` error, never silence; an update asking for one still applies the rest."""
+    seen: list = []
+    async with client(local_server).realtime.connect(model=GA) as connection:
+        await connection.session.update(session={"type": "realtime", "instructions": "Be brief.",
+                                                 "audio": {"input": {"noise_reduction": {"type": "near_field"}}}})
+        said = await until(connection, "error", seen, 10)
+        assert said.error.code == "unsupported_feature" and said.error.param == "session.audio.input.noise_reduction"
+        assert (await until(connection, "session.updated", seen, 10)).session.instructions == "Be brief."
+        await connection.send({"type": "response.create", "event_id": "event_oob", "response": {"conversation": "none"}})
+        said = await until(connection, "error", seen, 10)
+        assert (said.error.event_id, said.error.param) == ("event_oob", "response.conversation")
+        await connection.send({"type": "conversation.item.create", "event_id": "event_image", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,"}]}})
+        said = await until(connection, "error", seen, 10)
+        assert (said.error.event_id, said.error.param) == ("event_image", "item.content")
+    assert not any(e.type == "response.created" for e in seen)
+    async with httpx.AsyncClient(base_url=local_server.url) as http:  # HTTP answers it with a 400
+        refused = await http.post("/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+                                  json={"session": {"type": "realtime", "prompt": {"id": "pmpt_123"}}})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_feature"
+        refused = await http.post("/v1/realtime/sessions", headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+                                  json={"model": BETA, "input_audio_noise_reduction": {"type": "near_field"}})
+        assert refused.json()["error"]["param"] == "session.input_audio_noise_reduction"
+
+
+async def test_barge_in_over_websocket_the_client_truncates_what_it_played(local_server, speech):
+    """Over a WebSocket the client plays the audio: speaking over the reply cancels it (server VAD), and
+    the client's `conversation.item.truncate` cuts the item's transcript where its playback stopped."""
+    seen: list = []
+    async with client(local_server).realtime.connect(model=GA) as connection:
+        await connection.session.update(session={
+            "type": "realtime", "instructions": "You tell long, detailed stories. Never stop early.",
+            "max_output_tokens": 400})
+        await until(connection, "session.updated", seen, 10)
+        for chunk in pcm24k_chunks(speech("Tell me a long story about a dragon and a knight.")):
+            await connection.input_audio_buffer.append(audio=chunk)
+        first = await until(connection, "response.output_audio.delta", seen, 90)
+        for chunk in pcm24k_chunks(speech("Stop, please."), silence_s=0.3):
+            await connection.input_audio_buffer.append(audio=chunk)
+        started = [e for e in seen if e.type == "input_audio_buffer.speech_started"]
+        if len(started) < 2:
+            await until(connection, "input_audio_buffer.speech_started", seen, 30)
+        done = next((e for e in seen if e.type == "response.done"), None) or await until(connection, "response.done", seen, 60)
+        assert done.response.status in ("cancelled", "completed")
+        if done.response.status == "cancelled":
+            assert done.response.status_details.reason == "turn_detected"
+        # The client "played" all but the last 10 ms of what it received: the last clause was not heard whole.
+        received = sum(len(decode(e.delta, "pcm16")) for e in seen
+                       if e.type == "response.output_audio.delta" and e.item_id == first.item_id)
+        played_ms = received * 1000 // 24_000 - 10
+        await connection.conversation.item.truncate(item_id=first.item_id, content_index=0, audio_end_ms=played_ms)
+        truncated = await until(connection, "conversation.item.truncated", seen, 10)
+        assert (truncated.item_id, truncated.audio_end_ms) == (first.item_id, played_ms)
+        await connection.conversation.item.retrieve(item_id=first.item_id)
+        kept = (await until(connection, "conversation.item.retrieved", seen, 10)).item.content[0].transcript
+    said = "".join(e.delta for e in seen if e.type == "response.output_audio_transcript.delta"
+                   and e.item_id == first.item_id)
+    assert len(kept) < len(said) and said.startswith(kept)  # only the clauses played whole
+    assert not any(e.type.startswith("output_audio_buffer.") for e in seen)
+
+
+def test_cors_origins_can_be_narrowed(models):
+    """`--cors-origins` / $KOE_CORS_ORIGINS: only the listed origins get CORS headers."""
+    from starlette.testclient import TestClient
+
+    from koe.local import LocalServer
+
+    server = LocalServer(models=models, cors_origins=["https://app.example"])
+    with TestClient(server.app) as http:
+        ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        allowed = http.options("/v1/realtime/calls", headers={"Origin": "https://app.example", **ask})
+        refused = http.options("/v1/realtime/calls", headers={"Origin": "https://elsewhere.example", **ask})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in refused.headers
+    server.stop()

@@ -234,3 +234,34 @@ def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path)
     assert "None" not in cells and "nan" not in cells
     at = at.multiselect(key="event-types").select("session.update").run()
     assert list(at.dataframe[-1].value["Type"]) == ["session.update"]
+
+
+def test_events_counts_tool_calls_and_the_sidebar_offers_the_tools(data, tmp_path, monkeypatch):
+    store = SessionStore(tmp_path / "koe.sqlite3")
+    for error in (None, "calculate failed: ValueError: division by zero"):
+        store.record_event(data["v_alice"], "app", {"type": "koe.tool_call", "call_id": "call_1", "item_id": "item_1",
+                                                    "name": "calculate", "arguments": '{"expression": "1/0"}',
+                                                    "output": "", "error": error, "ms": 3})
+    store.close()
+    at = page("2_Events.py", visitor=ALICE, id=data["v_alice"])
+    assert not at.exception and "Tool calls: 2 (1 failed" in texts(at)
+
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "greet.py").write_text(
+        "from koe.tools import tool\n\n@tool\ndef greet(name: str) -> str:\n    '''Greet someone by name.'''\n"
+        "    return 'hello ' + name\n")
+    monkeypatch.setenv("KOE_TOOLS_DIR", str(tmp_path / "tools"))
+    st.cache_resource.clear()  # the configuration is read again
+
+    def sidebar_app():
+        import streamlit as st
+        from components.settings_form import sidebar
+        choice = sidebar(None)
+        st.write(", ".join(t.name for t in choice.settings.tools) or "no tools")
+
+    at = AppTest.from_function(sidebar_app, default_timeout=30).run()
+    picker = at.multiselect(key="tools")
+    assert {"current_time", "calculate", "search_history", "greet"} <= {o.split(":")[0] for o in picker.options}
+    picker.select("current_time").select("greet")
+    at = at.button[0].click().run()  # Apply: a form sends its widgets' values with the submit
+    assert not at.exception and "current_time, greet" in texts(at)

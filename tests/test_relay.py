@@ -98,7 +98,7 @@ async def test_a_conversation_through_the_relay(local_server, backend, speech, l
                      if e["type"] == "conversation.item.input_audio_transcription.completed")
         assert "count" in heard.lower()
         assert browser.voiced_since(t0) > -40  # the browser received the AI's voice
-        assert latencies and 0 < latencies[0] < 5000
+        assert latencies and 0 < latencies[0] < 60_000  # measured, not a speed goal (bench/relay.py has those)
         # How long turn detection waited after the user's last voiced frame: server VAD's 500 ms window and more.
         committed = next(e["item_id"] for _, e in relay.events if e["type"] == "input_audio_buffer.committed")
         waited = [e for d, e in relay.events if d == "app" and e["type"] == TURN_WAITED]

@@ -221,6 +221,14 @@ def test_prices() -> None:
     assert cost_usd("gpt-realtime", {"input_tokens": 1000, "output_tokens": 100}) == pytest.approx(0.0056)
 
 
+def test_totals_of_an_empty_store(store) -> None:
+    # A first visit: nothing recorded yet, and the Events page's tables must still draw.
+    table = store.daily_totals(days=7)
+    assert table.empty and list(table.columns) == ["day", "conversations", "input_tokens", "output_tokens",
+                                                   "cost_usd"]
+    assert store.totals()["conversations"] == 0
+
+
 def test_usage_rows_cost_and_totals(store) -> None:
     c = new_conversation(store)
     record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))

@@ -234,7 +234,7 @@ async def test_bad_arguments_and_unknown_tools_answer_with_an_error() -> None:
                                call_done("c3", "add", "{oops"), response_done()])
     errors = {k: v["error"] for k, v in outputs(sent).items()}
     assert "a: Input should be a valid integer" in errors["c1"]
-    assert errors["c2"] == "there is no tool named 'nope'" and "not valid JSON" in errors["c3"]
+    assert errors["c2"] == "there is no tool named 'nope' in this session" and "not valid JSON" in errors["c3"]
     assert sent[-1] == {"type": "response.create"}
 
 

@@ -18,7 +18,7 @@ from koe.local import LocalServer
 from koe.protocol import SessionSettings
 from koe.relay import LoopThread, Relay
 from koe.store import SessionStore
-from koe.tool_runner import ToolRunner
+from koe.tool_runner import ToolRunner, stored_in
 from koe.tools import ToolContext, default_registry
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -52,7 +52,7 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
     relay.on_event = record
     relay.use_tools(ToolRunner(registry, ToolContext(visitor="v_tools", timezone="Asia/Tokyo", store=store,
                                                      conversation_id=conversation_id),
-                               on_call=lambda call: store.record_event(conversation_id, "app", call.record())))
+                               on_call=stored_in(store, conversation_id)))
     try:
         relay.start().result(timeout=60)
         assert relay.status.state == "live", relay.status.message
@@ -100,6 +100,15 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
     store.flush()
     stored = store.events(conversation_id, types=["koe.tool_call"])
     assert len(stored) == 1 and json.loads(stored["payload"][0])["name"] == "current_time"
+    # The transcript (History, every export) shows the call where it happened, with how long it took.
+    rows = store.transcript(conversation_id)
+    rows = rows[rows["text"] != ""]
+    assert list(rows["speaker"]) == ["You", "Tool call", "Tool result", "AI"]
+    assert list(rows["text"]) == ["What time is it?", "current_time({})", output["output"], final]
+    assert rows["latency_ms"].iloc[1] >= 0
+    exported = store.export(conversation_id, "json")
+    assert "current_time({})" in exported and "Tool result" in exported
+    assert "Tool call" in store.export(conversation_id, "csv") and "Tool call" in store.export(conversation_id, "markdown")
     store.close()
 
 
@@ -111,3 +120,27 @@ async def test_the_bundled_model_says_once_that_it_cannot_call_tools(backend):
         await user.seen("session.updated", where=lambda e: e.session.get("instructions") == "Be brief.")
         warnings = [e.error for e in user.of_type("error") if e.error.code == "local_tools_unsupported"]
     assert len(warnings) == 1 and warnings[0].type == "warning" and "cannot call functions" in warnings[0].message
+
+
+async def test_a_tool_the_session_does_not_offer_is_not_run(models):
+    stub = ChatStub(script=[ToolCalls([("search_history", '{"query": "password"}')]), Reply("I cannot look.")]).start()
+    server = LocalServer(port=0, models=models, chat_base_url=stub.url, chat_model="tool-model").start()
+    registry = default_registry()
+    settings = SessionSettings(voice="alloy", turn_detection=None, transcription=None, output_modalities="text",
+                               tools=registry.declarations(["calculate"]))
+    relay = Relay(Backend(server.url), settings, LoopThread())
+    events: list[tuple[str, dict]] = []
+    relay.on_event = lambda direction, event, at: events.append((direction, event))
+    calls = []
+    relay.use_tools(ToolRunner(registry, ToolContext(visitor="v_x"), on_call=calls.append))
+    try:
+        relay.start().result(timeout=60)
+        relay.send({"type": "response.create"})
+        deadline = time.monotonic() + 60
+        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        relay.stop()
+        server.stop()
+        stub.stop()
+    assert [c.error for c in calls] == ["there is no tool named 'search_history' in this session"]

@@ -37,7 +37,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from koe.local.admission import Admission, default_max_calls
-from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession
+from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession, unsupported
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
@@ -457,9 +457,13 @@ class LocalServer:
                 raise ValueError("the session must be a JSON object")
             if isinstance(session.get("model"), str):  # a new call may name its model
                 base = base.model_copy(update={"model": session["model"]})
-            return base.merge_wire(dialect, session)
+            settings = base.merge_wire(dialect, session)
         except (ValueError, SettingsError) as exc:
             raise HttpError(error(400, f"Invalid session: {exc}", "invalid_value", "session")) from exc
+        if (missing := unsupported("session", session, dialect)) is not None:
+            raise HttpError(error(400, f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                                  missing[0]))
+        return settings
 
     async def _body(self, request: Request) -> bytes:
         body = await request.body()

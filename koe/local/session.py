@@ -48,6 +48,36 @@ USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compar
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
 
 
+# What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
+# (code `unsupported_feature`) instead of silently doing something else.
+TEXT_PARTS = ("input_text", "text", "output_text")
+
+
+def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, str] | None:
+    """(param, what) for the first unsupported feature a session object (where="session", in `dialect`),
+    a response.create `response` ("response") or an item ("item") asks for; None when there is none."""
+    if where == "session":
+        audio_in = (body.get("audio") or {}).get("input") or {} if dialect == "ga" else {}
+        vad = (audio_in if dialect == "ga" else body).get("turn_detection") or {}
+        if (audio_in.get("noise_reduction") if dialect == "ga" else body.get("input_audio_noise_reduction")):
+            return ("session.audio.input.noise_reduction" if dialect == "ga" else "session.input_audio_noise_reduction",
+                    "noise reduction")
+        if isinstance(vad, dict) and vad.get("idle_timeout_ms") is not None:
+            return "session.audio.input.turn_detection.idle_timeout_ms", "the idle timeout"
+    # Tools are not listed: function calling on the local backend is its own piece of work (koe.tools).
+    if body.get("prompt"):
+        return f"{where}.prompt", "stored prompts"
+    if where == "response" and body.get("conversation") not in (None, "auto"):
+        return "response.conversation", "out-of-band responses (conversation other than \"auto\")"
+    if where == "response" and body.get("input") is not None:
+        return "response.input", "responses over a custom input"
+    if where == "item":
+        kinds = {p.get("type") for p in body.get("content") or [] if isinstance(p, dict)} - set(TEXT_PARTS)
+        if kinds:
+            return "item.content", f"content parts of type {', '.join(sorted(map(str, kinds)))} (text only)"
+    return None
+
+
 @dataclass
 class Response:
     id: str
@@ -102,7 +132,7 @@ class LocalSession:
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
         self._tasks: set[asyncio.Task] = set()
-        self._transcribing: set[asyncio.Task] = set()  # user turns whose words are not in yet
+        self._transcribing: set[asyncio.Task] = set()  # committed user audio whose words are not in yet
         self._expiry = asyncio.get_running_loop().call_later(max_session_s, self._expire)
         self.on_end: Callable[[], None] | None = None
         self._apply_turn_detection()
@@ -148,6 +178,7 @@ class LocalSession:
 
     @property
     def observers(self) -> list[Transport]:
+        """The sideband links attached now (a copy)."""
         return list(self._observers)
 
     def unobserve(self, transport: Transport) -> None:
@@ -229,9 +260,9 @@ class LocalSession:
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
                                        respond: bool, marks: dict[str, float]) -> None:
-        # The reply model reads text: every committed turn is transcribed, whatever the settings say.
-        # No speech came after the silence began (it would have dropped the early pass), so the
-        # early transcript holds every word of the turn.
+        # Always transcribed: the reply model reads the user's words, also for a response.create after a
+        # manual commit. No speech came after the silence began (it would have dropped the early pass), so
+        # the early transcript holds every word of the turn.
         text = await (early if early is not None else self._run(self._transcribe, audio))
         item.text = text
         marks["transcribed"] = time.monotonic()
@@ -257,10 +288,6 @@ class LocalSession:
 
     async def _respond(self, response: Response, overrides: dict) -> None:
         item = response.item
-        # A reply asked for right after a commit (push to talk) waits for that turn's words.
-        pending = [task for task in self._transcribing if task is not asyncio.current_task()]
-        if pending:
-            await asyncio.wait(pending)
         self.emit("response.created", response=self._response_object(response))
         previous = self._conversation.add(item)
         self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item.wire(self.dialect))
@@ -268,12 +295,15 @@ class LocalSession:
         part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
         where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         self.emit("response.content_part.added", part=part, **where)
-        # The new assistant item is still empty, so the history ends with the user's turn.
-        messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
-                                                    tools=not self._bundled_replies)
-        limit = overrides.get("max_output_tokens", self.settings.max_output_tokens)
+        limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
+                              self.settings.max_output_tokens)
         max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
         try:
+            if self._transcribing:  # a reply asked for right after a commit waits for the user's words
+                await asyncio.wait(set(self._transcribing))
+            # The new assistant item is still empty, so the history ends with the user's turn.
+            messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
+                                                        tools=not self._bundled_replies)
             tools = {} if self._bundled_replies else self._chat_tools(overrides)
             await self._generate(response, messages, max_tokens, where, tools)
         except asyncio.CancelledError:
@@ -310,8 +340,8 @@ class LocalSession:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
         tools = tools or {}
-        response.input_tokens = sum(self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4
-                                    for m in messages)
+        response.input_tokens = sum(
+            self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
         producer = loop.run_in_executor(self._executor, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
@@ -501,6 +531,10 @@ class LocalSession:
         handler(event)
 
     def _on_session_update(self, event) -> None:
+        if (missing := unsupported("session", event.session, self.dialect)) is not None:
+            # Said, not dropped: the rest of the update still applies.
+            self.error(f"Not supported by this server: {missing[1]}; the rest of the update applies.",
+                       "unsupported_feature", event_id=event.event_id, param=missing[0])
         try:
             updated = self.settings.merge_wire(self.dialect, event.session)
         except SettingsError as exc:
@@ -550,13 +584,17 @@ class LocalSession:
         role = item_data.get("role", "user")
         kind = item_data.get("type", "message")
         if kind in ("function_call", "function_call_output"):  # a function's result, for the next reply
-            item = Item(id=item_data.get("id") or new_id("item"), role="assistant" if kind == "function_call" else "tool",
-                        audio=False, type=kind, name=str(item_data.get("name") or ""),
-                        call_id=str(item_data.get("call_id") or ""), arguments=str(item_data.get("arguments") or ""),
-                        output=str(item_data.get("output") or ""))
+            item = Item(id=item_data.get("id") or new_id("item"),
+                        role="assistant" if kind == "function_call" else "tool", audio=False, type=kind,
+                        name=str(item_data.get("name") or ""), call_id=str(item_data.get("call_id") or ""),
+                        arguments=str(item_data.get("arguments") or ""), output=str(item_data.get("output") or ""))
         elif role not in ("user", "assistant", "system") or kind != "message":
             self.error("Only message, function_call and function_call_output items are supported here.",
                        "invalid_value", event_id=event.event_id, param="item")
+            return
+        elif (missing := unsupported("item", item_data)) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
             return
         else:
             item = Item(id=item_data.get("id") or new_id("item"), role=role, text=text.strip(), audio=False)
@@ -604,6 +642,10 @@ class LocalSession:
             self.error(f"Conversation already has an active response in progress: {self._response.id}. "
                        "Wait until the response is finished before creating a new one.",
                        "conversation_already_has_active_response", event_id=event.event_id)
+            return
+        if (missing := unsupported("response", event.response or {})) is not None:
+            self.error(f"Not supported by this server: {missing[1]}.", "unsupported_feature",
+                       event_id=event.event_id, param=missing[0])
             return
         self._start_response(event.response or {})
 

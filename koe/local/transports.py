@@ -106,6 +106,7 @@ class SocketTransport:
                 self._writer.cancel()
 
     async def wait_closed(self) -> None:
+        """Until the writer has sent what was queued and closed the socket."""
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
 

@@ -66,8 +66,8 @@ def calculate(expression: Annotated[str, Field(min_length=1, max_length=300,
 
 @tool
 def search_history(context: ToolContext,
-                   query: Annotated[str, Field(max_length=100, description="Words to look for in what was said; "
-                                                                            "empty lists the latest conversations")] = "",
+                   query: Annotated[str, Field(max_length=100, description="Words to look for in what was "
+                                               "said; empty lists the latest conversations")] = "",
                    limit: Annotated[int, Field(ge=1, le=10, description="How many conversations at most")] = 3) -> dict:
     """Search the user's own earlier conversations with you for what was said, newest first.
 

@@ -67,7 +67,8 @@ class Tool:
         name = name or function.__name__
         doc = inspect.getdoc(function)
         if not doc:
-            raise TypeError(f"tool {name}: give the function a docstring (the model reads it to decide when to call it)")
+            raise TypeError(f"tool {name}: give the function a docstring (the model reads it to decide when to "
+                            "call it)")
         hints = typing.get_type_hints(function, include_extras=True)
         fields: dict[str, Any] = {}
         context = None
@@ -77,7 +78,8 @@ class Tool:
                 context = p.name
                 continue
             if hint is None or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-                raise TypeError(f"tool {name}: parameter {p.name!r} needs a type annotation and a name the model can use")
+                raise TypeError(f"tool {name}: parameter {p.name!r} needs a type annotation and a name the model "
+                                "can use")
             fields[p.name] = (hint, ... if p.default is p.empty else p.default)
         model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
         return cls(name, doc.split("\n\n")[0].replace("\n", " "), function, model, context)

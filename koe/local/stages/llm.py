@@ -44,7 +44,7 @@ class ReplyProfile:
     temperature: float  # used when the session sets none (GA sessions have no temperature)
     top_p: float
     top_k: int
-    repeat_penalty: float  # > 1 keeps small models from looping
+    repeat_penalty: float  # > 1 keeps a model from looping (1: none)
     japanese: bool  # whether its Japanese replies make sense
 
     def describe(self) -> dict:
@@ -54,13 +54,15 @@ class ReplyProfile:
 
 
 PROFILES: dict[str, ReplyProfile] = {
-    # Qwen's recommended sampling for Qwen2.5 instruct models (generation_config.json), a cooler temperature
-    # for short factual answers.
+    # Each model's recommended sampling (Qwen2.5's generation_config.json; SmolLM2's model card), with a cooler
+    # temperature for Qwen's short factual answers. llama.cpp's repeat penalty also weighs the question's own
+    # words: at 1.2 SmolLM2 avoided them and answered in French or Italian (bench/answers.py: 1 of 10 right; asked
+    # the same questions as text, 7 of 10 right without the penalty).
     "default": ReplyProfile("default", "Qwen2.5-Coder-1.5B-Instruct", "1.5B parameters, Q4_K_M", qwen_1_5b_gguf_path,
                             context_tokens=4096, temperature=0.3, top_p=0.8, top_k=20, repeat_penalty=1.05,
                             japanese=True),
     "fast": ReplyProfile("fast", "SmolLM2-135M-Instruct", "135M parameters, Q4_1", smollm2_gguf_path,
-                         context_tokens=2048, temperature=0.2, top_p=0.9, top_k=40, repeat_penalty=1.2,
+                         context_tokens=2048, temperature=0.2, top_p=0.9, top_k=40, repeat_penalty=1.0,
                          japanese=False),
 }
 
