@@ -205,7 +205,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         page.get_by_text("Hearing you").first.wait_for(timeout=10_000)
         settle(page, max(0.0, began + 14 - time.monotonic()))  # the question is over at ~12 s
         page.keyboard.up("Space")
-        found = wait_rows(page, lambda r: len(r) >= 2 and r[1][1] == "AI", "the reply")
+        found = wait_rows(page, lambda r: len(r) >= 2 and r[1][1] == "AI" and r[0][2] != "…", "the reply")
         assert found[0][1] == "You" and "japan" in found[0][2].lower(), found
         page.get_by_text("Speaking").first.wait_for(timeout=60_000)
         log = events(data)
