@@ -3,7 +3,8 @@
 import re
 from typing import Literal
 
-__all__ = ["BETA_MODELS", "BETA_VOICES", "GA_MODELS", "GA_VOICES", "Dialect", "dialect_for_model", "served_model"]
+__all__ = ["BETA_MODELS", "BETA_VOICES", "GA_MODELS", "GA_VOICES", "REASONING_EFFORTS", "REASONING_MODELS", "Dialect",
+           "ReasoningEffort", "dialect_for_model", "is_reasoning_model", "served_model"]
 
 Dialect = Literal["ga", "beta"]
 
@@ -23,6 +24,12 @@ BETA_MODELS: tuple[str, ...] = (
 # A dated snapshot (`gpt-realtime-2025-08-28`) or the undated alias of a dated preview model.
 _SNAPSHOT = re.compile(r"(?P<base>.+?)(-\d{4}-\d{2}-\d{2})?")
 
+# Models that reason before they speak and take `reasoning.effort` (OpenAI's model pages: "Reasoning
+# token support"); "low" is the server's default, kept short for voice.
+REASONING_MODELS: tuple[str, ...] = ("gpt-realtime-2", "gpt-realtime-2.1", "gpt-realtime-2.1-mini")
+ReasoningEffort = Literal["minimal", "low", "medium", "high", "xhigh"]
+REASONING_EFFORTS: tuple[str, ...] = ("minimal", "low", "medium", "high", "xhigh")
+
 BETA_VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse")
 GA_VOICES: tuple[str, ...] = (*BETA_VOICES, "marin", "cedar")
 
@@ -38,3 +45,8 @@ def served_model(model: str) -> bool:
     base = _SNAPSHOT.fullmatch(model)
     bases = {_SNAPSHOT.fullmatch(name)["base"] for name in (*GA_MODELS, *BETA_MODELS)}
     return model in GA_MODELS or model in BETA_MODELS or (base is not None and base["base"] in bases)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether `model` (or the base model of a dated snapshot) takes `reasoning.effort`."""
+    return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model) in REASONING_MODELS
