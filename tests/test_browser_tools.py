@@ -1,19 +1,20 @@
-"""Tools in a real browser: pick one in the sidebar, talk, and see the call in the transcript.
+"""Tools in a real browser: talk, pick a tool in the sidebar while the call runs (session.update), ask
+again, and see the call in the transcript in conversation order.
 
-The app's local backend answers through a chat-endpoint stub (tests/chat_stub.py) that calls
-`current_time` whatever is said, then speaks the tool's result; Chromium runs in Asia/Tokyo, so the
-answer proves the visitor's own time zone reached the tool.
+The app's local backend answers through a chat-endpoint stub (tests/chat_stub.py): "Okay." to the
+first question, then (the tool now offered) a `current_time` call, then the tool's result in words.
+Chromium runs in Asia/Tokyo, so the answer proves the visitor's own time zone reached the tool.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
+import numpy as np
 import pytest
 
 from chat_stub import ChatStub, Reply, ToolCalls
-from test_browser import WEBRTC_IFRAME, chromium, mic_wav, serve, wait_for_models  # noqa: F401 (fixture)
+from test_browser import WEBRTC_IFRAME, chromium, serve, wait_for_models, write_wav
 
 
 def _answer(body: dict) -> str:
@@ -23,37 +24,52 @@ def _answer(body: dict) -> str:
 
 @pytest.fixture
 def stub():
-    stub = ChatStub(script=[ToolCalls([("current_time", "{}")]), Reply(_answer)]).start()
+    stub = ChatStub(script=[Reply("Okay."), ToolCalls([("current_time", "{}")]), Reply(_answer)]).start()
     yield stub
     stub.stop()
 
 
-def test_a_tool_chosen_in_the_sidebar_is_called_and_shown(tmp_path, stub, mic_wav):  # noqa: F811
+@pytest.fixture(scope="module")
+def two_questions(tmp_path_factory, models):
+    """Silence to connect, a question, 15 s to choose the tool, the question again: 48 kHz mono."""
+    speech = models.tts.synthesize("What time is it now?")
+    silence = np.zeros(48_000, np.int16)
+    return write_wav(tmp_path_factory.mktemp("mic") / "two.wav",
+                     np.concatenate([silence] * 3 + [speech] + [silence] * 15 + [speech] + [silence] * 3))
+
+
+def test_a_tool_chosen_in_the_sidebar_is_called_and_shown(tmp_path, stub, two_questions):
     data = tmp_path / "data"
     data.mkdir()
     for url, _ in serve(data, KOE_CHAT_BASE_URL=stub.url, KOE_CHAT_MODEL="tool-model"):
-        with chromium(tmp_path / "profile", mic_wav, timezone_id="Asia/Tokyo") as browser:
+        with chromium(tmp_path / "profile", two_questions, timezone_id="Asia/Tokyo") as browser:
             page = browser.new_page()
             page.set_default_timeout(60_000)
             page.goto(url)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            sidebar.get_by_text("Tools the AI may use").wait_for()
-            sidebar.locator('[data-testid="stMultiSelect"]').click()
-            page.get_by_role("option", name="current_time", exact=False).click()
-            page.keyboard.press("Escape")
-            sidebar.get_by_role("button", name="Apply").click()
             webrtc = page.frame_locator(WEBRTC_IFRAME)
             webrtc.get_by_role("button", name="Start").wait_for()
             wait_for_models(data)
             webrtc.get_by_role("button", name="Start").click()
             page.get_by_text("Connected: speak now.").wait_for(timeout=90_000)
-            # You, (the empty first reply), Tool call, Tool result, AI: in conversation order.
-            page.get_by_text("It is ", exact=False).last.wait_for(timeout=90_000)
-            time.sleep(1)
-            rows = [r for r in page.locator('[data-testid="stTable"] tbody tr').all_inner_texts()]
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            picker = sidebar.locator('[data-testid="stMultiSelect"] input')
+            picker.click()
+            picker.fill("current_time")
+            page.get_by_role("option", name="current_time", exact=False).first.wait_for()
+            page.get_by_role("option", name="current_time", exact=False).first.click()
+            sidebar.get_by_text("Tools the AI may use").click()  # closes the list, which would take the next click
+            page.get_by_role("listbox").wait_for(state="hidden")
+            sidebar.get_by_role("button", name="Apply").click()
+            sidebar.get_by_text("session.updated: the server confirmed tools.").wait_for(timeout=20_000)
+            try:
+                page.get_by_text("in Asia/Tokyo.", exact=False).last.wait_for(timeout=90_000)
+            finally:
+                rows = page.locator('[data-testid="stTable"] tbody tr').all_inner_texts()
+                sent = [{k: v for k, v in r.body.items() if k != "messages"} for r in stub.requests]
             calls = [i for i, r in enumerate(rows) if "Tool call" in r]
-            assert len(calls) == 1 and "current_time({})" in rows[calls[0]], rows
-            assert "Tool result" in rows[calls[0] + 1] and "Asia/Tokyo" in rows[calls[0] + 1], rows
+            assert len(calls) == 1 and "current_time({})" in rows[calls[0]], (rows, sent)
+            result = rows[calls[0] + 1]
+            assert "Tool result" in result and "Asia/Tokyo" in result and "error" not in result, rows
             assert "AI" in rows[-1] and "in Asia/Tokyo." in rows[-1], rows
-            assert "You" in rows[0], rows
-    assert stub.requests[0].body["tools"][0]["function"]["name"] == "current_time"
+            assert "You" in rows[0] and "Okay." in rows[1], rows
+    assert stub.requests[1].body["tools"][0]["function"]["name"] == "current_time"
