@@ -85,12 +85,12 @@ def run(label: str, settings: dict[str, str], wav: Path, args: argparse.Namespac
                 time.sleep(1)
             idle = read_windows(page, args.idle)
             page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click()
-            page.get_by_text("Connected: speak now.").wait_for()
+            page.get_by_text("Listening").first.wait_for()
             iframe = next(f for f in page.frames if "webrtc_streamer" in f.url)
             before = iframe.evaluate(CONCEALED)
             talk = read_windows(page, args.talk)
             after = iframe.evaluate(CONCEALED)
-            replies = page.locator('[data-testid="stTable"] tbody tr').count()
+            replies = page.locator('[data-testid="stMarkdown"] table tbody tr').count()
             page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
     received = after["samples"] - before["samples"]
     return {"label": label, "idle": idle, "talk": talk, "rows": replies,

@@ -1,31 +1,83 @@
-"""Controls that act on the running session: apply sidebar settings, push to talk."""
+"""Controls that act on the running session: Apply, mute, stop the AI, push to talk, a typed message."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from koe.client import RealtimeError
-from koe.protocol import SettingsError, changed_fields
+from koe.protocol import SessionSettings, SettingsError, changed_fields
 from koe.relay import Relay
 
 from components import runtime
-from components.settings_form import Choice
+from components.settings_form import LABELS, Choice
+
+# Hold to talk: pointer down/up on the button, or the space bar held anywhere outside a text field.
+_PTT_HTML = '<button class="ptt" type="button">🎙️ Hold to talk <kbd>Space</kbd></button>'
+_PTT_CSS = """
+.ptt { width: 100%; padding: 0.6rem; border-radius: 0.5rem; border: 1px solid #ff4b4b; background: #fff;
+       font-size: 1rem; cursor: pointer; user-select: none; touch-action: none; }
+.ptt.held { background: #ff4b4b; color: #fff; }
+kbd { border: 1px solid #ccc; border-radius: 3px; padding: 0 4px; font-size: 0.8rem; }
+"""
+_PTT_JS = """
+export default function (component) {
+  const { setTriggerValue, parentElement } = component;
+  const button = parentElement.querySelector('.ptt');
+  let held = false;
+  const press = () => { if (held) return; held = true; button.classList.add('held'); setTriggerValue('press', Date.now()); };
+  const release = () => { if (!held) return; held = false; button.classList.remove('held'); setTriggerValue('release', Date.now()); };
+  const typing = (e) => { const t = e.composedPath()[0]; return t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName)); };
+  const down = (e) => { if (e.code === 'Space' && !e.repeat && !typing(e)) { e.preventDefault(); press(); } };
+  const up = (e) => { if (e.code === 'Space' && held) { e.preventDefault(); release(); } };
+  button.addEventListener('pointerdown', (e) => { button.setPointerCapture(e.pointerId); press(); });
+  button.addEventListener('pointerup', release);
+  button.addEventListener('pointercancel', release);
+  // The space bar works wherever the focus is on the page, inside the START button's frame too.
+  const docs = new Set();
+  const listen = () => {
+    const all = [document, ...Array.from(document.querySelectorAll('iframe')).map((f) => {
+      try { return f.contentDocument; } catch (e) { return null; } })];
+    for (const doc of all) {
+      if (doc && !docs.has(doc)) { docs.add(doc); doc.addEventListener('keydown', down); doc.addEventListener('keyup', up); }
+    }
+  };
+  listen();
+  const timer = setInterval(listen, 1000);
+  return () => {
+    clearInterval(timer);
+    for (const doc of docs) { doc.removeEventListener('keydown', down); doc.removeEventListener('keyup', up); }
+  };
+}
+"""
+_hold_to_talk = st.components.v2.component("koe_hold_to_talk", html=_PTT_HTML, css=_PTT_CSS, js=_PTT_JS)
 
 
-def apply_settings(relay: Relay, choice: Choice) -> None:
-    """On Apply, send what changed with `session.update` and show the server's answer."""
+def _names(fields) -> str:
+    return ", ".join(LABELS.get(f, f) for f in sorted(fields))
+
+
+def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None) -> None:
+    """On Apply, send every valid change with `session.update`, show the server's answer, and name
+    each refused value with its reason. `before`: the settings START would have used until now."""
     if not st.session_state.get("settings_applied"):
         return
+    for name, why in choice.refused.items():
+        st.sidebar.error(f"Not applied — {LABELS.get(name, name)}: {why}")
     if relay.status.state != "live":
-        st.sidebar.info("Saved: these settings apply when you press START.")
+        changed = changed_fields(before or relay.settings, choice.settings) - {"model"}
+        if changed:
+            st.sidebar.info(f"Saved ({_names(changed)}): these settings apply when you press START.")
+        elif not choice.refused:
+            st.sidebar.info("Nothing changed.")
         return
     changed = changed_fields(relay.settings, choice.settings) - {"model"}
     if not changed:
-        st.sidebar.info("Nothing changed.")
+        if not choice.refused:
+            st.sidebar.info("Nothing changed.")
         return
     if "voice" in changed and relay.assistant_spoke:
         rows = runtime.store().transcript(st.session_state["conversation_id"])
-        history = [("user" if row.speaker == "You" else "assistant", row.text)
+        history = [{"id": row.item_id, "role": "user" if row.speaker == "You" else "assistant", "text": row.text}
                    for row in rows.itertuples() if row.text and row.speaker in ("You", "AI")]  # not tool rows
         relay.restart(choice.settings, history)
         st.sidebar.warning("The voice cannot change once the AI has spoken: a new session starts with the new "
@@ -38,20 +90,43 @@ def apply_settings(relay: Relay, choice: Choice) -> None:
     except TimeoutError:
         st.sidebar.error("Not applied: the backend did not confirm in time.")
     else:
-        st.sidebar.success(f"session.updated: the server confirmed {', '.join(sorted(changed))}.")
+        st.sidebar.success(f"session.updated: the server confirmed {_names(changed)}.")
         st.session_state["confirmed"] = confirmed
 
 
-def push_to_talk(relay: Relay) -> None:
-    """Manual turns: clear the input buffer when the user starts, commit and ask for a reply when done."""
-    if relay.status.state != "live" or relay.settings.turn_detection is not None:
-        return
-    talk_col, send_col = st.columns(2)
+def _act(action) -> None:
+    """Run a relay action from a widget callback; a failure is shown, never raised."""
     try:
-        if talk_col.button("🎙️ Talk", width="stretch", help="Start a new turn (clears what was heard)"):
-            relay.send({"type": "input_audio_buffer.clear"})
-        if send_col.button("📨 Send", type="primary", width="stretch", help="End your turn and get a reply"):
-            relay.send({"type": "input_audio_buffer.commit"})
-            relay.send({"type": "response.create"})
-    except RealtimeError as exc:
-        st.error(f"Not sent: {exc}")
+        action()
+    except (RealtimeError, TimeoutError) as exc:
+        st.session_state["control_error"] = f"Not sent: {exc}"
+
+
+def conversation_controls(relay: Relay, state: str) -> None:
+    """While live (`state`, as the page read it): mute, stop the AI, hold to talk (push to talk), and a
+    typed message."""
+    if state != "live":
+        return
+    if error := st.session_state.pop("control_error", None):
+        st.error(error)
+    manual = relay.settings.turn_detection is None
+    columns = st.columns(3 if manual else 2)
+    muted = columns[0].toggle("🔇 Mute microphone", key="muted", help="The AI hears silence until you unmute.")
+    relay.set_muted(muted)
+    columns[1].button("✋ Stop the AI", width="stretch", on_click=_act, args=(relay.stop_reply,),
+                      help="Interrupt the reply without speaking.")
+    if manual:
+        with columns[2]:
+            _hold_to_talk(key="hold-to-talk", on_press_change=lambda: _act(relay.begin_turn),
+                          on_release_change=lambda: _act(relay.end_turn))
+    with st.form("typed-message", clear_on_submit=True, border=False):
+        left, right = st.columns([5, 1])
+        left.text_input("Type a message", placeholder="Type instead of speaking…", key="typed",
+                        label_visibility="collapsed")
+        right.form_submit_button("Send", width="stretch", on_click=_send_typed, args=(relay,))
+
+
+def _send_typed(relay: Relay) -> None:
+    text = (st.session_state.get("typed") or "").strip()
+    if text:
+        _act(lambda: relay.say(text))

@@ -20,6 +20,7 @@ from koe.access import Visitor
 from koe.ice import to_aiortc
 from koe.limits import LimitReached
 from koe.protocol import dialect_for_model
+from koe.recording import Recorder, recording_path
 from koe.relay import Relay
 from koe.store import LOCAL_BACKEND, SessionStore
 
@@ -61,6 +62,9 @@ def _on_change(store: SessionStore, backend_name: str, visitor: Visitor) -> None
             backend=backend_name, model=settings.model, dialect=dialect_for_model(settings.model),
             settings=settings.model_dump(mode="json"), visitor=visitor.id)
         st.session_state["conversation_id"] = conversation_id
+        limits = runtime.config().limits
+        relay.recorder = Recorder(recording_path(runtime.config().backend.data_dir, conversation_id),
+                                  max_seconds=(limits.max_session_minutes or 60) * 60)
         relay.on_event = functools.partial(store.record_event, conversation_id)
         relay.on_latency = functools.partial(store.set_latency, conversation_id)
         relay.on_end = functools.partial(store.end_conversation, conversation_id)
@@ -81,8 +85,9 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
         previous = relay
         relay = Relay(choice.backend, choice.settings, runtime.loop_thread(), ice_servers=to_aiortc(server_ice),
                       extra_voices=choice.extra_voices)
-        if previous is not None:  # keep saying how the last conversation ended
+        if previous is not None:  # keep saying how the last conversation ended, and its figures
             relay.status.message = f"{previous.status.message} Press START to talk again."
+            st.session_state["koe_last_guard"] = previous.guard
         st.session_state["relay"] = relay
         # A reload or a closed tab ends the Streamlit session without STOP: close the upstream call then.
         observer = st.session_state.get("relay_observer")
@@ -90,11 +95,20 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
             observer.stop()
         st.session_state["relay_observer"] = SessionShutdownObserver(relay.stop)
     elif relay.status.state == "idle":
-        relay.backend, relay.settings = choice.backend, choice.settings
+        relay.backend, relay.settings, relay.extra_voices = choice.backend, choice.settings, choice.extra_voices
+    # A session that ended on its own (a limit, the backend) stops the browser's call too, once,
+    # so the button says START again.
+    stop_browser = busy and relay.status.state in ("ended", "failed") and relay.status.ended_by != "user" \
+        and not st.session_state.get("koe_stopped_browser")
+    st.session_state["koe_stopped_browser"] = stop_browser
     webrtc_streamer(
         key="talk",
         mode=WebRtcMode.SENDRECV,
         media_stream_constraints={"audio": AUDIO_CONSTRAINTS, "video": False},
+        desired_playing_state=False if stop_browser else None,
+        # Audio only: the element that plays the AI's voice stays, out of sight (no grey video box).
+        video_html_attrs={"autoPlay": True, "controls": False, "style": {"display": "none"}},
+        audio_html_attrs={"autoPlay": True, "controls": False, "style": {"display": "none"}},
         # The browser's track ends when its tab closes or reloads: end the upstream call with it.
         sink_audio_track=create_audio_sink_track(relay.on_browser_frame, key="koe-mic",
                                                  on_ended=lambda: relay.close("the browser disconnected")),
@@ -104,3 +118,82 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
         server_rtc_configuration={"iceServers": server_ice},
     )
     return relay
+
+
+# Two fixes to the streamlit-webrtc iframe (same origin), applied whenever it (re)loads: its getUserMedia
+# is wrapped, so a refused microphone reaches the page as words, not the raw error; and its grey video
+# placeholder (this app is audio only) is hidden.
+_MIC_JS = """
+export default function (component) {
+  const { setStateValue } = component;
+  const hook = () => {
+    for (const frame of document.querySelectorAll('iframe[title="streamlit_webrtc.component.webrtc_streamer"]')) {
+      let win;
+      try { win = frame.contentWindow; } catch (e) { continue; }
+      const devices = win && win.navigator && win.navigator.mediaDevices;
+      // Marked on the document: the iframe's first window object can outlive its initial blank document.
+      if (!devices || win.document.__koeMicWatched) continue;
+      const style = win.document.createElement('style');
+      style.textContent = '.MuiPaper-elevation0:not(.MuiAlert-root) { display: none !important; }';
+      win.document.head.appendChild(style);
+      const original = devices.getUserMedia.bind(devices);
+      devices.getUserMedia = async (constraints) => {
+        try { const stream = await original(constraints); setStateValue('error', ''); return stream; }
+        catch (e) { setStateValue('error', String(e && e.name || e)); throw e; }
+      };
+      win.document.__koeMicWatched = true;
+    }
+  };
+  hook();
+  const timer = setInterval(hook, 300);
+  return () => clearInterval(timer);
+}
+"""
+_microphone = st.components.v2.component("koe_microphone_watch", js=_MIC_JS)
+MIC_MESSAGES = {
+    "NotAllowedError": "Koe cannot hear you: the browser blocked the microphone. Allow it for this page (the "
+                       "microphone or lock icon in the address bar, or the site settings), then press START again.",
+    "NotFoundError": "No microphone was found: connect one, then press START again.",
+    "NotReadableError": "The microphone is busy in another application: close it there, then press START again.",
+}
+
+
+def microphone_watch() -> None:
+    """Say in words why the microphone could not be used, when the browser refused it."""
+    result = _microphone(key="microphone-watch", on_error_change=lambda: None, height=0)
+    error = getattr(result, "error", None) or ""
+    if error:
+        st.error(MIC_MESSAGES.get(error, f"The microphone could not be used ({error}): check the browser's "
+                                         "settings for this page, then press START again."))
+
+
+def last_conversation_pointer(store: SessionStore, visitor: Visitor) -> None:
+    """After a reload (a new browser session): where the conversation just had can be found."""
+    if st.session_state.get("conversation_id"):
+        return
+    latest = store.conversations(visitor=None if visitor.owner else visitor.id, limit=1)
+    if not latest or not latest[0].get("turns"):
+        return
+    last = latest[0]
+    started = time.strftime("%H:%M", time.localtime(last["started_at"]))
+    how = f"ended: {last['end_reason']}" if last.get("end_reason") else "still running in another tab"
+    st.info(f"Your last conversation (started {started}, {last['turns']} "
+            f"{'turn' if last['turns'] == 1 else 'turns'}, {how}) is kept in History, with its audio.")
+    query = {"id": last["id"]}
+    if (token := st.query_params.get("pass")) is not None:
+        query["pass"] = token
+    st.page_link("pages/1_History.py", label="Open it in History", icon="📜", query_params=query)
+
+
+def recording_download(conversation: dict) -> None:
+    """The conversation's audio (you left, the AI right), to play and download, once it has ended."""
+    path = recording_path(runtime.config().backend.data_dir, conversation["id"])
+    if not path.exists():
+        return
+    if conversation.get("ended_at") is None:
+        st.caption("The audio recording can be downloaded once the conversation has ended.")
+        return
+    audio = path.read_bytes()
+    st.audio(audio, format="audio/ogg")
+    st.download_button("Download audio (Ogg/Opus: you left, the AI right)", audio,
+                       file_name=f"{conversation['id']}.ogg", mime="audio/ogg", width="stretch")

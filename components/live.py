@@ -2,11 +2,14 @@
 
 They are fragments: they refresh themselves without rerunning the page (a full rerun would
 interrupt nothing in the audio, but it redraws everything). They read the session store and the
-relay's status; they never wait on the media loop.
+relay's status; they never wait on the media loop. When the session's state changes (connected,
+ended) the status fragment reruns the whole page once, so the controls and the START/STOP button
+match it.
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from koe.access import Visitor
@@ -14,11 +17,25 @@ from koe.export import escape_markdown
 from koe.limits import start_of_day
 from koe.loop_watch import LoopWatch
 from koe.relay import Relay
-from koe.store import SessionStore
+from koe.store import LOCAL_BACKEND, SessionStore
 
 from components import runtime
 
 STATUS_ICONS = {"idle": "⏸️", "connecting": "⏳", "live": "🟢", "ended": "⏹️", "failed": "🔴"}
+PHASES = {"listening": "🟢 Listening: speak when you like.", "hearing you": "🎙️ Hearing you…",
+          "thinking": "💭 Thinking…", "speaking": "🔊 Speaking… (talk over it, or Stop the AI, to interrupt)"}
+COUNTDOWN_S = 30  # warn this long before a time limit ends the session
+DRAWN_STATE = "koe_drawn_state"  # (relay id, state) the page's last full run was drawn for
+
+
+def drawn_for(relay: Relay, state: str) -> None:
+    """Note, in a full run of the page (before the status fragment), the session state it draws for."""
+    st.session_state[DRAWN_STATE] = (id(relay), state)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 conversation', '2 conversations'."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 def _meter(label: str, dbfs: float) -> None:
@@ -26,17 +43,38 @@ def _meter(label: str, dbfs: float) -> None:
     st.progress(min(1.0, max(0.0, (dbfs + 60) / 60)), text=f"{label} {dbfs:5.0f} dBFS")
 
 
+def _status_line(relay: Relay) -> str:
+    status = relay.status
+    if status.state == "live":
+        line = PHASES.get(status.phase, status.message)
+        if status.muted:
+            line += " · 🔇 microphone muted"
+        if relay.settings.turn_detection is None and status.phase == "listening":
+            line = "🟢 Push to talk: hold the Talk button (or the space bar) while you speak."
+        return line
+    return f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
+
+
 @st.fragment(run_every="0.5s")
 def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None:
     """`loop_watch` (for the owner): how late the loop that carries the audio runs, a gap in the sound."""
     status = relay.status
-    text = f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
+    drawn = st.session_state.get(DRAWN_STATE)
+    if drawn is not None and drawn != (id(relay), status.state):
+        st.rerun(scope="app")  # controls and the START/STOP button follow the new state (again, if one was lost)
+    text = _status_line(relay)
     if status.state == "failed" or status.message.startswith("Could not connect"):
         st.error(text)
-    elif status.state == "ended" or status.message.startswith(("Ended", "The backend ended")):
+    elif status.state == "ended":
         st.warning(text)
     else:
         st.info(text)
+    guard = relay.guard
+    ends = guard.ends_in() if guard is not None and status.state == "live" else None
+    if ends is not None and ends[0] <= COUNTDOWN_S:
+        st.warning(f"⏱️ The session ends in {max(0, round(ends[0]))} s: {ends[1]}.")
+    if status.hint and status.state == "live":
+        st.warning(status.hint)
     if status.notice:
         st.warning(f"The backend says: {escape_markdown(status.notice)}")
     left, right = st.columns(2)
@@ -56,24 +94,54 @@ def _clock(seconds: float) -> str:
 
 @st.fragment(run_every="2s")
 def cost_meter(relay: Relay | None, store: SessionStore, visitor: Visitor) -> None:
-    """This session's time, tokens and estimated cost against its limits; today's totals."""
+    """This session's time, tokens and estimated cost against its limits; today's totals (costs only
+    where the backend bills: the local backend is free)."""
     guard = relay.guard if relay is not None else None
-    if guard is not None and relay.status.state in ("live", "ended"):
+    if guard is None:  # nothing runs: the figures of the session that ended last, frozen
+        guard = st.session_state.get("koe_last_guard")
+    billed = guard.billed if guard is not None else runtime.openai_backend() is not None
+    if guard is not None:
         limits = guard.limits
         minutes = f" of {_clock(limits.max_session_minutes * 60)}" if limits.max_session_minutes else ""
-        cap = f" of ${limits.max_session_cost_usd:.2f}" if limits.max_session_cost_usd and guard.billed else ""
-        st.caption(f"This session: {_clock(guard.elapsed_s)}{minutes} · {guard.input_tokens} tokens in, "
-                   f"{guard.output_tokens} out · estimated ${guard.cost_usd:.4f}{cap}")
+        cost = ""
+        if guard.billed:
+            cap = f" of ${limits.max_session_cost_usd:.2f}" if limits.max_session_cost_usd else ""
+            cost = f" · estimated ${guard.cost_usd:.4f}{cap}"
+        st.caption(f"This session: {_clock(guard.elapsed_s)}{minutes} · {guard.input_tokens:,} tokens in, "
+                   f"{guard.output_tokens:,} out{cost}")
     today = store.totals(since=start_of_day(), visitor=None if visitor.owner else visitor.id)
     whose = "Today" if visitor.owner else "You today"
-    line = (f"{whose}: {today['conversations']} conversations · {today['input_tokens']} tokens in, "
-            f"{today['output_tokens']} out · estimated ${today['cost_usd']:.4f}")
+    line = (f"{whose}: {plural(today['conversations'], 'conversation')} · {today['input_tokens']:,} tokens in, "
+            f"{today['output_tokens']:,} out" + (f" · estimated ${today['cost_usd']:.4f}" if billed else ""))
     if visitor.owner:
         limiter = runtime.limiter()
         budget = limiter.limits.max_daily_cost_usd
-        line += (f" · {limiter.active} running now" + (f" · ${limiter.spent_today:.4f} of the ${budget:.2f} daily "
-                                                       "budget spent" if budget else ""))
+        line += f" · {limiter.active} running now"
+        if budget and billed:
+            line += f" · ${limiter.spent_today:.4f} of the ${budget:.2f} daily budget spent"
     st.caption(line)
+
+
+def _cell(text: str) -> str:
+    """Text shown as itself inside a Markdown table cell: escaped, on one line."""
+    return escape_markdown(" ".join(text.split()))
+
+
+def transcript_markdown(table: pd.DataFrame) -> str:
+    """The transcript as a Markdown table; the unheard tail of a cut reply struck through."""
+    lines = ["| time | speaker | text | status | reply latency (ms) |", "| --- | --- | --- | --- | --- |"]
+    for row in table.itertuples(index=False):
+        text = row.text or "…"
+        heard = None if pd.isna(row.heard) else int(row.heard)
+        if heard is not None and heard < len(text):
+            said, unheard = text[:heard].rstrip(), text[heard:].strip()
+            shown = (_cell(said) + " " if said else "") + f"~~{_cell(unheard)}~~"
+            status = f"{row.status} (struck: not heard)"
+        else:
+            shown, status = _cell(text), row.status
+        latency = "" if pd.isna(row.latency_ms) else f"{int(row.latency_ms):,}"
+        lines.append(f"| {row.time:%H:%M:%S} | {row.speaker} | {shown} | {status} | {latency} |")
+    return "\n".join(lines)
 
 
 @st.fragment(run_every="1s")
@@ -86,16 +154,18 @@ def transcript(store: SessionStore) -> None:
     version = store.version(conversation_id)
     cached = st.session_state.get("transcript_cache")
     if cached is None or cached[0] != (conversation_id, version):
-        cached = ((conversation_id, version), store.transcript(conversation_id), store.usage(conversation_id))
+        table = store.transcript(conversation_id)
+        cached = ((conversation_id, version), transcript_markdown(table) if len(table) else "",
+                  store.usage(conversation_id), store.conversation(conversation_id))
         st.session_state["transcript_cache"] = cached
-    _, table, usage = cached
-    # A static table: long replies wrap, and it costs the browser little to redraw.
-    shown = table.drop(columns=["item_id"]).rename(columns={"latency_ms": "reply latency (ms)"})
-    shown["time"] = shown["time"].dt.strftime("%H:%M:%S")
-    # st.table renders Markdown in its cells: what was said is escaped, so it shows as text.
-    shown["text"] = shown["text"].map(escape_markdown)
-    st.table(shown)
+    _, markdown, usage, meta = cached
+    if markdown:
+        st.markdown(markdown)
+    else:
+        st.caption("Nothing said yet.")
     if len(usage):
         tokens = int(usage[["input_text_tokens", "input_audio_tokens", "output_text_tokens",
                             "output_audio_tokens"]].to_numpy().sum())
-        st.caption(f"{len(usage)} replies · {tokens} tokens · estimated cost ${usage['cost_usd'].sum():.4f}")
+        cost = "" if meta is not None and meta["backend"] == LOCAL_BACKEND else \
+            f" · estimated cost ${usage['cost_usd'].sum():.4f}"
+        st.caption(f"{plural(len(usage), 'reply', 'replies')} · {tokens:,} tokens{cost}")

@@ -11,7 +11,7 @@ from streamlit_webrtc.credentials import get_cloudflare_ice_servers, get_hf_ice_
 from streamlit_webrtc.eventloop import get_global_event_loop
 
 from koe.access import Backoff, Passes
-from koe.client import Backend
+from koe.client import Backend, Capabilities, fetch_capabilities
 from koe.config import Config, load_config
 from koe.ice import bound_gathering, browser_ice_servers, server_ice_servers
 from koe.limits import Ledger, Limiter
@@ -110,6 +110,13 @@ def local_backend(reply_model: str | None = None) -> Backend:
         key = backend.local_api_key.get_secret_value() if backend.local_api_key else None
         return Backend(backend.local_url, api_key=key)
     return Backend(local_server(reply_model).url)
+
+
+@st.cache_data(ttl=300, show_spinner="Asking the local backend what it offers…",
+               hash_funcs={Backend: lambda b: b.base_url})
+def capabilities(backend: Backend) -> Capabilities | None:
+    """The local backend's voices, context size and ignored options (None when it does not say)."""
+    return fetch_capabilities(backend)
 
 
 def openai_backend() -> Backend | None:

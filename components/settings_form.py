@@ -1,19 +1,25 @@
-"""The sidebar: backend, model and the session settings, applied live with `session.update`."""
+"""The sidebar: backend, model and the session settings, applied live with `session.update`.
+
+Each setting is checked on its own: one bad value is named and refused, the others still apply.
+The sidebar knows its backend: with the local one it offers that backend's real voices, says which
+options it ignores, and refuses instructions longer than its reply model's context.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
-from koe.client import Backend
+from koe.client import Backend, Capabilities, estimate_tokens
 from koe.presets import PRESETS
 from koe.protocol import (
-    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, SemanticVad, ServerVad, SessionSettings, SettingsError,
-    TranscriptionSettings, dialect_for_model, validate_for_dialect,
+    BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, REASONING_EFFORTS, SemanticVad, ServerVad, SessionSettings,
+    SettingsError,
+    TranscriptionSettings, dialect_for_model, is_reasoning_model, validate_for_dialect,
 )
 from koe.local.stages.llm import PROFILES, reply_profile
-from koe.local.voices import JAPANESE_VOICES
 from koe.store import LOCAL_BACKEND
 
 from components import runtime
@@ -22,14 +28,22 @@ from components.tools import tool_picker
 TRANSCRIPTION_MODELS = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
 LANGUAGES = {"auto": None, "English": "en", "Japanese": "ja", "Spanish": "es", "French": "fr", "German": "de"}
 TURNS = {"Server VAD": "server_vad", "Semantic VAD": "semantic_vad", "Push to talk (manual)": "manual"}
+DEFAULT_PRESET = "Helpful assistant"
+TURN_ROOM_TOKENS = 256  # what a reply needs besides the instructions: the user's words, at least
+LABELS = {"instructions": "instructions", "voice": "voice", "speed": "speed", "turn_detection": "turn detection",
+          "max_output_tokens": "max output tokens", "transcription": "transcription",
+          "noise_reduction": "noise reduction", "temperature": "temperature", "reasoning_effort": "reasoning effort",
+          "reasoning": "reasoning effort"}
 
 
 @dataclass
 class Choice:
     backend: Backend
     backend_name: str  # "openai" | "local"
-    settings: SessionSettings
+    settings: SessionSettings  # every valid value of the form (refused ones keep their previous value)
     extra_voices: tuple[str, ...] = ()  # voices the backend has beyond OpenAI's
+    refused: dict[str, str] = field(default_factory=dict)  # setting → why it was refused, in words
+    capabilities: Capabilities | None = None  # the local backend's own description; None for OpenAI
 
 
 def model_label(model: str) -> str:
@@ -42,9 +56,10 @@ def backend_choice() -> tuple[Backend, str, str]:
     options = ["OpenAI", "Local (offline)"] if openai else ["Local (offline)"]
     name = st.sidebar.radio("Backend", options, key="backend",
                             help="OpenAI needs OPENAI_API_KEY in the environment or .streamlit/secrets.toml.")
-    model = st.sidebar.selectbox("Model", [*GA_MODELS, *BETA_MODELS], format_func=model_label, key="model")
     if openai is not None and name == "OpenAI":
+        model = st.sidebar.selectbox("Model", [*GA_MODELS, *BETA_MODELS], format_func=model_label, key="model")
         return openai, "openai", model
+    st.sidebar.caption("Koe's own offline backend: Whisper hears you, a small local model answers, Piper speaks.")
     reply_model = None
     if not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url:
         names = list(PROFILES)
@@ -53,32 +68,68 @@ def backend_choice() -> tuple[Backend, str, str]:
             format_func=lambda n: f"{n}: {PROFILES[n].model} ({PROFILES[n].size.split(',')[0]})",
             help="Offline models answer simple questions only: for better answers use OpenAI, or set "
                  "KOE_CHAT_BASE_URL to a chat endpoint (Ollama, vLLM, llama.cpp's server).")
-    return runtime.local_backend(reply_model), LOCAL_BACKEND, model
+    return runtime.local_backend(reply_model), LOCAL_BACKEND, GA_MODELS[0]
+
+
+def _preset_chosen() -> None:
+    """A preset fills the instructions box at once (before Apply), so Apply sends what the box shows."""
+    text = PRESETS[st.session_state["preset"]]
+    if text:  # "Custom" keeps what the box holds
+        st.session_state["instructions"] = text
+
+
+def instructions_refusal(text: str, capabilities: Capabilities | None) -> str | None:
+    """Why `text` cannot be the instructions of this backend (too long for its context), or None."""
+    if capabilities is None or not capabilities.context_tokens:
+        return None
+    context = capabilities.context_tokens
+    room = context - (capabilities.max_reply_tokens or 0) - TURN_ROOM_TOKENS
+    need = estimate_tokens(text)
+    if need <= room:
+        return None
+    return (f"too long for the local reply model: about {need:,} tokens ({len(text.split()):,} words), but its "
+            f"context holds {context:,} tokens in all, so instructions may take about {max(room, 0):,} tokens "
+            f"(roughly {max(room, 0) * 3 // 4:,} words) and leave room for your words and the reply. Shorten them.")
+
+
+def _voices(backend_name: str, dialect: str, capabilities: Capabilities | None) -> tuple[list[str], dict[str, str]]:
+    """The voices to offer and their labels."""
+    if backend_name == LOCAL_BACKEND and capabilities is not None and capabilities.voices:
+        labels = {v: f"{v} (English)" for v in capabilities.voices.get("en", [])}
+        labels |= {v: f"{v} (Japanese sessions)" for v in capabilities.voices.get("ja", [])}
+        return list(labels), labels
+    voices = list(GA_VOICES if dialect == "ga" else BETA_VOICES)
+    return voices, {v: v for v in voices}
 
 
 def sidebar(current: SessionSettings | None) -> Choice:
-    """Draw the sidebar; returns the chosen backend and the (validated) settings to use.
+    """Draw the sidebar; returns the chosen backend and the settings to use.
 
     `current` is the running session's confirmed settings, or None when nothing runs.
     """
     backend, backend_name, model = backend_choice()
     dialect = dialect_for_model(model)
-    base = current or SessionSettings(model=model, instructions=PRESETS["Helpful assistant"], voice="alloy")
+    capabilities = runtime.capabilities(backend) if backend_name == LOCAL_BACKEND else None
+    base = current or SessionSettings(model=model, instructions=PRESETS[DEFAULT_PRESET], voice="alloy")
+    voices, voice_labels = _voices(backend_name, dialect, capabilities)
+    extra = tuple(v for v in voices if v not in GA_VOICES)
+    st.session_state.setdefault("instructions", base.instructions)
+    st.sidebar.subheader("Session")
+    st.sidebar.selectbox("Instructions preset", list(PRESETS), key="preset", on_change=_preset_chosen,
+                         index=list(PRESETS).index(DEFAULT_PRESET))
+    ignored = set(capabilities.ignored) if capabilities else set()
     with st.sidebar.form("session-settings"):
-        st.subheader("Session")
-        preset = st.selectbox("Instructions preset", list(PRESETS), key="preset")
-        instructions = st.text_area("Instructions", value=PRESETS[preset] or base.instructions, height=120,
-                                    key=f"instructions-{preset}")
-        extra = JAPANESE_VOICES if backend_name == LOCAL_BACKEND else ()
-        voices = [*(GA_VOICES if dialect == "ga" else BETA_VOICES), *extra]
+        instructions = st.text_area("Instructions", height=120, key="instructions")
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
-                             format_func=lambda v: f"{v} (Japanese, local)" if v in extra else v,
-                             help="Fixed once the assistant has spoken: a change then needs a new session.")
+                             format_func=voice_labels.get,
+                             help="Fixed once the assistant has spoken: a change then starts a new session.")
         # The local backend's default is semantic VAD: its turn model answers sooner and lets the user pause.
         local = backend_name == LOCAL_BACKEND
         turn = st.radio("Turn detection", list(TURNS), key="turn",
                         index=list(TURNS).index("Semantic VAD" if local else "Server VAD"),
-                        format_func=lambda t: f"{t} (default here: a turn model)" if local and t == "Semantic VAD" else t)
+                        format_func=lambda t: f"{t} (default here: a turn model)"
+                        if local and t == "Semantic VAD" else t,
+                        help="Push to talk: hold the Talk button (or the space bar) while you speak.")
         eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"],
                                  help="How long an unfinished-sounding pause is waited through: low 8 s, medium 4 s, "
                                       "high 2 s (auto = medium). A finished sentence ends the turn at once.")
@@ -86,30 +137,55 @@ def sidebar(current: SessionSettings | None) -> Choice:
             threshold = st.slider("VAD threshold", 0.0, 1.0, 0.5, 0.05)
             padding = st.number_input("Prefix padding (ms)", 0, 5000, 300, 50)
             silence = st.number_input("Silence duration (ms)", 0, 10000, 500, 50)
-        transcription_model = st.selectbox("Transcription model", TRANSCRIPTION_MODELS)
+        transcription_model = st.selectbox("Transcription model", TRANSCRIPTION_MODELS,
+                                           disabled="transcription.model" in ignored,
+                                           help="The local backend always transcribes with Whisper."
+                                           if "transcription.model" in ignored else None)
         language = st.selectbox("Transcription language", list(LANGUAGES))
-        noise = st.selectbox("Noise reduction", ["off", "near_field", "far_field"])
+        noise = st.selectbox("Noise reduction", ["off", "near_field", "far_field"],
+                             disabled="noise_reduction" in ignored,
+                             help="The local backend has no noise reduction." if "noise_reduction" in ignored else None)
         speed = st.slider("Speed", 0.25, 1.5, 1.0, 0.05)
         max_tokens = st.text_input("Max output tokens (1–4096 or inf)", "inf")
-        temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05, disabled=dialect == "ga")
+        temperature = st.slider("Temperature (beta only)", 0.6, 1.2, 0.8, 0.05,
+                                disabled=dialect == "ga" or "temperature" in ignored)
+        effort = None
+        if backend_name != LOCAL_BACKEND and is_reasoning_model(model):
+            effort = st.selectbox("Reasoning effort", [None, *REASONING_EFFORTS], key="reasoning_effort",
+                                  format_func=lambda e: "server default (low)" if e is None else e,
+                                  help="How long the model reasons before it answers: more effort, slower replies.")
         tools = tool_picker(base)
+        if ignored:
+            st.caption("The local backend does not use: "
+                       + ", ".join(sorted(LABELS.get(i.split(".")[0], i) + (" model" if i.endswith(".model") else "")
+                                          + (" prompt" if i.endswith(".prompt") else "") for i in ignored)) + ".")
         applied = st.form_submit_button("Apply", type="primary", width="stretch")
-    try:
-        kind = TURNS[turn]
-        turn_detection = (None if kind == "manual" else
-                          ServerVad(threshold=threshold, prefix_padding_ms=int(padding), silence_duration_ms=int(silence))
-                          if kind == "server_vad" else SemanticVad(eagerness=eagerness))
-        tokens = "inf" if max_tokens.strip().lower() == "inf" else _int(max_tokens, "max output tokens")
-        settings = base.changed(
-            model=base.model if current else model, instructions=instructions, voice=voice, speed=speed,
-            turn_detection=turn_detection, max_output_tokens=tokens,
-            transcription=TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
-            noise_reduction=None if noise == "off" else noise,
-            temperature=temperature if dialect == "beta" else None, tools=tools)
-        validate_for_dialect(settings, dialect, extra)
-    except SettingsError as exc:
-        st.sidebar.error(f"Not applied: {exc}")
-        settings = base
+    kind = TURNS[turn]
+    values: dict[str, Any] = {
+        "instructions": instructions, "voice": voice, "speed": speed,
+        "turn_detection": None if kind == "manual" else
+        ServerVad(threshold=threshold, prefix_padding_ms=int(padding), silence_duration_ms=int(silence))
+        if kind == "server_vad" else SemanticVad(eagerness=eagerness),
+        "max_output_tokens": max_tokens.strip().lower() if max_tokens.strip().lower() == "inf" else max_tokens,
+        "transcription": TranscriptionSettings(model=transcription_model, language=LANGUAGES[language]),
+        "noise_reduction": None if noise == "off" or "noise_reduction" in ignored else noise,
+        "temperature": temperature if dialect == "beta" else None,
+        "reasoning_effort": effort,
+        "tools": tools,
+    }
+    settings = base.changed(model=base.model if current else model)
+    refused: dict[str, str] = {}
+    for name, value in values.items():  # each on its own: one bad value does not drop the others
+        try:
+            if name == "max_output_tokens" and value != "inf":
+                value = _int(value, name)
+            if name == "instructions" and (why := instructions_refusal(value, capabilities)):
+                raise SettingsError(name, why)
+            candidate = settings.changed(**{name: value})
+            validate_for_dialect(candidate, dialect, extra)
+            settings = candidate
+        except SettingsError as exc:
+            refused[name] = exc.message
     st.session_state["settings_applied"] = applied
     if backend_name == LOCAL_BACKEND and settings.transcription and settings.transcription.language == "ja" \
             and not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url \
@@ -117,11 +193,11 @@ def sidebar(current: SessionSettings | None) -> Choice:
         st.sidebar.warning("Japanese: you are heard in Japanese and answered in a Japanese voice, but this "
                            "reply model speaks little Japanese. Pick the default reply model, or set KOE_CHAT_BASE_URL "
                            "(and KOE_CHAT_MODEL) to a chat endpoint such as Ollama or vLLM.")
-    return Choice(backend, backend_name, settings, tuple(extra))
+    return Choice(backend, backend_name, settings, extra, refused, capabilities)
 
 
-def _int(text: str, field: str) -> int:
+def _int(text: str, name: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise SettingsError(field.replace(" ", "_"), f"must be a whole number or inf (got {text!r})") from None
+        raise SettingsError(name, f"must be a whole number from 1 to 4096, or inf (got {text!r})") from None

@@ -76,6 +76,7 @@ items = Table(
     Column("at", Double, nullable=False),
     Column("latency_ms", Integer),
     Column("position", Integer, nullable=False),
+    Column("heard", Integer),  # a cut reply: characters of text the browser played (NULL: all of it)
 )
 
 usage = Table(

@@ -64,7 +64,7 @@ def start_of_day(now: float | None = None) -> float:
 
 # What counts as the user being there: their speech, and the AI finishing a reply to them.
 _ACTIVITY = {"input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-             "output_audio_buffer.stopped"}
+             "input_audio_buffer.committed", "response.created", "output_audio_buffer.stopped"}
 
 
 class SessionGuard:
@@ -79,10 +79,26 @@ class SessionGuard:
         self._limiter, self._clock = limiter, clock
         self.started = self._last_activity = clock()
         self._released = False
+        self._ended: float | None = None
 
     @property
     def elapsed_s(self) -> float:
-        return self._clock() - self.started
+        """Seconds since the start; stops counting once the session is released."""
+        return (self._ended if self._ended is not None else self._clock()) - self.started
+
+    def ends_in(self) -> tuple[float, str] | None:
+        """(seconds, why) until the nearer time limit ends the session (session minutes or idle
+        time), or None without time limits or once released."""
+        if self._ended is not None:
+            return None
+        limits, now = self.limits, self._clock()
+        candidates = []
+        if limits.max_session_minutes:
+            candidates.append((self.started + limits.max_session_minutes * 60 - now,
+                               f"the {limits.max_session_minutes:g}-minute limit"))
+        if limits.idle_timeout_s:
+            candidates.append((self._last_activity + limits.idle_timeout_s - now, "no speech (idle timeout)"))
+        return min(candidates) if candidates else None
 
     def observe(self, event: dict[str, Any]) -> str | None:
         """Feed one server event; returns the reason to end the session now, or None."""
@@ -118,6 +134,7 @@ class SessionGuard:
         """Give the concurrency slot back (idempotent)."""
         if not self._released:
             self._released = True
+            self._ended = self._clock()
             self._limiter.release()
 
 

@@ -1,7 +1,7 @@
 """What a reply costs: the one editable price table, and the arithmetic over `response.done` usage.
 
-Prices are USD per million tokens, from PROTOCOL.md's Cost section (check OpenAI's pricing page
-when editing). A dated snapshot (`gpt-realtime-2025-08-28`) is billed as its base model. Models not
+Prices are USD per million tokens, from OpenAI's model pages (gpt-realtime-2.1 and -2.1-mini
+as published with them; check the pricing page when editing). A dated snapshot (`gpt-realtime-2025-08-28`) is billed as its base model. Models not
 in the table (and Koe's local backend) cost nothing: a wrong zero is visible, a guessed price is not.
 """
 
@@ -29,12 +29,16 @@ class Price:
 LOCAL_MODEL_PRICE = Price()
 
 _GPT_REALTIME = Price(4.00, 0.40, 16.00, 32.00, 0.40, 64.00)
+_GPT_REALTIME_2 = Price(4.00, 0.40, 24.00, 32.00, 0.40, 64.00)
+_GPT_REALTIME_MINI = Price(0.60, 0.06, 2.40, 10.00, 0.30, 20.00)
 
 PRICES: dict[str, Price] = {
     "gpt-realtime": _GPT_REALTIME,
     "gpt-realtime-1.5": _GPT_REALTIME,
-    "gpt-realtime-2": Price(4.00, 0.40, 24.00, 32.00, 0.40, 64.00),
-    "gpt-realtime-mini": Price(0.60, 0.06, 2.40, 10.00, 0.30, 20.00),
+    "gpt-realtime-2": _GPT_REALTIME_2,
+    "gpt-realtime-2.1": _GPT_REALTIME_2,
+    "gpt-realtime-mini": _GPT_REALTIME_MINI,
+    "gpt-realtime-2.1-mini": _GPT_REALTIME_MINI,
     "gpt-4o-realtime-preview-2024-12-17": Price(5.00, 2.50, 20.00, 40.00, 2.50, 80.00),
     "gpt-4o-mini-realtime-preview-2024-12-17": Price(0.60, 0.30, 2.40, 10.00, 0.30, 20.00),
 }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 import av
+import numpy as np
 from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -25,13 +26,14 @@ from koe.audio import RATE, FrameQueueTrack, frame_to_mono, rms_dbfs
 from koe.client import Backend, RateLimitError, RealtimeConnection, RealtimeError
 from koe.ice import stun_urls, unanswered_stun, upstream_ice_servers
 from koe.limits import SessionGuard
-from koe.protocol import ServerEvent, SessionSettings, SettingsError
+from koe.protocol import ServerEvent, SessionSettings, SettingsError, new_id
 from koe.tool_runner import ToolRunner
 
 log = logging.getLogger("koe.relay")
 
 QUEUE_FRAMES = 10  # 200 ms each way: more than that behind means a loop stalled, and old audio goes
 VOICE_DBFS = -50.0  # a frame louder than this is speech (for the latency and turn-wait figures)
+HEARD_DBFS = -45.0  # a push-to-talk turn with no browser frame louder than this had nothing said in it
 LIMIT_TICK_S = 0.5  # how often the session's time limits are checked
 SLOW_CONNECT_S = 4.0  # a connection not up by then is said to take longer than expected, with why
 
@@ -53,13 +55,24 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
+# What the conversation is doing, from the events (RelayStatus.phase while live).
+LISTENING, HEARING, THINKING, SPEAKING = "listening", "hearing you", "thinking", "speaking"
+CHARS_PER_S = 14.0  # speech rate assumed for a cut reply until a whole reply has played (then measured)
+COMMIT_EMPTY = "input_audio_buffer_commit_empty"
+NOTHING_HEARD = "Nothing was heard, so nothing was sent: hold the Talk button (or the space bar) while you speak."
+
+
 @dataclass
 class RelayStatus:
     state: str = "idle"  # idle | connecting | live | ended | failed
     message: str = ""
     input_dbfs: float = -100.0
     output_dbfs: float = -100.0
-    notice: str = ""  # the backend's latest error or warning, in its own words
+    notice: str = ""  # the backend's latest error or warning, in its own words (cleared by the next turn)
+    hint: str = ""  # the relay's own word to the user about the last turn (e.g. nothing was heard)
+    phase: str = LISTENING  # while live: listening | hearing you | thinking | speaking
+    muted: bool = False
+    ended_by: str = ""  # "user" when STOP ended it; "limit" / "backend" when the session ended on its own
 
 
 # App event: the time from the user's last voiced frame to the backend's speech_stopped, as the relay saw it.
@@ -89,7 +102,7 @@ class Relay:
         self.on_latency: Callable[[str, int], None] = lambda item_id, ms: None
         self.on_end: Callable[[str], None] = lambda reason: None
         self._ice_servers = ice_servers
-        self._extra_voices = extra_voices
+        self.extra_voices = extra_voices  # voices the backend has beyond OpenAI's
         self._browser_loop: asyncio.AbstractEventLoop | None = None
         self._upstream: FrameQueueTrack | None = None
         self._connection: RealtimeConnection | None = None
@@ -99,6 +112,12 @@ class Relay:
         self._speech_stopped_at: float | None = None
         self._user_voice_at: float | None = None  # monotonic time of the latest voiced browser frame
         self._assistant_spoke = False
+        self._response_active = False  # between response.created and response.done
+        self._reply_text = ""  # the current reply's transcript so far (to say how much of it was heard)
+        self._chars_per_s = CHARS_PER_S
+        self._awaiting_commit = False  # a manual turn ended: ask for a reply once the commit is confirmed
+        self._turn_peak_dbfs = -100.0  # the loudest browser frame since the manual turn began
+        self.recorder = None  # a koe.recording.Recorder, set before start to keep both sides' audio
         self.guard: SessionGuard | None = None
         self._tools: ToolRunner | None = None
 
@@ -110,12 +129,21 @@ class Relay:
     def on_browser_frame(self, frame: av.AudioFrame) -> None:
         """Sink callback: every browser frame in order (s16 stereo 48 kHz, 20 ms)."""
         self._browser_loop = self._browser_loop or asyncio.get_running_loop()
-        self.status.input_dbfs = rms_dbfs(frame.to_ndarray())
-        if self.status.input_dbfs >= VOICE_DBFS:
+        if self.status.muted:  # the backend hears silence: its clock and turn detection go on
+            frame = silent_like(frame)
+        self.status.input_dbfs = level = rms_dbfs(frame.to_ndarray())
+        self._turn_peak_dbfs = max(self._turn_peak_dbfs, level)
+        if level >= VOICE_DBFS:
             self._user_voice_at = time.monotonic()
+        if self.recorder is not None:
+            self.recorder.user(frame)
         upstream = self._upstream
         if upstream is not None:
             self._loop_thread.loop.call_soon_threadsafe(upstream.put, frame)
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute the microphone: silence goes upstream instead of the user's frames (any thread)."""
+        self.status.muted = muted
 
     # -- lifecycle (any thread) ------------------------------------------------------------------
     def start(self, guard: SessionGuard | None = None) -> concurrent.futures.Future:
@@ -133,6 +161,8 @@ class Relay:
 
     def stop(self, reason: str = "stopped by the user") -> None:
         """Close the upstream call; waits a few seconds at most (not for use on an event loop)."""
+        if self.status.state in ("live", "connecting"):
+            self.status.ended_by = "user"
         with contextlib.suppress(concurrent.futures.TimeoutError):
             self.close(reason).result(timeout=5)
 
@@ -160,29 +190,115 @@ class Relay:
         self.call(lambda connection: connection.send(event))
         self.on_event("client", event, time.time())
 
-    def restart(self, settings: SessionSettings, history: list[tuple[str, str]]) -> concurrent.futures.Future:
+    def stop_reply(self) -> None:
+        """Stop the AI: cancel the reply being made, drop its unplayed audio, and cut it where the
+        browser stopped playing it (`response.cancel`, `output_audio_buffer.clear`,
+        `conversation.item.truncate`). Raises RealtimeError when not connected."""
+        self.call(lambda connection: self._end_ai_turn(connection))
+
+    def begin_turn(self) -> None:
+        """Push to talk pressed: end the AI's turn, then start a new input buffer
+        (`input_audio_buffer.clear`). Raises RealtimeError when not connected."""
+
+        async def begin(connection: RealtimeConnection) -> None:
+            await self._end_ai_turn(connection)
+            self._awaiting_commit = False
+            self.status.phase, self.status.notice, self.status.hint = HEARING, "", ""
+            await self._send(connection, {"type": "input_audio_buffer.clear"})
+            self._turn_peak_dbfs = -100.0
+
+        self.call(begin)
+
+    def end_turn(self) -> None:
+        """Push to talk released: `input_audio_buffer.commit`; the reply is asked for
+        (`response.create`) once `input_audio_buffer.committed` confirms the words are in. When
+        nothing was heard the server answers `input_audio_buffer_commit_empty` and the status says so."""
+
+        async def end(connection: RealtimeConnection) -> None:
+            if self._turn_peak_dbfs < HEARD_DBFS:  # silence (or muted): no turn, and no reply to nothing
+                await self._send(connection, {"type": "input_audio_buffer.clear"})
+                self.status.phase, self.status.hint = LISTENING, NOTHING_HEARD
+                return
+            self._awaiting_commit = True
+            self.status.phase = THINKING
+            await self._send(connection, {"type": "input_audio_buffer.commit"})
+
+        self.call(end)
+
+    def say(self, text: str) -> None:
+        """A typed message: ends the AI's turn, then `conversation.item.create` (an `input_text`
+        user message) and `response.create`. Raises RealtimeError when not connected."""
+
+        async def typed(connection: RealtimeConnection) -> None:
+            await self._end_ai_turn(connection)
+            await self._send(connection, {"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+            self.status.phase = THINKING
+            await self._send(connection, {"type": "response.create"})
+
+        self.call(typed)
+
+    async def _send(self, connection: RealtimeConnection, event: dict) -> None:
+        event.setdefault("event_id", new_id("event"))
+        self.on_event("client", event, time.time())
+        await connection.send(event)
+
+    async def _end_ai_turn(self, connection: RealtimeConnection) -> None:
+        """Cancel the active reply and cut the one playing where the browser stopped hearing it."""
+        if self._response_active:
+            await self._send(connection, {"type": "response.cancel"})
+        playing, active, item = self._reply_playing, self._response_active, self._reply_item
+        self._reply_playing = self._response_active = False
+        self.status.phase = LISTENING
+        if playing:
+            await self._send(connection, {"type": "output_audio_buffer.clear"})
+        if (playing or active) and self._browser_loop is not None:
+            self._browser_loop.call_soon_threadsafe(self._barge_in, item, playing)
+
+    def restart(self, settings: SessionSettings, history: list[dict]) -> concurrent.futures.Future:
         """A new upstream session with new settings (the voice is fixed once the assistant spoke),
-        seeded with the conversation so far as text, while the browser's call goes on."""
+        seeded with the conversation so far while the browser's call goes on.
+
+        `history`: `{"id", "role": "user" | "assistant", "text"}` per item, in order. The copies keep
+        their item ids, so the new session's `conversation.item.added/done` name items the
+        transcript already holds and no row is added twice.
+        """
         self.settings = settings
         self.status.state, self.status.message = "connecting", "Starting a new session with the new voice…"
         return self._loop_thread.submit(self._restart(history))
 
-    async def _restart(self, history: list[tuple[str, str]]) -> None:
+    async def _restart(self, history: list[dict]) -> None:
         old, self._connection = self._connection, None
         if old is not None:
+            self._cut_reply()  # the old session's reply ends here, as far as it was heard
             await old.close("restarted with new settings")
         if self._upstream is not None:
             self._upstream.stop()
+        self._reset_turn()
         self._assistant_spoke = False
+        self.status.notice = ""
         await self._start()
         connection = self._connection
         if connection is None:
             self._release()
             return
         text_type = {"user": "input_text", "assistant": "output_text" if connection.dialect == "ga" else "text"}
-        for role, text in history:
-            await connection.send({"type": "conversation.item.create", "item": {
-                "type": "message", "role": role, "content": [{"type": text_type[role], "text": text}]}})
+        previous = None
+        for entry in history:
+            role = entry["role"]
+            event = {"type": "conversation.item.create", "item": {
+                "id": entry["id"], "type": "message", "role": role,
+                "content": [{"type": text_type[role], "text": entry["text"]}]}}
+            if previous is not None:
+                event["previous_item_id"] = previous
+            previous = entry["id"]
+            with contextlib.suppress(RealtimeError):
+                await self._send(connection, event)
+
+    def _reset_turn(self) -> None:
+        self._reply_item, self._reply_playing, self._response_active = None, False, False
+        self._reply_text, self._awaiting_commit = "", False
+        self.status.phase = LISTENING
 
     def use_tools(self, runner: ToolRunner) -> None:
         """Run the model's function calls here, on the relay's loop (koe.tool_runner): each result goes
@@ -221,6 +337,7 @@ class Relay:
         if self.status.state not in ("live", "connecting"):
             return  # already ending
         log.info("ending a session: %s", reason)
+        self.status.ended_by = "limit"
         self.on_event("app", {"type": "koe.limit_reached", "reason": reason}, time.time())
         await self._stop(reason)
 
@@ -248,7 +365,7 @@ class Relay:
         # added to every reply (bench/relay.py measures what the relay adds).
         connection = self._connection = RealtimeConnection(
             self.backend, self.settings, audio=self._upstream, on_audio=self._on_upstream_audio,
-            ice_servers=ice_servers, in_order_audio=True, extra_voices=self._extra_voices)
+            ice_servers=ice_servers, in_order_audio=True, extra_voices=self.extra_voices)
         connection.add_listener(self._on_server_event)
         try:
             await connection.connect()
@@ -269,12 +386,14 @@ class Relay:
             return
         self.settings = connection.settings or self.settings
         self.status.state, self.status.message = "live", "Connected: speak now."
+        self.status.phase = LISTENING
         asyncio.ensure_future(self._watch(connection))
 
     async def _watch(self, connection: RealtimeConnection) -> None:
         await connection.closed.wait()
         if self.status.state == "live":  # not our own stop: the backend ended the call
-            self.status.state = "ended"
+            self._cut_reply()
+            self.status.state, self.status.ended_by = "ended", "backend"
             self.status.message = f"The backend ended the session: {connection.close_reason}."
             self.on_event("app", {"type": "koe.session_ended", "reason": connection.close_reason}, time.time())
             self.on_end(connection.close_reason or "ended by the backend")
@@ -282,6 +401,8 @@ class Relay:
 
     async def _stop(self, reason: str) -> None:
         connection, self._connection = self._connection, None
+        if connection is not None:
+            self._cut_reply()
         if self._tools is not None:
             self._tools.cancel("the conversation ended")
         if self.status.state in ("live", "connecting"):
@@ -292,6 +413,8 @@ class Relay:
         if self._upstream is not None:
             self._upstream.stop()
             self._upstream = None
+        if self.recorder is not None:
+            self.recorder.close()
         self._release()
 
     def _on_upstream_audio(self, frame: av.AudioFrame) -> None:
@@ -306,6 +429,8 @@ class Relay:
             self.on_latency(self._reply_item, round(1000 * (received_at - self._speech_stopped_at)))
             self._speech_stopped_at = None
         self.to_browser.put(frame)
+        if self.recorder is not None:
+            self.recorder.assistant(frame)
 
     def _on_server_event(self, event: ServerEvent) -> None:
         at = time.time()
@@ -316,47 +441,130 @@ class Relay:
         if self._tools is not None:
             self._tools.observe(payload)
         kind = event.type
-        if kind == "input_audio_buffer.speech_stopped":
+        status = self.status
+        if kind == "input_audio_buffer.speech_started":
+            status.phase, status.notice, status.hint = HEARING, "", ""
+        elif kind == "input_audio_buffer.speech_stopped":
             self._speech_stopped_at = time.monotonic()
+            status.phase = THINKING if self._auto_reply() else LISTENING
             if self._user_voice_at is not None:  # how long the backend's turn detection waited after the user
                 waited = round(1000 * (self._speech_stopped_at - self._user_voice_at))
                 self.on_event("app", {"type": TURN_WAITED, "item_id": getattr(event, "item_id", None),
                                       "waited_ms": waited}, at)
+        elif kind == "input_audio_buffer.committed" and self._awaiting_commit:
+            # The words are in the conversation now: only now may the reply be asked for.
+            self._awaiting_commit = False
+            asyncio.ensure_future(self._send_quietly(self._connection, {"type": "response.create"}))
+        elif kind == "response.created":
+            self._response_active, self._reply_text = True, ""
+            status.phase, status.notice, status.hint = THINKING, "", ""
         elif kind == "response.output_item.added":
             self._reply_item = (getattr(event, "item", None) or {}).get("id")
+        elif kind in ("response.output_audio_transcript.delta", "response.audio_transcript.delta"):
+            if getattr(event, "item_id", None) == self._reply_item:
+                self._reply_text += getattr(event, "delta", "") or ""
+        elif kind == "response.done":
+            self._response_active = False
+            if not self._reply_playing and status.phase == THINKING:
+                status.phase = LISTENING
         elif kind == "output_audio_buffer.started":
             self._assistant_spoke = self._reply_playing = True
+            status.phase = SPEAKING
             if self._browser_loop is not None:
                 self._browser_loop.call_soon_threadsafe(self._mark_reply_start)
         elif kind == "output_audio_buffer.stopped":
+            if self._reply_playing and self._browser_loop is not None:
+                self._browser_loop.call_soon_threadsafe(self._measure_speech_rate, len(self._reply_text))
             self._reply_playing = False
+            if status.phase == SPEAKING:
+                status.phase = LISTENING
         elif kind == "error":
             info = getattr(event, "error", None)  # a malformed error event arrives as an unknown event
-            if getattr(info, "message", None) and getattr(info, "code", None) not in QUIET_ERRORS:
-                self.status.notice = info.message
-        elif kind in ("input_audio_buffer.speech_started", "output_audio_buffer.cleared"):
+            code = getattr(info, "code", None)
+            if code == COMMIT_EMPTY and self._awaiting_commit:
+                self._awaiting_commit = False
+                status.phase, status.hint = LISTENING, NOTHING_HEARD
+            elif getattr(info, "message", None) and code not in QUIET_ERRORS:
+                status.notice = info.message
+        if kind == "output_audio_buffer.cleared" and status.phase == SPEAKING:
+            status.phase = LISTENING
+        if kind in ("input_audio_buffer.speech_started", "output_audio_buffer.cleared"):
             # Barge-in: drop what we still hold and tell the server what the browser really heard.
             if self._browser_loop is not None:
                 item = self._reply_item if self._reply_playing else None  # a finished reply stays whole
-                self._browser_loop.call_soon_threadsafe(self._barge_in, item)
+                self._browser_loop.call_soon_threadsafe(self._barge_in, item, True)
             self._reply_playing = False
+
+    def _auto_reply(self) -> bool:
+        vad = self.settings.turn_detection
+        return vad is not None and getattr(vad, "create_response", True) is not False
 
     def _mark_reply_start(self) -> None:
         self._reply_start = self.to_browser.played_samples + self.to_browser.queued_samples
 
-    def _barge_in(self, item_id: str | None) -> None:
+    def _heard_ms(self) -> int:
+        return max(0, self.to_browser.played_samples - self._reply_start) * 1000 // RATE
+
+    def _measure_speech_rate(self, chars: int) -> None:
+        """A reply that played whole tells how fast this voice speaks (characters per second)."""
+        seconds = self._heard_ms() / 1000
+        if seconds >= 1.0 and chars >= 10:
+            self._chars_per_s = chars / seconds
+
+    def _cut_reply(self) -> None:
+        """The reply in progress ends here (STOP, a new session): record how much of it was heard."""
+        item_id, playing, active = self._reply_item, self._reply_playing, self._response_active
+        self._reply_item, self._reply_playing, self._response_active = None, False, False
+        if item_id is not None and (playing or active):
+            self._record_cut(item_id, self._heard_ms() if playing else 0)
+
+    def _record_cut(self, item_id: str, heard_ms: int) -> None:
+        """`koe.reply_cut` {item_id, audio_end_ms, heard_chars}: the transcript keeps the heard text
+        and marks the rest as not heard."""
+        self.on_event("app", {"type": "koe.reply_cut", "item_id": item_id, "audio_end_ms": heard_ms,
+                              "heard_chars": heard_prefix(self._reply_text, heard_ms, self._chars_per_s)}, time.time())
+
+    def _barge_in(self, item_id: str | None, playing: bool) -> None:
+        """On the browser loop: drop the reply audio still held; cut the reply `item_id` (None: it
+        had finished) where the browser stopped playing it (0 ms when not `playing` yet), upstream
+        and in the transcript."""
         track = self.to_browser
+        heard_ms = self._heard_ms() if playing else 0
         track.clear()
         if item_id is None:
             return
-        heard_ms = max(0, track.played_samples - self._reply_start) * 1000 // RATE
+        if self._reply_item == item_id:
+            self._reply_item = None
+        self._record_cut(item_id, heard_ms)
         event = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
                  "audio_end_ms": heard_ms}
         connection = self._connection
         if connection is not None:
             self._loop_thread.loop.call_soon_threadsafe(asyncio.ensure_future, self._send_quietly(connection, event))
 
-    async def _send_quietly(self, connection: RealtimeConnection, event: dict) -> None:
+    async def _send_quietly(self, connection: RealtimeConnection | None, event: dict) -> None:
+        if connection is None:
+            return
         with contextlib.suppress(RealtimeError):
             await connection.send(event)
             self.on_event("client", event, time.time())
+
+
+def heard_prefix(text: str, heard_ms: int, chars_per_s: float) -> int:
+    """How many characters of a reply's `text` were spoken in its first `heard_ms` of audio, at
+    `chars_per_s`, ended at a word boundary (0..len(text))."""
+    estimate = int(heard_ms / 1000 * chars_per_s)
+    if estimate >= len(text):
+        return len(text)
+    cut = text.rfind(" ", 0, estimate + 1)
+    return max(0, cut if cut > 0 else estimate if " " not in text else 0)
+
+
+def silent_like(frame: av.AudioFrame) -> av.AudioFrame:
+    """A frame of silence with `frame`'s format, layout, rate and timing."""
+    silent = av.AudioFrame.from_ndarray(np.zeros_like(frame.to_ndarray()), format=frame.format.name,
+                                        layout=frame.layout.name)
+    silent.sample_rate, silent.pts = frame.sample_rate, frame.pts
+    if frame.time_base is not None:
+        silent.time_base = frame.time_base
+    return silent

@@ -64,7 +64,8 @@ REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(r"api[-_]?key|authorization|secret|password", re.IGNORECASE)
 _SPEAKERS = {"user": "You", "assistant": "AI", "function_call": "Tool call", "function_call_output": "Tool result"}
 # Fixed column types, so that an empty table has the same ones as a full one.
-_TRANSCRIPT_TYPES = {"speaker": "str", "text": "str", "status": "str", "latency_ms": "Int64", "item_id": "str"}
+_TRANSCRIPT_TYPES = {"speaker": "str", "text": "str", "status": "str", "latency_ms": "Int64", "item_id": "str",
+                     "heard": "Int64"}
 _EVENT_TYPES = {"direction": "str", "type": "str", "event_id": "str", "payload": "str"}
 _USAGE_TYPES = {"response_id": "str", "model": "str", "input_text_tokens": "int64", "input_audio_tokens": "int64",
                 "cached_text_tokens": "int64", "cached_audio_tokens": "int64", "output_text_tokens": "int64",
@@ -83,7 +84,7 @@ _CONVERSATION = select(
     select(func.coalesce(func.sum(_u.cost_usd), 0.0)).where(_u.conversation_id == _c.id)
     .scalar_subquery().label("cost_usd"),
 )
-_ITEM_COLUMNS = ("previous_item_id", "role", "text", "final", "interrupted", "at", "latency_ms", "position")
+_ITEM_COLUMNS = ("previous_item_id", "role", "text", "final", "interrupted", "at", "latency_ms", "position", "heard")
 
 
 def _redact(value: Any) -> Any:
@@ -253,7 +254,9 @@ class _Writer:
                     update(conversations).where(_c.id == op.conversation_id, _c.ended_at.is_(None))
                     .values(ended_at=op.at, end_reason=op.reason)).rowcount
                 if ended:
-                    changed.setdefault(op.conversation_id, set())
+                    # Rows still waiting for text will get none now: closed, and hidden when empty.
+                    changed.setdefault(op.conversation_id, set()).update(
+                        self._transcript(op.conversation_id).close_open_rows())
 
     def _store_event(self, op: _Event, changed: dict[str, set[str]]) -> None:
         payload = _redact(op.event)
@@ -264,6 +267,10 @@ class _Writer:
             type=kind if isinstance(kind, str) else "", event_id=event_id if isinstance(event_id, str) else None,
             payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)))
         item_ids = changed.setdefault(op.conversation_id, set())
+        if op.direction == "app" and kind == "koe.reply_cut" and isinstance(payload.get("item_id"), str):
+            heard = payload.get("heard_chars")
+            item_ids |= self._transcript(op.conversation_id).cut(payload["item_id"],
+                                                                  heard if isinstance(heard, int) else 0)
         if op.direction != "server":
             return
         item_ids |= self._transcript(op.conversation_id).apply(parse_server_event(payload), op.at)
@@ -298,7 +305,8 @@ class _Writer:
                 select(_i.item_id, *(items.c[name] for name in _ITEM_COLUMNS))
                 .where(_i.conversation_id == conversation_id).order_by(_i.position)).all()
             rows = [Row(item_id=r.item_id, previous_item_id=r.previous_item_id, role=r.role, text=r.text,
-                        final=bool(r.final), interrupted=bool(r.interrupted), at=r.at, latency_ms=r.latency_ms)
+                        final=bool(r.final), interrupted=bool(r.interrupted), at=r.at, latency_ms=r.latency_ms,
+                        heard=r.heard)
                     for r in stored]
             self.transcripts[conversation_id] = Transcript.from_rows(rows)
             self.positions[conversation_id] = {r.item_id: r.position for r in stored}
@@ -317,10 +325,10 @@ class _Writer:
         upsert(self.conn, items, [
             {"conversation_id": conversation_id, "item_id": r.item_id, "previous_item_id": r.previous_item_id,
              "role": r.role, "text": r.text, "final": int(r.final), "interrupted": int(r.interrupted), "at": r.at,
-             "latency_ms": r.latency_ms, "position": index}
+             "latency_ms": r.latency_ms, "position": index, "heard": r.heard}
             for index, r in enumerate(rows) if r.item_id in item_ids or old.get(r.item_id) != index],
             keys=["conversation_id", "item_id"],
-            update=["previous_item_id", "role", "text", "final", "interrupted", "latency_ms", "position"])
+            update=["previous_item_id", "role", "text", "final", "interrupted", "latency_ms", "position", "heard"])
         self.positions[conversation_id] = new
 
 
@@ -514,11 +522,14 @@ class SessionStore:
         return [self._conversation_dict(row) for row in found]
 
     def transcript(self, conversation_id: str) -> pd.DataFrame:
-        """Columns time, speaker, text, status, latency_ms, item_id, in conversation order."""
+        """Columns time, speaker, text, status, latency_ms, item_id, heard (of a cut reply: how many
+        characters of text were played; <NA>: all), in conversation order. Rows closed without any
+        text (a reply stopped before it began, silence) are left out."""
         with self._read() as conn:
             found = conn.execute(
-                select(_i.at, _i.role, _i.text, _i.final, _i.interrupted, _i.latency_ms, _i.item_id)
+                select(_i.at, _i.role, _i.text, _i.final, _i.interrupted, _i.latency_ms, _i.item_id, _i.heard)
                 .where(_i.conversation_id == conversation_id).order_by(_i.position)).all()
+        found = [r for r in found if r.text.strip() or not (r.final or r.interrupted)]
         return pd.DataFrame({
             "time": _local_times(r.at for r in found),
             "speaker": [_SPEAKERS.get(r.role, r.role) for r in found],
@@ -526,6 +537,7 @@ class SessionStore:
             "status": [_status(r.final, r.interrupted) for r in found],
             "latency_ms": [r.latency_ms for r in found],
             "item_id": [r.item_id for r in found],
+            "heard": [r.heard for r in found],
         }).astype(_TRANSCRIPT_TYPES)
 
     def events(self, conversation_id: str, *, types: list[str] | None = None, direction: str | None = None,

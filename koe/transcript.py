@@ -50,6 +50,7 @@ class Row:
     interrupted: bool = False  # cancelled or truncated by a barge-in; the text is kept
     at: float = 0.0  # when the row was first seen (epoch seconds)
     latency_ms: int | None = None  # assistant rows: end of the user's speech to the reply's first sign
+    heard: int | None = None  # a cut reply: how many characters of `text` were played (None: all of it)
 
 
 def _item_text(item: dict[str, Any]) -> str:
@@ -106,11 +107,32 @@ class Transcript:
         row.latency_ms = ms
         return {item_id}
 
+    def cut(self, item_id: str, heard_chars: int) -> set[str]:
+        """A reply cut off where the browser stopped playing it (the relay's `koe.reply_cut`): it is
+        closed as interrupted, its first `heard_chars` characters heard; later text is kept too."""
+        row = self._rows.get(item_id)
+        if row is None or item_id in self._deleted:
+            return set()
+        row.final = row.interrupted = True
+        row.heard = max(0, heard_chars) if row.heard is None else min(row.heard, max(0, heard_chars))
+        return {item_id}
+
+    def close_open_rows(self) -> set[str]:
+        """The session that was filling the unfinished rows is gone (a new upstream session, or the
+        conversation ended): they are closed as interrupted with the text they have."""
+        changed = set()
+        for row in self._rows.values():
+            if not row.final:
+                row.final = row.interrupted = True
+                changed.add(row.item_id)
+        return changed
+
     def apply(self, event: ServerEvent, at: float) -> set[str]:
         """Fold one server event in; returns the ids of rows it added, changed, moved or removed."""
         match event:
             case SessionCreated():
                 self._session_start = self._last()
+                return self.close_open_rows()
             case InputAudioBufferSpeechStopped():
                 self._speech_stopped_at = at
             case InputAudioBufferCommitted(item_id=item_id, previous_item_id=previous):
@@ -237,6 +259,10 @@ class Transcript:
             return set()
         row, new = self._ensure(item_id, role, at)
         if not new and row.final and row.text == text:
+            return set()
+        if row.heard is not None and row.text.startswith(text):
+            # A cut reply whose server kept only whole clauses: the words already shown stay, the part
+            # not heard struck through, rather than vanishing with the clause they were in.
             return set()
         row.text, row.final = text, True
         return {item_id}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from components import history, runtime
+from components.conversation import recording_download
 from components.conversation_picker import pick
 from components.gate import require_access
 
@@ -15,6 +16,8 @@ st.title("📜 History")
 store = runtime.store()
 conversation_id = pick(store, "history", visitor)
 if conversation_id:
-    history.facts(store.conversation(conversation_id))
+    meta = store.conversation(conversation_id)
+    history.facts(meta)
     history.conversation(store, conversation_id)
     history.downloads(store, conversation_id)
+    recording_download(meta)

@@ -154,11 +154,11 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     webrtc.get_by_role("button", name="Start").wait_for()
     wait_for_models(data)
     webrtc.get_by_role("button", name="Start").click()
-    page.get_by_text("Connected: speak now.").wait_for(timeout=90_000)
+    page.get_by_text("Listening").first.wait_for(timeout=90_000)
 
     # The user's words, then the AI's reply, appear in the live transcript.
-    table = page.locator('[data-testid="stTable"]')
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stTable\"] tbody tr').length >= 2",
+    table = page.locator('[data-testid="stMarkdown"] table')
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr').length >= 2",
                            timeout=60_000)
     rows = table.locator("tbody tr").all_inner_texts()
     # Whisper tiny hears the browser-processed voice as "count from 1 to 5", now and then "come 1 to 5".

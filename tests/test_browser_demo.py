@@ -81,8 +81,8 @@ def test_the_openai_key_never_reaches_the_browser_the_log_or_an_export(demo, bro
     page.goto(url)
     enter_code(page, ACCESS_CODE)
     page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click()
-    page.get_by_text("Connected: speak now.").wait_for(timeout=90_000)
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stTable\"] tbody tr').length >= 2",
+    page.get_by_text("Listening").first.wait_for(timeout=90_000)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr').length >= 2",
                            timeout=90_000)
     page.get_by_text("This session:", exact=False).wait_for(timeout=10_000)  # the live cost meter
     page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()

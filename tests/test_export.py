@@ -99,7 +99,8 @@ def test_every_export_of_a_stored_conversation_is_safe(store, said):
     rendered = COMMONMARK.render(markdown)
     assert not re.search(r"<(img|a|script|div|code|pre|blockquote|table|h[2-6])\b", rendered), rendered
     assert rendered.count("<h1>") == 1 and rendered.count("<ul>") == 1
-    assert {row["item_id"]: row["text"] for row in json.loads(store.export(c, "json"))["transcript"]}["item_1"] == said
+    exported = {row["item_id"]: row["text"] for row in json.loads(store.export(c, "json"))["transcript"]}
+    assert exported.get("item_1") == (said if said.strip() else None)  # a row with no words is left out
 
 
 def test_first_words_make_a_short_title():

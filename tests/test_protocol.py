@@ -242,3 +242,18 @@ def test_server_event_name() -> None:
 def test_new_id() -> None:
     a, b = new_id("item"), new_id("item")
     assert a.startswith("item_") and len(a) == 25 and a != b and a[5:].isalnum()
+
+
+def test_reasoning_effort_is_written_for_reasoning_models_only() -> None:
+    from koe.pricing import price_for
+    from koe.protocol import is_reasoning_model
+
+    settings = SessionSettings(model="gpt-realtime-2.1", reasoning_effort="medium")
+    validate_for_dialect(settings, "ga")
+    assert settings.to_wire("ga")["reasoning"] == {"effort": "medium"}
+    assert SessionSettings.from_wire("ga", settings.to_wire("ga")).reasoning_effort == "medium"
+    assert "reasoning" not in SessionSettings(model="gpt-realtime-2.1").to_wire("ga")  # the server's default
+    assert is_reasoning_model("gpt-realtime-2-2026-03-01") and not is_reasoning_model("gpt-realtime-1.5")
+    with pytest.raises(SettingsError, match="reasoning_effort"):
+        validate_for_dialect(SessionSettings(model="gpt-realtime", reasoning_effort="low"), "ga")
+    assert price_for("gpt-realtime-2.1").text_out == 24.00 and price_for("gpt-realtime-2.1-mini").audio_in == 10.00

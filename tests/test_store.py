@@ -4,7 +4,9 @@ import csv
 import io
 import json
 import logging
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -367,7 +369,7 @@ def test_exports(store) -> None:
 def test_version_grows_on_change_only(store) -> None:
     c, other = new_conversation(store), new_conversation(store)
     empty = store.transcript(c)
-    assert empty.empty and list(empty.columns) == ["time", "speaker", "text", "status", "latency_ms", "item_id"]
+    assert empty.empty and list(empty.columns) == ["time", "speaker", "text", "status", "latency_ms", "item_id", "heard"]
     v0 = store.version(c)
     record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
     assert store.flush()
@@ -425,3 +427,51 @@ def test_recording_never_waits_on_the_disk(store, caplog) -> None:
     assert len(store.events(c)) == 3000
     assert store.transcript(c)["text"].tolist() == ["x" * 3000]
     assert not caplog.records
+
+
+# -- what was heard (issue 11) ------------------------------------------------------------------------
+def test_a_cut_reply_keeps_what_was_heard_and_later_text_does_not_undo_the_cut(store) -> None:
+    c = new_conversation(store)
+    record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
+    store.record_event(c, "app", {"type": "koe.reply_cut", "item_id": "item_A", "audio_end_ms": 400,
+                                  "heard_chars": 5}, T0 + 2.2)
+    record(store, c, reply_done("ga", "item_A", "resp_1", "Hello there, traveller.", T0 + 2.5, status="cancelled"))
+    assert store.flush()
+    row = store.transcript(c).iloc[1]
+    assert (row["text"], row["status"], row["heard"]) == ("Hello there, traveller.", "interrupted", 5)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the page's components, at the repo root
+    from components.live import transcript_markdown  # the page strikes the unheard tail through
+    assert "| Hello ~~there, traveller.~~ |" in transcript_markdown(store.transcript(c))
+
+
+def test_a_copied_history_reuses_the_item_ids_and_adds_no_rows(store) -> None:
+    """A voice change seeds a new upstream session with the conversation under the same item ids."""
+    c = new_conversation(store)
+    record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
+    record(store, c, user_words("ga", "item_U", "Hi, who are you?", T0 + 2.1))
+    record(store, c, reply_done("ga", "item_A", "resp_1", "Hello there.", T0 + 2.5))
+    record(store, c, [(ev("session.created", session={}), T0 + 5)])
+    for previous, item in ((None, user_item("item_U")), ("item_U", assistant_item("item_A", "completed", "Hello there."))):
+        record(store, c, [(ev("conversation.item.added", item=item, previous_item_id=previous), T0 + 5.1),
+                          (ev("conversation.item.done", item=item, previous_item_id=previous), T0 + 5.1)])
+    assert table(store, c) == [("You", "Hi, who are you?", "final"), ("AI", "Hello there.", "final")]
+
+
+def test_rows_left_without_text_are_closed_and_hidden(store) -> None:
+    """STOP before the reply, silence: rows that never got words are not shown or exported."""
+    c = new_conversation(store)
+    record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0)[:8])  # no words either side
+    assert table(store, c) == [("You", "", "partial"), ("AI", "", "partial")]
+    store.end_conversation(c, "stopped by the user")
+    assert table(store, c) == []
+    assert "**You:**" not in store.export(c, "markdown")
+
+
+def test_a_cut_reply_keeps_its_words_when_the_server_keeps_only_whole_clauses(store) -> None:
+    """Koe's local backend cuts its own transcript at the last clause it played whole."""
+    c = new_conversation(store)
+    record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
+    store.record_event(c, "app", {"type": "koe.reply_cut", "item_id": "item_A", "audio_end_ms": 400,
+                                  "heard_chars": 5}, T0 + 2.2)
+    record(store, c, reply_done("ga", "item_A", "resp_1", "", T0 + 2.5, status="cancelled"))
+    assert table(store, c)[1] == ("AI", "Hello there", "interrupted")

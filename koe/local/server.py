@@ -37,12 +37,12 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from koe.local.admission import Admission, default_max_calls
-from koe.local.session import LocalSession, unsupported
+from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession, unsupported
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
 from koe.local.transports import DataChannelTransport, SocketTransport
-from koe.local.voices import JAPANESE_VOICES
+from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES
 from koe.protocol import BETA_VOICES, Dialect, SessionSettings, SettingsError, dialect_for_model, new_id
 
 log = logging.getLogger("koe.local")
@@ -149,9 +149,11 @@ class LocalServer:
         """What answers on this server, for clients to show and check (also `GET /v1/koe/capabilities`):
 
         {"reply_model": {"profile", "model", "size", "context_tokens", "offline"}, "reply_models": [same, per
-        bundled profile], "japanese_voices": [...]}. With a chat endpoint, reply_model is {"profile": None,
-        "model": its model name, "size": None, "context_tokens": None, "offline": False}. Instructions and
-        history beyond context_tokens (less the reply) are refused with a `context_length_exceeded` error.
+        bundled profile], "japanese_voices": [...], "voices": {"en": [...], "ja": [...]}, "max_reply_tokens":
+        what max_output_tokens "inf" means here, "ignored": [session settings accepted without effect]}.
+        With a chat endpoint, reply_model is {"profile": None, "model": its model name, "size": None,
+        "context_tokens": None, "offline": False}. Instructions and history beyond context_tokens (less the
+        reply) are refused with a `context_length_exceeded` error.
         """
         if self.chat is not None:
             reply = {"profile": None, "model": self.chat.endpoint.model, "size": None, "context_tokens": None,
@@ -159,7 +161,11 @@ class LocalServer:
         else:
             reply = self.reply_profile.describe()
         return {"reply_model": reply, "reply_models": [profile.describe() for profile in PROFILES.values()],
-                "japanese_voices": list(JAPANESE_VOICES)}
+                "japanese_voices": list(JAPANESE_VOICES),
+                "voices": {"en": list(ENGLISH_VOICES), "ja": list(JAPANESE_VOICES)},
+                "max_reply_tokens": DEFAULT_REPLY_TOKENS,
+                "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature",
+                            "reasoning"]}
 
     # -- running -------------------------------------------------------------------------------
     async def serve(self) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from koe.protocol.dialect import BETA_VOICES, GA_VOICES, Dialect
+from koe.protocol.dialect import BETA_VOICES, GA_VOICES, REASONING_MODELS, Dialect, ReasoningEffort, is_reasoning_model
 
 __all__ = [
     "AudioFormat",
@@ -175,6 +175,7 @@ _PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "voice": ("audio", "output", "voice"),
         "speed": ("audio", "output", "speed"),
         "max_output_tokens": ("max_output_tokens",),
+        "reasoning_effort": ("reasoning", "effort"),
         "input_audio_format": ("audio", "input", "format"),
         "output_audio_format": ("audio", "output", "format"),
         "tools": ("tools",),
@@ -210,6 +211,7 @@ class SessionSettings(_Settings):
     turn_detection: TurnDetection | None = Field(default_factory=ServerVad)
     max_output_tokens: int | Literal["inf"] = "inf"
     temperature: float | None = Field(None, ge=0.6, le=1.2)  # beta only
+    reasoning_effort: ReasoningEffort | None = None  # GA reasoning models (REASONING_MODELS) only; None: the server's default
     # WebSocket audio; None = unset (WebRTC, or the default pcm16 at 24 kHz): then left off the wire.
     input_audio_format: AudioFormat | None = None
     output_audio_format: AudioFormat | None = None
@@ -297,7 +299,7 @@ class SessionSettings(_Settings):
         return _build(self.model_dump(), values)
 
 
-_UNSET_OFF_WIRE = frozenset({"temperature", "input_audio_format", "output_audio_format"})
+_UNSET_OFF_WIRE = frozenset({"temperature", "input_audio_format", "output_audio_format", "reasoning_effort"})
 
 
 def _build(base: dict[str, Any], values: dict[str, Any]) -> SessionSettings:
@@ -376,6 +378,9 @@ def validate_for_dialect(settings: SessionSettings, dialect: Dialect, extra_voic
         raise SettingsError("voice", message)
     if dialect == "ga" and settings.temperature is not None:
         raise SettingsError("temperature", "temperature is not part of the GA interface; leave it unset")
+    if settings.reasoning_effort is not None and not is_reasoning_model(settings.model):
+        raise SettingsError("reasoning_effort", f"{settings.model} does not reason: only "
+                                                f"{', '.join(REASONING_MODELS)} take a reasoning effort")
     vad = settings.turn_detection
     if dialect == "beta" and isinstance(vad, ServerVad) and vad.idle_timeout_ms is not None:
         field = "turn_detection.idle_timeout_ms"

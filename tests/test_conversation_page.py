@@ -1,0 +1,374 @@
+"""The conversation page as a person uses it, in Debian's Chromium with a fake microphone, on the local backend.
+
+One app server for the module; each test its own browser profile and microphone recording. The
+flows are issue 11's: a voice change after the AI spoke, push to talk chosen before START, a manual
+turn over the AI's reply, preset + edited text in one Apply, instructions too long for the context,
+one bad value among good ones, mute, stop the AI, a typed message and the audio download. Checks read
+the page and, for what was sent, the event log the app stores (SQLite). Screenshots of the first
+screen, a conversation and History go to tests/screenshots/ (ignored by git) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from test_browser import CHROMIUM, WEBRTC_IFRAME, chromium, serve, write_wav
+
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+STORYTELLER = "You are a storyteller. Always answer with a long story of at least ten sentences."
+TABLE_ROWS = '[data-testid="stMarkdown"] table tbody tr'
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    # The fast reply model (SmolLM2): these tests check the page, not the answers, and CI time counts.
+    yield from serve(tmp_path_factory.mktemp("data"), KOE_REPLY_MODEL="fast")
+
+
+def mic(tmp_path: Path, speech, *parts) -> Path:
+    """A microphone recording: floats are seconds of silence, strings are spoken."""
+    pieces = [np.zeros(int(48_000 * p), np.int16) if isinstance(p, (int, float)) else speech(p) for p in parts]
+    return write_wav(tmp_path / "mic.wav", np.concatenate(pieces))
+
+
+@contextlib.contextmanager
+def opened(tmp_path: Path, wav: Path, url: str):
+    """The app in Chromium with `wav` as its microphone; what the page showed is saved if the test fails."""
+    with chromium(tmp_path / "profile", wav) as context:
+        page = open_app(context, url)
+        try:
+            yield page
+        except BaseException:
+            with contextlib.suppress(Exception):
+                shoot(page, f"failed-{os.environ.get('PYTEST_CURRENT_TEST', 'test').split('::')[-1].split(' ')[0]}")
+            raise
+
+
+def open_app(context, url: str):
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.get_by_text("Press START").first.wait_for(timeout=90_000)
+    return page
+
+
+def sidebar(page):
+    return page.locator('[data-testid="stSidebar"]')
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the sidebar selectbox labelled `label`."""
+    sidebar(page).get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option).click()
+
+
+def apply(page) -> None:
+    sidebar(page).get_by_role("button", name="Apply").click()
+
+
+def start(page) -> float:
+    """Press START; returns when (monotonic) the microphone began playing."""
+    try:
+        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click(timeout=120_000)
+    except Exception:  # what the page showed instead, for a person to look at
+        shoot(page, "failed-start")
+        (SCREENSHOTS / "failed-start.html").write_text(page.content())
+        raise
+    return time.monotonic()
+
+
+def stop(page) -> None:
+    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
+    page.get_by_text("Ended: stopped by the user").first.wait_for(timeout=20_000)
+
+
+def rows(page) -> list[list[str]]:
+    """The live transcript: [time, speaker, text, status, latency] per row."""
+    return [[cell.strip() for cell in row.split("\t")] for row in page.locator(TABLE_ROWS).all_inner_texts()]
+
+
+def wait_rows(page, check, what: str, timeout_s: float = 90) -> list[list[str]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = rows(page)
+        if check(found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {found}")
+        time.sleep(0.5)
+
+
+def events(data: Path) -> list[tuple[str, str, dict]]:
+    """(direction, type, payload) of every stored event of the latest conversation, in order."""
+    with sqlite3.connect(data / "koe.sqlite3") as db:
+        latest = db.execute("SELECT id FROM conversations ORDER BY started_at DESC LIMIT 1").fetchone()[0]
+        found = db.execute("SELECT direction, type, payload FROM events WHERE conversation_id = ? ORDER BY id",
+                           (latest,)).fetchall()
+    return [(d, t, json.loads(p)) for d, t, p in found]
+
+
+def index(log, direction: str, kind: str, after: int = -1, **fields) -> int:
+    """The position of the first matching event after `after`; -1 when none."""
+    for i, (d, t, payload) in enumerate(log):
+        if i > after and d == direction and t == kind and all(payload.get(k) == v for k, v in fields.items()):
+            return i
+    return -1
+
+
+def settle(page, seconds: float) -> None:
+    page.wait_for_timeout(seconds * 1000)
+
+
+def shoot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def type_message(page, text: str) -> None:
+    page.get_by_placeholder("Type instead of speaking…").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def set_instructions(page, text: str) -> None:
+    sidebar(page).get_by_label("Instructions", exact=True).fill(text)
+
+
+def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speech):
+    """Flow 1: a new voice after the AI spoke starts a new session seeded with the conversation; the
+    reply cut off by it is closed as interrupted, nothing is stored twice, no stale error stays."""
+    url, data = app
+    wav = mic(tmp_path, speech, 120.0)  # typed turns: the machine's speed cannot make them early or late
+    with opened(tmp_path, wav, url) as page:
+        set_instructions(page, STORYTELLER)
+        apply(page)
+        start(page)
+        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        type_message(page, "Please tell me a story about a dragon.")
+        page.get_by_text("Speaking").first.wait_for(timeout=90_000)
+        choose(page, "Voice", "jf_alpha (Japanese sessions)")
+        apply(page)
+        # The cut-off reply is closed at once, as interrupted, with the words that were played.
+        first = wait_rows(page, lambda r: len(r) >= 2 and "interrupted" in r[1][3], "the cut reply")
+        assert first[0][1] == "You" and "dragon" in first[0][2].lower(), first
+        page.get_by_text("Listening").first.wait_for(timeout=90_000)  # the new session is live
+        type_message(page, "What color is the sky?")
+        # The second question is answered in the new session.
+        found = wait_rows(page, lambda r: len(r) >= 4 and r[3][3] == "final", "the second answer", 120)
+        assert [r[1] for r in found] == ["You", "AI", "You", "AI"], found
+        assert "sky" in found[2][2].lower(), found
+        assert page.get_by_text("item_id not found").count() == 0
+        stop(page)
+        assert [r[1] for r in rows(page)] == ["You", "AI", "You", "AI"]
+        log = events(data)
+        # The history was copied into the new session under the items' own ids.
+        copies = [p["item"]["id"] for d, t, p in log
+                  if d == "client" and t == "conversation.item.create" and "id" in p["item"]]
+        with sqlite3.connect(data / "koe.sqlite3") as db:
+            stored = [r[0] for r in db.execute("SELECT item_id FROM items")]
+        assert len(copies) == 2 and set(copies) <= set(stored), (copies, stored)
+        assert not [p for d, t, p in log if t == "error" and p["error"]["code"] == "item_not_found"]
+        page.goto(url + "/History")
+        page.get_by_text("You:", exact=False).first.wait_for(timeout=30_000)
+        said = [line for line in page.locator('[data-testid="stText"]').all_inner_texts() if ":" in line]
+        assert sum(line.startswith("You:") for line in said) == 2, said
+        assert sum(line.startswith("AI:") for line in said) == 2, said
+
+
+def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
+    """Flows 2–4: push to talk chosen before START shows the hold-to-talk button; holding the space
+    bar over the AI's reply ends that reply first; the reply is asked for only once the words are in;
+    a turn with nothing said is not sent, and the page says so."""
+    url, data = app
+    wav = mic(tmp_path, speech, 9.0, "What is the capital of Japan?", 40.0)
+    with opened(tmp_path, wav, url) as page:
+        set_instructions(page, STORYTELLER)
+        sidebar(page).get_by_text("Push to talk (manual)").click()
+        apply(page)
+        sidebar(page).get_by_text("apply when you press START").wait_for()
+        began = start(page)
+        button = page.get_by_text("Hold to talk")
+        button.wait_for(timeout=60_000)
+        assert time.monotonic() - began < 9, "connected too late for this recording"
+        page.locator("h1").first.click()  # focus on the page, as a person clicking around would
+        page.keyboard.down("Space")
+        page.get_by_text("Hearing you").first.wait_for(timeout=10_000)
+        settle(page, max(0.0, began + 14 - time.monotonic()))  # the question is over at ~12 s
+        page.keyboard.up("Space")
+        found = wait_rows(page, lambda r: len(r) >= 2 and r[1][1] == "AI" and r[0][2] != "…", "the reply")
+        assert found[0][1] == "You" and "japan" in found[0][2].lower(), found
+        page.get_by_text("Speaking").first.wait_for(timeout=60_000)
+        log = events(data)
+        committed = index(log, "server", "input_audio_buffer.committed")
+        user_item = log[committed][2]["item_id"]
+        create = index(log, "client", "response.create")
+        assert committed < create, "the reply was asked for before the commit was confirmed"
+        heard = index(log, "server", "conversation.item.input_audio_transcription.completed", item_id=user_item)
+        first_word = index(log, "server", "response.output_audio_transcript.delta")
+        assert -1 < heard < first_word, "the reply was written before the words were in"
+
+        # A new turn over the AI's reply ends that reply first (mouse this time), then nothing is said.
+        box = button.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.get_by_text("Hearing you").first.wait_for(timeout=10_000)
+        wait_rows(page, lambda r: len(r) >= 2 and "interrupted" in r[1][3], "the reply cut by the new turn", 20)
+        settle(page, 1.5)
+        page.mouse.up()
+        page.get_by_text("Nothing was heard").first.wait_for(timeout=10_000)
+        settle(page, 2)
+        log = events(data)
+        after = index(log, "client", "input_audio_buffer.clear", after=create)
+        assert after > -1
+        sent = [t for d, t, _ in log[create + 1:after] if d == "client"]
+        assert "response.cancel" in sent or "output_audio_buffer.clear" in sent, sent
+        assert index(log, "client", "conversation.item.truncate", after=create) > -1
+        assert not [p for d, t, p in log
+                    if t == "error" and p["error"]["code"] == "conversation_already_has_active_response"]
+        assert index(log, "client", "input_audio_buffer.commit", after=after) == -1, "silence was sent as a turn"
+        assert len(rows(page)) == 2, rows(page)
+        stop(page)
+
+
+def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tmp_path, speech):
+    """Flows 5–7: a preset fills the box at once and the edited box is what is sent; one bad value
+    is named while the others apply; instructions longer than the local model's context are refused
+    before sending, with the limit in words."""
+    url, data = app
+    wav = mic(tmp_path, speech, 60.0)
+    with opened(tmp_path, wav, url) as page:
+        choose(page, "Instructions preset", "English tutor")
+        box = sidebar(page).get_by_label("Instructions", exact=True)
+        page.wait_for_function("() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('tutor'))")
+        edited = box.input_value() + " Mention cats often."
+        box.fill(edited)
+        sidebar(page).get_by_label("Max output tokens (1–4096 or inf)").fill("lots")
+        apply(page)
+        sidebar(page).get_by_text("Not applied — max output tokens").wait_for()
+        sidebar(page).get_by_text("Saved (instructions)").wait_for()
+        start(page)
+        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        first = next(p for d, t, p in events(data) if d == "server" and t == "session.updated")
+        assert first["session"]["instructions"] == edited  # what the box showed, confirmed by the server
+        assert first["session"]["max_output_tokens"] == "inf"
+
+        box.fill("Tell me everything. " * 1000)  # 20,000 characters
+        sidebar(page).get_by_label("Max output tokens (1–4096 or inf)").fill("300")
+        apply(page)
+        refusal = sidebar(page).get_by_text("Not applied — instructions")
+        refusal.wait_for()
+        assert "2,048 tokens" in refusal.inner_text() or "tokens in all" in refusal.inner_text()
+        sidebar(page).get_by_text("the server confirmed max output tokens").wait_for()
+        updates = [p for d, t, p in events(data) if d == "client" and t == "session.update"]
+        assert updates[-1]["session"] == {"type": "realtime", "max_output_tokens": 300}
+        assert all(len(u["session"].get("instructions", "")) < 1000 for u in updates)
+        stop(page)
+
+
+def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech):
+    """Mute: the AI hears silence. A typed message is answered. Stop the AI cuts the reply where it was
+    heard (the rest struck through). History offers the conversation's audio, both sides."""
+    url, data = app
+    wav = mic(tmp_path, speech, 20.0, "Please count from one to five.", 30.0)  # room for a slow connection
+    with opened(tmp_path, wav, url) as page:
+        assert page.locator("video").count() == 0 or not page.locator("video").first.is_visible()
+        shoot(page, "first-screen")
+        set_instructions(page, STORYTELLER)
+        apply(page)
+        began = start(page)
+        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        page.get_by_text("Mute microphone").click()
+        page.get_by_text("microphone muted").first.wait_for(timeout=10_000)
+        assert time.monotonic() - began < 20, "connected too late for this recording"
+        settle(page, max(0.0, began + 26 - time.monotonic()))  # the spoken question has passed
+        assert index(events(data), "server", "input_audio_buffer.speech_started") == -1, "the AI heard a muted mic"
+        page.get_by_text("Mute microphone").click()
+
+        type_message(page, "Tell me a story about a brave dragon.")
+        page.get_by_text("Speaking").first.wait_for(timeout=60_000)
+        settle(page, 2)
+        page.get_by_role("button", name="Stop the AI").click()
+        found = wait_rows(page, lambda r: len(r) >= 2 and "interrupted" in r[1][3], "the stopped reply", 20)
+        assert found[0][1] == "You" and "brave dragon" in found[0][2], found
+        page.get_by_text("Listening").first.wait_for(timeout=10_000)
+        log = events(data)
+        # Only what was played stands as said: the rest is struck through, or (the local backend cuts
+        # its own transcript at the clauses it played) left out. (tests/test_store.py checks the strike.)
+        reply = "".join(p["delta"] for d, t, p in log if t == "response.output_audio_transcript.delta")
+        assert found[1][2] and reply.startswith(found[1][2].split(" ")[0]), (found, reply)
+        typed = index(log, "client", "conversation.item.create")
+        assert log[typed][2]["item"]["content"][0] == {"type": "input_text",
+                                                       "text": "Tell me a story about a brave dragon."}
+        assert index(log, "client", "response.create", after=typed) > typed
+        assert index(log, "client", "response.cancel", after=typed) > -1 or \
+            index(log, "client", "output_audio_buffer.clear", after=typed) > -1
+        shoot(page, "conversation")
+        stop(page)
+
+        page.reload()  # a new browser session: the page points to the conversation just had
+        page.get_by_text("Your last conversation").wait_for(timeout=30_000)
+        for _ in range(3):  # a click that lands while the page redraws is lost: click again
+            page.get_by_role("link", name="Open it in History").click()
+            with contextlib.suppress(Exception):
+                page.wait_for_url("**/History?**", timeout=10_000)
+                break
+        download = page.get_by_role("button", name="Download audio")
+        download.wait_for(timeout=30_000)
+        shoot(page, "history")
+        with page.expect_download() as caught:
+            download.click()
+        saved = tmp_path / "conversation.ogg"
+        caught.value.save_as(saved)
+    with av.open(str(saved)) as container:
+        stream = container.streams.audio[0]
+        assert stream.channels == 2
+        audio = np.concatenate([frame.to_ndarray() for frame in container.decode(stream)], axis=1)
+    assert audio.shape[1] > 48_000 * 10  # the whole call, not just the replies
+    you, ai = np.sqrt((audio.astype(np.float64) ** 2).mean(axis=1))
+    assert ai > 0.005, (you, ai)  # the AI's voice is on the right
+
+
+@pytest.fixture(scope="module")
+def short_app(tmp_path_factory):
+    """An app whose sessions end after 20 s without speech."""
+    yield from serve(tmp_path_factory.mktemp("short"), KOE_REPLY_MODEL="fast", KOE_IDLE_TIMEOUT_S="20")
+
+
+def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, tmp_path, speech):
+    url, _ = short_app
+    with opened(tmp_path, mic(tmp_path, speech, 90.0), url) as page:
+        start(page)
+        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        page.get_by_text("The session ends in").first.wait_for(timeout=30_000)
+        page.get_by_text("Ended: no speech for 20 seconds").first.wait_for(timeout=60_000)
+        # The browser's call stopped with it: the button offers START again, and the clock stands still.
+        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").wait_for(timeout=30_000)
+        clock = page.get_by_text("This session:").first
+        first = clock.inner_text()
+        settle(page, 3)
+        assert clock.inner_text() == first
+
+
+def test_a_refused_microphone_is_explained(app, tmp_path):
+    """Without the fake permission prompt, headless Chromium refuses the microphone."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--deny-permission-prompts"])
+        page = open_app(context, url)
+        start(page)
+        page.get_by_text("the browser blocked the microphone").wait_for(timeout=30_000)
+        context.close()
