@@ -36,7 +36,10 @@ _deliver = LocalSession._deliver
 
 
 def _checked_deliver(self: LocalSession, event: dict, transports: list) -> None:
-    problem = check_server_event(event, self.dialect)
+    try:  # the check must never break the session it watches
+        problem = check_server_event(event, self.dialect)
+    except Exception as exc:
+        problem = f"{self.dialect} {event.get('type')}: could not be checked: {exc!r}"
     if problem is not None:
         NONCONFORMING.append(problem)
     _deliver(self, event, transports)

@@ -20,6 +20,7 @@ def _members(union: Any) -> dict[str, TypeAdapter]:
     inner = typing.get_args(union)[0] if typing.get_origin(union) is typing.Annotated else union
     found: dict[str, TypeAdapter] = {}
     for model in typing.get_args(inner):
+        model.model_rebuild(force=True)  # built now: servers on other threads validate concurrently
         for name in typing.get_args(model.model_fields["type"].annotation):
             found[name] = TypeAdapter(model)
     return found

@@ -158,8 +158,9 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
 
     # The user's words, then the AI's reply, appear in the live transcript.
     table = page.locator('[data-testid="stMarkdown"] table')
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr').length >= 2",
-                           timeout=60_000)
+    # Two rows, the reply's with words in it ("…" marks a row still waiting for them).
+    page.wait_for_function("() => { const rows = document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr');"
+                           " return rows.length >= 2 && !rows[1].innerText.includes('…'); }", timeout=60_000)
     rows = table.locator("tbody tr").all_inner_texts()
     # Whisper tiny hears the browser-processed voice as "count from 1 to 5", now and then "come 1 to 5".
     assert "You" in rows[0] and any(word in rows[0].lower() for word in ("five", "5")), rows

@@ -82,8 +82,9 @@ def test_the_openai_key_never_reaches_the_browser_the_log_or_an_export(demo, bro
     enter_code(page, ACCESS_CODE)
     page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click()
     page.get_by_text("Listening").first.wait_for(timeout=90_000)
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr').length >= 2",
-                           timeout=90_000)
+    # Two rows, the reply's with words in it ("…" marks a row still waiting for them).
+    page.wait_for_function("() => { const rows = document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr');"
+                           " return rows.length >= 2 && !rows[1].innerText.includes('…'); }", timeout=90_000)
     page.get_by_text("This session:", exact=False).wait_for(timeout=10_000)  # the live cost meter
     page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
     page.get_by_text("Ended: stopped by the user").wait_for(timeout=20_000)
