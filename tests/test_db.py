@@ -86,6 +86,8 @@ def test_a_store_written_by_the_previous_schema_loses_nothing(database):
                 assert after["conversation"]["end_reason"] == RESTART_REASON  # (its events' times are older
                 assert after["conversation"]["ended_at"] == before["conversation"]["started_at"]  # than its start)
                 before["conversation"].update(end_reason=RESTART_REASON, ended_at=after["conversation"]["ended_at"])
+            for old_row, row in zip(before["transcript"], after["transcript"]):  # newer columns start empty
+                assert all(row.pop(column) is None for column in set(row) - set(old_row)), row
             assert after == before
         totals = expected["totals"]
         assert store.totals() == {**totals, "cost_usd": pytest.approx(totals["cost_usd"] + 0.25),
