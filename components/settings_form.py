@@ -160,6 +160,8 @@ def sidebar(current: SessionSettings | None) -> Choice:
                        + ", ".join(sorted(LABELS.get(i.split(".")[0], i) + (" model" if i.endswith(".model") else "")
                                           + (" prompt" if i.endswith(".prompt") else "") for i in ignored)) + ".")
         applied = st.form_submit_button("Apply", type="primary", width="stretch")
+        # A form sends nothing until submitted: say so, or a change left unapplied looks applied.
+        st.caption("Changes take effect when you press Apply: at once during a call, else at the next START.")
     kind = TURNS[turn]
     values: dict[str, Any] = {
         "instructions": instructions, "voice": voice, "speed": speed,

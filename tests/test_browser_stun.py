@@ -12,7 +12,7 @@ import pytest
 
 from test_browser import WEBRTC_IFRAME, chromium, pytestmark, serve, wait_for_models, write_wav  # noqa: F401
 
-CONNECTED = "Connected: speak now."
+CONNECTED = "Listening"  # the status line once the call is live
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_start_connects_in_seconds_with_an_unreachable_stun_server(app, tmp_path
         for _ in range(2):  # the better of two: the machine is shared, and a loaded moment costs seconds
             started = time.monotonic()
             webrtc.get_by_role("button", name="Start").click()
-            page.get_by_text(CONNECTED).wait_for(timeout=60_000)
+            page.get_by_text(CONNECTED).first.wait_for(timeout=60_000)
             took.append(time.monotonic() - started)
             webrtc.get_by_role("button", name="Stop").click()
             page.get_by_text("Ended: stopped by the user").wait_for()

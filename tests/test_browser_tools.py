@@ -50,7 +50,7 @@ def test_a_tool_chosen_in_the_sidebar_is_called_and_shown(tmp_path, stub, two_qu
             webrtc.get_by_role("button", name="Start").wait_for()
             wait_for_models(data)
             webrtc.get_by_role("button", name="Start").click()
-            page.get_by_text("Connected: speak now.").wait_for(timeout=90_000)
+            page.get_by_text("Listening").first.wait_for(timeout=90_000)
             sidebar = page.locator('[data-testid="stSidebar"]')
             picker = sidebar.locator('[data-testid="stMultiSelect"] input')
             picker.click()
@@ -64,7 +64,7 @@ def test_a_tool_chosen_in_the_sidebar_is_called_and_shown(tmp_path, stub, two_qu
             try:
                 page.get_by_text("in Asia/Tokyo.", exact=False).last.wait_for(timeout=90_000)
             finally:
-                rows = page.locator('[data-testid="stTable"] tbody tr').all_inner_texts()
+                rows = page.locator('[data-testid="stMarkdown"] table tbody tr').all_inner_texts()
                 sent = [{k: v for k, v in r.body.items() if k != "messages"} for r in stub.requests]
             calls = [i for i, r in enumerate(rows) if "Tool call" in r]
             assert len(calls) == 1 and "current_time({})" in rows[calls[0]], (rows, sent)

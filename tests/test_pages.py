@@ -15,6 +15,8 @@ from streamlit.testing.v1 import AppTest
 from koe.access import AccessConfig, Passes, Visitor
 from koe.store import SessionStore
 
+from conftest import LOCAL_KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the pages import `components` from the repository root
 SECRETS = {"KOE_ACCESS_CODE": "visitors-welcome", "KOE_ADMIN_CODE": "owner-only", "KOE_SESSION_SECRET": "pass-key"}
@@ -236,7 +238,7 @@ def test_events_shows_readable_tables_and_every_event_once_ended(data, tmp_path)
     assert list(at.dataframe[-1].value["Type"]) == ["session.update"]
 
 
-def test_events_counts_tool_calls_and_the_sidebar_offers_the_tools(data, tmp_path, monkeypatch):
+def test_events_counts_tool_calls_and_the_sidebar_offers_the_tools(data, tmp_path, monkeypatch, local_server):
     store = SessionStore(tmp_path / "koe.sqlite3")
     for error in (None, "calculate failed: ValueError: division by zero"):
         store.record_event(data["v_alice"], "app", {"type": "koe.tool_call", "call_id": "call_1", "item_id": "item_1",
@@ -251,6 +253,10 @@ def test_events_counts_tool_calls_and_the_sidebar_offers_the_tools(data, tmp_pat
         "from koe.tools import tool\n\n@tool\ndef greet(name: str) -> str:\n    '''Greet someone by name.'''\n"
         "    return 'hello ' + name\n")
     monkeypatch.setenv("KOE_TOOLS_DIR", str(tmp_path / "tools"))
+    # The sidebar asks the local backend what it offers: the tests' running server, not an embedded one whose
+    # models would still be loading in a daemon thread when the interpreter exits (which aborts it).
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
     st.cache_resource.clear()  # the configuration is read again
 
     def sidebar_app():
