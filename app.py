@@ -23,7 +23,7 @@ def talk_page() -> None:
     store = runtime.store()
     relay = current_relay()
     running = relay is not None and relay.status.state == "live"
-    choice = sidebar(relay.settings if running else None)
+    choice = sidebar(relay.settings if running else None, relay.settings if relay is not None else None)
     # Every part whose content depends on the session's state gets a slot of its own, so the elements after
     # it (the fragments above all) keep their place in the page when it appears or goes: a fragment that
     # reruns on its own keeps writing where it was, and a moved one would leave a stale copy behind.

@@ -47,11 +47,9 @@ def _status_line(relay: Relay) -> str:
     status = relay.status
     if status.state == "live":
         line = PHASES.get(status.phase, status.message)
-        if status.muted:
-            line += " · 🔇 microphone muted"
         if relay.settings.turn_detection is None and status.phase == "listening":
             line = "🟢 Push to talk: hold the Talk button (or the space bar) while you speak."
-        return line
+        return line + (" · 🔇 microphone muted" if status.muted else "")
     return f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
 
 

@@ -102,15 +102,18 @@ def _voices(backend_name: str, dialect: str, capabilities: Capabilities | None) 
     return voices, {v: v for v in voices}
 
 
-def sidebar(current: SessionSettings | None) -> Choice:
+def sidebar(current: SessionSettings | None, last: SessionSettings | None = None) -> Choice:
     """Draw the sidebar; returns the chosen backend and the settings to use.
 
-    `current` is the running session's confirmed settings, or None when nothing runs.
+    `current` is the running session's confirmed settings, or None when nothing runs; `last` the settings
+    of this browser's previous session, which the widgets start from when nothing runs (so a STOP, an idle
+    end or a visit to another page keeps the voice and turn detection chosen).
     """
     backend, backend_name, model = backend_choice()
     dialect = dialect_for_model(model)
     capabilities = runtime.capabilities(backend) if backend_name == LOCAL_BACKEND else None
-    base = current or SessionSettings(model=model, instructions=PRESETS[DEFAULT_PRESET], voice="alloy")
+    remembered = last if last is not None and last.model == model else None
+    base = current or remembered or SessionSettings(model=model, instructions=PRESETS[DEFAULT_PRESET], voice="alloy")
     voices, voice_labels = _voices(backend_name, dialect, capabilities)
     extra = tuple(v for v in voices if v not in GA_VOICES)
     st.session_state.setdefault("instructions", base.instructions)
@@ -125,8 +128,11 @@ def sidebar(current: SessionSettings | None) -> Choice:
                              help="Fixed once the assistant has spoken: a change then starts a new session.")
         # The local backend's default is semantic VAD: its turn model answers sooner and lets the user pause.
         local = backend_name == LOCAL_BACKEND
+        kind = (current or remembered).turn_detection if (current or remembered) else None
+        default_kind = ("manual" if kind is None else kind.type) if (current or remembered) \
+            else "semantic_vad" if local else "server_vad"
         turn = st.radio("Turn detection", list(TURNS), key="turn",
-                        index=list(TURNS).index("Semantic VAD" if local else "Server VAD"),
+                        index=list(TURNS.values()).index(default_kind),
                         format_func=lambda t: f"{t} (default here: a turn model)"
                         if local and t == "Semantic VAD" else t,
                         help="Push to talk: hold the Talk button (or the space bar) while you speak.")

@@ -271,3 +271,26 @@ def test_events_counts_tool_calls_and_the_sidebar_offers_the_tools(data, tmp_pat
     picker.select("current_time").select("greet")
     at = at.button[0].click().run()  # Apply: a form sends its widgets' values with the submit
     assert not at.exception and "current_time, greet" in texts(at)
+
+
+def test_the_sidebar_starts_from_the_last_sessions_settings(monkeypatch, local_server):
+    # After STOP, an idle end or a visit to History, the next START uses what was chosen, not the defaults.
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
+    st.cache_resource.clear()
+
+    def sidebar_app():
+        import streamlit as st
+        from components.settings_form import sidebar
+        from koe.protocol import SessionSettings
+        last = SessionSettings(voice="mei", turn_detection=None) if st.query_params.get("last") else None
+        choice = sidebar(None, last)
+        st.write(f"voice={choice.settings.voice} turns={choice.settings.turn_detection}")
+
+    fresh = AppTest.from_function(sidebar_app, default_timeout=30).run()
+    assert not fresh.exception and fresh.radio(key="turn").value == "Semantic VAD"
+    at = AppTest.from_function(sidebar_app, default_timeout=30)
+    at.query_params["last"] = "1"
+    at.run()
+    assert not at.exception and at.radio(key="turn").value == "Push to talk (manual)"
+    assert "voice=mei turns=None" in texts(at)
