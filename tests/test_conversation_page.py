@@ -69,8 +69,14 @@ def sidebar(page):
 
 def choose(page, label: str, option: str) -> None:
     """Pick `option` in the sidebar selectbox labelled `label`."""
-    sidebar(page).get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option).click()
+    for attempt in range(5):  # a rerun of the page can close the list before the pick: open it again, as a person would
+        sidebar(page).get_by_label(label, exact=True).click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=5_000)
+            return
+        except Exception:
+            if attempt == 4:
+                raise
 
 
 def apply(page) -> None:
@@ -79,8 +85,15 @@ def apply(page) -> None:
 
 def start(page) -> float:
     """Press START; returns when (monotonic) the microphone began playing."""
+    webrtc = page.frame_locator(WEBRTC_IFRAME)
     try:
-        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click(timeout=120_000)
+        for _ in range(3):  # a click while the page reruns (just after Apply) can land on a frame being replaced:
+            webrtc.get_by_role("button", name="Start").click(timeout=120_000)  # press again, as a person would
+            try:
+                webrtc.get_by_role("button", name="Stop").wait_for(timeout=15_000)
+                break
+            except Exception:
+                continue
     except Exception:  # what the page showed instead, for a person to look at
         shoot(page, "failed-start")
         (SCREENSHOTS / "failed-start.html").write_text(page.content())
