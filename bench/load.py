@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.relay's RelayedCall use
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.figures import percentile  # noqa: E402
-from bench.relay import RelayedCall  # noqa: E402
+from bench.relay import RelayedCall, wait_event  # noqa: E402
 from koe.audio import FRAME_SAMPLES, RATE, rms_dbfs  # noqa: E402
 from koe.client import Backend, RateLimitError  # noqa: E402
 from koe.client.simulated_user import QUESTIONS, VOICE_DBFS, SimulatedUser  # noqa: E402
@@ -87,17 +87,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-async def until(events: list[tuple[float, str]], start: int, type_: str, timeout_s: float) -> float:
-    """Arrival time of the first `type_` event from index `start` of a caller's (time, type) events."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = next((t for t, kind in events[start:] if kind == type_), None)
-        if found is not None:
-            return found
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"no {type_} within {timeout_s:.0f} s")
 
 
 def gaps(heard: list[tuple[float, float]], begin: float, end: float) -> tuple[float, float]:
@@ -179,8 +168,8 @@ async def caller(make, speech: list[np.ndarray], turns: int, level: Level, delay
         for n in range(turns):
             start = len(who.events())
             who.say(speech[(n + int(delay_s * 10)) % len(speech)])
-            stopped = await until(who.events(), start, "input_audio_buffer.speech_stopped", 60)
-            ended = await until(who.events(), start, "output_audio_buffer.stopped", 180)
+            stopped = await wait_event(who.events(), start, "input_audio_buffer.speech_stopped", 60)
+            ended = await wait_event(who.events(), start, "output_audio_buffer.stopped", 180)
             heard = who.heard()
             first = next((at for at, dbfs in heard if at > stopped and dbfs > VOICE_DBFS), None)
             if first is None or first > ended:
