@@ -125,7 +125,9 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
 # placeholder (this app is audio only) is hidden.
 _MIC_JS = """
 export default function (component) {
-  const { setStateValue } = component;
+  // The wrapper outlives this mount (it stays on the iframe's document), so it reports through whichever
+  // mount is current: a rerun that re-mounts this component would otherwise leave it calling a dead one.
+  window.__koeMicReport = (error) => component.setStateValue('error', error);
   const hook = () => {
     for (const frame of document.querySelectorAll('iframe[title="streamlit_webrtc.component.webrtc_streamer"]')) {
       let win;
@@ -138,8 +140,8 @@ export default function (component) {
       win.document.head.appendChild(style);
       const original = devices.getUserMedia.bind(devices);
       devices.getUserMedia = async (constraints) => {
-        try { const stream = await original(constraints); setStateValue('error', ''); return stream; }
-        catch (e) { setStateValue('error', String(e && e.name || e)); throw e; }
+        try { const stream = await original(constraints); window.__koeMicReport(''); return stream; }
+        catch (e) { window.__koeMicReport(String(e && e.name || e)); throw e; }
       };
       win.document.__koeMicWatched = true;
     }
