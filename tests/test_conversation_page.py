@@ -21,9 +21,8 @@ import av
 import numpy as np
 import pytest
 
-from test_browser import CHROMIUM, WEBRTC_IFRAME, chromium, serve, write_wav
+from test_browser import CHROMIUM, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, write_wav
 
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 STORYTELLER = "You are a storyteller. Always answer with a long story of at least ten sentences."
 TABLE_ROWS = '[data-testid="stMarkdown"] table tbody tr'
 
@@ -68,37 +67,21 @@ def sidebar(page):
 
 
 def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the sidebar selectbox labelled `label`."""
-    for attempt in range(5):  # a rerun of the page can close the list before the pick: open it again, as a person would
-        sidebar(page).get_by_label(label, exact=True).click()
-        try:
-            page.get_by_role("option", name=option).click(timeout=5_000)
-            return
-        except Exception:
-            if attempt == 4:
-                raise
+    """Pick `option` in the sidebar selectbox labelled `label`: one click to open it, one on the option.
+
+    The box is scrolled into view first and the scroll let settle, as a person scrolls, then clicks: the
+    list (a React Aria non-modal popover) closes on any scroll of the sidebar, and Playwright's own
+    scroll-into-view dispatches its scroll event a frame after the click it makes, which closed the list
+    it had just opened (the "lost" first click)."""
+    box = sidebar(page).get_by_label(label, exact=True)
+    box.scroll_into_view_if_needed()
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    box.click()
+    page.get_by_role("option", name=option).click(timeout=10_000)
 
 
 def apply(page) -> None:
     sidebar(page).get_by_role("button", name="Apply").click()
-
-
-def start(page) -> float:
-    """Press START; returns when (monotonic) the microphone began playing."""
-    webrtc = page.frame_locator(WEBRTC_IFRAME)
-    try:
-        for _ in range(3):  # a click while the page reruns (just after Apply) can land on a frame being replaced:
-            webrtc.get_by_role("button", name="Start").click(timeout=120_000)  # press again, as a person would
-            try:
-                webrtc.get_by_role("button", name="Stop").wait_for(timeout=15_000)
-                break
-            except Exception:
-                continue
-    except Exception:  # what the page showed instead, for a person to look at
-        shoot(page, "failed-start")
-        (SCREENSHOTS / "failed-start.html").write_text(page.content())
-        raise
-    return time.monotonic()
 
 
 def stop(page) -> None:
@@ -143,11 +126,6 @@ def settle(page, seconds: float) -> None:
     page.wait_for_timeout(seconds * 1000)
 
 
-def shoot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def type_message(page, text: str) -> None:
     page.get_by_placeholder("Type instead of speaking…").fill(text)
     page.get_by_role("button", name="Send").click()
@@ -165,8 +143,7 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
     with opened(tmp_path, wav, url) as page:
         set_instructions(page, STORYTELLER)
         apply(page)
-        start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        start_talking(page)
         type_message(page, "Please tell me a story about a dragon.")
         page.get_by_text("Speaking").first.wait_for(timeout=90_000)
         choose(page, "Voice", "jf_alpha (Japanese sessions)")
@@ -209,7 +186,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         sidebar(page).get_by_text("Push to talk (manual)").click()
         apply(page)
         sidebar(page).get_by_text("apply when you press START").wait_for()
-        began = start(page)
+        began = start_talking(page, live="Push to talk")
         button = page.get_by_text("Hold to talk")
         button.wait_for(timeout=60_000)
         assert time.monotonic() - began < 9, "connected too late for this recording"
@@ -221,6 +198,8 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         found = wait_rows(page, lambda r: len(r) >= 2 and r[1][1] == "AI" and r[0][2] != "…", "the reply")
         assert found[0][1] == "You" and "japan" in found[0][2].lower(), found
         page.get_by_text("Speaking").first.wait_for(timeout=60_000)
+        # A manual turn has its reply latency too (no speech_stopped: counted from the release).
+        wait_rows(page, lambda r: len(r) >= 2 and r[1][4].replace(",", "").isdigit(), "the reply latency", 30)
         log = events(data)
         committed = index(log, "server", "input_audio_buffer.committed")
         user_item = log[committed][2]["item_id"]
@@ -269,8 +248,7 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
         apply(page)
         sidebar(page).get_by_text("Not applied — max output tokens").wait_for()
         sidebar(page).get_by_text("Saved (instructions)").wait_for()
-        start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        start_talking(page)
         first = next(p for d, t, p in events(data) if d == "server" and t == "session.updated")
         assert first["session"]["instructions"] == edited  # what the box showed, confirmed by the server
         assert first["session"]["max_output_tokens"] == "inf"
@@ -298,8 +276,7 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
         shoot(page, "first-screen")
         set_instructions(page, STORYTELLER)
         apply(page)
-        began = start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        began = start_talking(page)
         page.get_by_text("Mute microphone").click()
         page.get_by_text("microphone muted").first.wait_for(timeout=10_000)
         assert time.monotonic() - began < 20, "connected too late for this recording"
@@ -360,8 +337,7 @@ def short_app(tmp_path_factory):
 def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, tmp_path, speech):
     url, _ = short_app
     with opened(tmp_path, mic(tmp_path, speech, 90.0), url) as page:
-        start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        start_talking(page)
         page.get_by_text("The session ends in").first.wait_for(timeout=30_000)
         page.get_by_text("Ended: no speech for 20 seconds").first.wait_for(timeout=60_000)
         # The browser's call stopped with it: the button offers START again, and the clock stands still.
