@@ -29,7 +29,7 @@ from koe.local.stages.models import LocalModels, get_japanese_models
 from koe.local.stages.replies import ReplyStream, ToolCallDelta
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechResumed,
-                                   SpeechStarted, SpeechStopped)
+                                   SpeechStarted, SpeechStopped, TurnQuestion)
 from koe.local.stages.vad import VadStream
 from koe.local.transports import Transport
 from koe.local.voices import LOCAL_VOICES, OPENJTALK_VOICE, japanese_voice
@@ -210,11 +210,12 @@ class LocalSession:
             if vad is not None and vad.interrupt_response:
                 self._interrupt("turn_detected")
             self.emit("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=self._user_item)
+        elif isinstance(event, TurnQuestion) and isinstance(self._detector, SemanticVadDetector):
+            self._ask_turn_model(self._detector, event)
         elif isinstance(event, SilenceBegan):
-            # Transcribe while the silence window runs: most turns end here, and the text is ready.
-            # One pass at a time: pauses between words must not queue up work for the model.
-            if isinstance(self._detector, SemanticVadDetector):
-                self._ask_turn_model(self._detector, event)  # first: the turn's end waits on it
+            # Transcribe while the silence window runs: most turns end here, and the text is ready when
+            # the turn model says complete. One pass at a time: pauses between words must not queue up
+            # work for the model.
             if self._early_job is None or self._early_job.done():
                 self._early_job = self._executor.submit(self._transcribe, event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
@@ -231,18 +232,18 @@ class LocalSession:
             self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic(),
                          waited_ms=event.waited_ms)
 
-    def _ask_turn_model(self, detector: SemanticVadDetector, silence: SilenceBegan) -> None:
-        """semantic_vad: has the user finished? The model runs in the executor; its verdict may end the turn."""
+    def _ask_turn_model(self, detector: SemanticVadDetector, question: TurnQuestion) -> None:
+        """semantic_vad: has the user finished? The model runs in the executor; its answer may end the turn."""
         def judged(job: asyncio.Future) -> None:
             if job.cancelled() or detector is not self._detector:
                 return  # the session closed, or the turn detection changed meanwhile
             if job.exception() is not None:  # without a verdict the turn ends at the eagerness's maximum
                 log.warning("turn model failed: %s", job.exception())
                 return
-            for event in detector.verdict(silence.audio_ms, job.result()):
+            for event in detector.verdict(question, job.result()):
                 self._on_turn_event(event)
 
-        self._run(self.models.turn.is_complete, silence.audio).add_done_callback(judged)
+        self._run(self.models.turn.probability, question.audio).add_done_callback(judged)
 
     def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None,
                 stopped_at: float | None = None, waited_ms: int | None = None) -> None:
