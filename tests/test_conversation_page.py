@@ -21,6 +21,9 @@ import av
 import numpy as np
 import pytest
 
+from koe.local.stages.llm import PROFILES
+
+from conftest import LOCAL_KEY
 from test_browser import CHROMIUM, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, write_wav
 
 STORYTELLER = "You are a storyteller. Always answer with a long story of at least ten sentences."
@@ -77,7 +80,7 @@ def choose(page, label: str, option: str) -> None:
     box.scroll_into_view_if_needed()
     page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     box.click()
-    page.get_by_role("option", name=option).click(timeout=10_000)
+    page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
 
 
 def apply(page) -> None:
@@ -314,6 +317,8 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
                 break
         download = page.get_by_role("button", name="Download audio")
         download.wait_for(timeout=30_000)
+        # The header names the model that answered (the local reply model), not the protocol's model name.
+        page.get_by_text(f"local · {PROFILES['fast'].model} · stopped by the user").wait_for()
         shoot(page, "history")
         with page.expect_download() as caught:
             download.click()
@@ -330,8 +335,9 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
 
 @pytest.fixture(scope="module")
 def short_app(tmp_path_factory):
-    """An app whose sessions end after 20 s without speech."""
-    yield from serve(tmp_path_factory.mktemp("short"), KOE_REPLY_MODEL="fast", KOE_IDLE_TIMEOUT_S="20")
+    """An app whose sessions end after 20 s without speech, or after 45 s in all."""
+    yield from serve(tmp_path_factory.mktemp("short"), KOE_REPLY_MODEL="fast", KOE_IDLE_TIMEOUT_S="20",
+                     KOE_MAX_SESSION_MINUTES="0.75")
 
 
 def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, tmp_path, speech):
@@ -346,6 +352,61 @@ def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, t
         first = clock.inner_text()
         settle(page, 3)
         assert clock.inner_text() == first
+
+
+def test_the_session_minutes_are_counted_down_then_end_the_call(short_app, tmp_path, speech):
+    """Kept busy (a typed message every few seconds: no idle end), the session meets its time limit: the
+    page counts down to it, naming it, then ends the call and says why."""
+    url, data = short_app
+    with opened(tmp_path, mic(tmp_path, speech, 120.0), url) as page:
+        start_talking(page)
+        countdown = page.get_by_text("the 0.75-minute limit", exact=False)
+        deadline = time.monotonic() + 60
+        while not countdown.count():  # the idle countdown is the nearer one until ~25 s have passed
+            assert time.monotonic() < deadline, "no countdown to the session's time limit"
+            type_message(page, "Say yes.")
+            settle(page, 4)
+        assert "The session ends in" in countdown.first.inner_text()
+        page.get_by_text("Ended: the session reached its 0.75-minute limit").first.wait_for(timeout=60_000)
+        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").wait_for(timeout=30_000)
+    with sqlite3.connect(data / "koe.sqlite3") as db:
+        reason = db.execute("SELECT end_reason FROM conversations ORDER BY started_at DESC LIMIT 1").fetchone()[0]
+    assert "0.75-minute limit" in reason
+
+
+@pytest.fixture(scope="module")
+def openai_like_app(tmp_path_factory, local_server):
+    """The app offering OpenAI's models (its OpenAI base URL is the tests' local server, which speaks the
+    same protocol and accepts the same model names) and the local backend (that server too)."""
+    yield from serve(tmp_path_factory.mktemp("openai"), OPENAI_API_KEY=LOCAL_KEY, OPENAI_BASE_URL=local_server.url,
+                     KOE_LOCAL_URL=local_server.url, KOE_LOCAL_API_KEY=LOCAL_KEY)
+
+
+def test_reasoning_effort_is_offered_for_reasoning_models_only_and_sent(openai_like_app, tmp_path, speech):
+    url, data = openai_like_app
+    with opened(tmp_path, mic(tmp_path, speech, 60.0), url) as page:
+        reasoning = sidebar(page).get_by_label("Reasoning effort", exact=True)
+        sidebar(page).get_by_text("Local (offline)").click()
+        sidebar(page).get_by_text("Koe's own offline backend").wait_for()
+        assert reasoning.count() == 0  # the local backend: no reasoning
+        sidebar(page).get_by_text("OpenAI", exact=True).click()
+        choose(page, "Model", "gpt-realtime")
+        sidebar(page).get_by_label("Voice", exact=True).wait_for()
+        assert reasoning.count() == 0  # gpt-realtime does not reason
+        choose(page, "Model", "gpt-realtime-2")
+        reasoning.wait_for()
+        start_talking(page)
+        choose(page, "Reasoning effort", "high")
+        apply(page)
+        sidebar(page).get_by_text("the server confirmed reasoning effort").wait_for(timeout=30_000)
+        stop(page)
+    log = events(data)
+    updates = [p["session"] for d, t, p in log if d == "client" and t == "session.update"]
+    assert updates[-1] == {"type": "realtime", "reasoning": {"effort": "high"}}, updates
+    confirmed = [p["session"] for d, t, p in log if d == "server" and t == "session.updated"]
+    assert confirmed[-1]["reasoning"] == {"effort": "high"}, confirmed[-1]
+    with sqlite3.connect(data / "koe.sqlite3") as db:
+        assert db.execute("SELECT model FROM conversations").fetchone()[0] == "gpt-realtime-2"
 
 
 def test_a_refused_microphone_is_explained(app, tmp_path):
