@@ -218,7 +218,7 @@ class LocalServer:
             replies, model, context = self.chat, self.chat.endpoint.model, None
         else:
             replies, model, context = (await self.models()).llm, self.reply_profile.model, self.reply_profile.context_tokens
-        tokens = await asyncio.get_running_loop().run_in_executor(self._executor, replies.count_tokens, text)
+        tokens = await asyncio.to_thread(replies.count_tokens, text)
         return JSONResponse({"tokens": tokens, "model": model, "context_tokens": context})
 
     # -- running -------------------------------------------------------------------------------
