@@ -4,11 +4,8 @@ chunk packages must have the SHA-256 the project pins."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import re
-import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -29,9 +26,8 @@ from koe.local.stages.models import get_models
 from koe.presets import PRESETS
 from koe.local.stages.replies import ToolCallDelta
 from koe.protocol import SessionSettings
-from koe.relay import LoopThread, Relay
-from koe.tool_runner import ToolRunner
 from koe.tools import ToolContext, default_registry
+from typed_turn import ask, tool_relay
 
 SYSTEM = {"role": "system", "content": PRESETS["Helpful assistant"]}
 
@@ -255,25 +251,15 @@ def test_untagged_calls_are_taken_only_when_they_name_an_offered_function():
 
 async def test_what_time_is_it_is_answered_by_the_default_model_through_the_tool(default_server):
     tokyo = ZoneInfo("Asia/Tokyo")
-    registry = default_registry()
     settings = SessionSettings(instructions=PRESETS["Helpful assistant"], voice="alloy", turn_detection=None,
-                               transcription=None, tools=registry.declarations(["current_time", "calculate"]),
+                               transcription=None, tools=default_registry().declarations(["current_time", "calculate"]),
                                max_output_tokens=60)
-    relay = Relay(Backend(default_server.url), settings, LoopThread())
-    events: list[tuple[str, dict]] = []
-    relay.on_event = lambda direction, event, at: events.append((direction, event))
-    ran = []
-    relay.use_tools(ToolRunner(registry, ToolContext(timezone="Asia/Tokyo"), on_call=ran.append))
+    relay, events, ran = tool_relay(default_server.url, settings, ToolContext(timezone="Asia/Tokyo"))
     try:
         relay.start().result(timeout=120)
         assert relay.status.state == "live", relay.status.message
         before = datetime.now(tokyo)
-        relay.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "What time is it?"}]}})
-        relay.send({"type": "response.create"})
-        deadline = time.monotonic() + 300
-        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        await ask(relay, events, "What time is it?", timeout_s=300)
         after = datetime.now(tokyo)
     finally:
         relay.stop()

@@ -3,15 +3,14 @@ tool runner, the store. Every event the local server sends is checked against op
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from chat_stub import ChatStub, Reply, ToolCalls
+from typed_turn import ask, tool_relay
 from koe.client import Backend
 from koe.client.simulated_user import SimulatedUser
 from koe.local import LocalServer
@@ -57,12 +56,7 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
         relay.start().result(timeout=60)
         assert relay.status.state == "live", relay.status.message
         before = datetime.now(TOKYO)
-        relay.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "What time is it?"}]}})
-        relay.send({"type": "response.create"})
-        deadline = time.monotonic() + 90
-        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await ask(relay, events, "What time is it?")
         after = datetime.now(TOKYO)
     finally:
         relay.stop()
@@ -128,20 +122,12 @@ async def test_the_fast_bundled_model_says_once_that_it_cannot_call_tools(backen
 async def test_a_tool_the_session_does_not_offer_is_not_run(models):
     stub = ChatStub(script=[ToolCalls([("search_history", '{"query": "password"}')]), Reply("I cannot look.")]).start()
     server = LocalServer(port=0, models=models, chat_base_url=stub.url, chat_model="tool-model").start()
-    registry = default_registry()
     settings = SessionSettings(voice="alloy", turn_detection=None, transcription=None, output_modalities="text",
-                               tools=registry.declarations(["calculate"]))
-    relay = Relay(Backend(server.url), settings, LoopThread())
-    events: list[tuple[str, dict]] = []
-    relay.on_event = lambda direction, event, at: events.append((direction, event))
-    calls = []
-    relay.use_tools(ToolRunner(registry, ToolContext(visitor="v_x"), on_call=calls.append))
+                               tools=default_registry().declarations(["calculate"]))
+    relay, events, calls = tool_relay(server.url, settings, ToolContext(visitor="v_x"))
     try:
         relay.start().result(timeout=60)
-        relay.send({"type": "response.create"})
-        deadline = time.monotonic() + 60
-        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await ask(relay, events, None, timeout_s=60)
     finally:
         relay.stop()
         server.stop()
