@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,13 +22,14 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from koe.audio import RATE, PcmQueueTrack, Resampler, frame_to_mono, frames, to_float32
 from koe.local.conversation import Conversation, Item
+from koe.local.scheduler import ModelScheduler, Urgency
 from koe.local.stages.chat import ChatEndpointError
 from koe.local.stages.llm import ContextOverflow
 from koe.local.stages.models import LocalModels, get_japanese_models
 from koe.local.stages.replies import ReplyStream, ToolCallDelta
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechResumed,
-                                   SpeechStarted, SpeechStopped)
+                                   SpeechStarted, SpeechStopped, TurnQuestion)
 from koe.local.stages.vad import VadStream
 from koe.local.transports import Transport
 from koe.local.voices import LOCAL_VOICES, OPENJTALK_VOICE, japanese_voice
@@ -108,7 +108,7 @@ class LocalSession:
     has a `playback` track); the owner feeds client events to `handle`, WebRTC audio to `listen`,
     and calls `start` once the client can hear events, `close` at the end."""
 
-    def __init__(self, dialect: Dialect, settings: SessionSettings, models: LocalModels, executor: Executor,
+    def __init__(self, dialect: Dialect, settings: SessionSettings, models: LocalModels, scheduler: ModelScheduler,
                  transport: Transport, max_session_s: float = 3600.0, replies: ReplyStream | None = None) -> None:
         self.id = new_id("sess")
         self.dialect = dialect
@@ -123,7 +123,7 @@ class LocalSession:
         if self._playback is not None:
             self._playback.on_drained = self._on_drained
         self._decode_input = InputDecoder(VAD_RATE)
-        self._executor = executor
+        self._scheduler = scheduler  # all model work goes through it, marked with how soon it is heard
         self._conversation = Conversation()
         self._vad = VadStream(models.vad)
         self._to_16k = Resampler(VAD_RATE)
@@ -214,13 +214,15 @@ class LocalSession:
             if vad is not None and vad.interrupt_response:
                 self._interrupt("turn_detected")
             self.emit("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=self._user_item)
+        elif isinstance(event, TurnQuestion) and isinstance(self._detector, SemanticVadDetector):
+            self._ask_turn_model(self._detector, event)
         elif isinstance(event, SilenceBegan):
-            # Transcribe while the silence window runs: most turns end here, and the text is ready.
-            # One pass at a time: pauses between words must not queue up work for the model.
-            if isinstance(self._detector, SemanticVadDetector):
-                self._ask_turn_model(self._detector, event)  # first: the turn's end waits on it
+            # Transcribe while the silence window runs: most turns end here, and the text is ready when
+            # the turn model says complete. One pass at a time: pauses between words must not queue up
+            # work for the model.
             if self._early_job is None or self._early_job.done():
-                self._early_job = self._executor.submit(self._transcribe, event.audio)
+                self._early_job = self._scheduler.submit(Urgency.LISTEN, self._stt_name(), self._transcribe,
+                                                         event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
         elif isinstance(event, SpeechResumed):
             self._early = None
@@ -232,21 +234,24 @@ class LocalSession:
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
             create = vad is not None and vad.create_response
             early, self._early = self._early, None
+            if early is not None and self._early_job is not None and self._early_job.cancel():
+                early = None  # still queued as listening work: the turn's end makes it a reply's, asked anew
             self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic(),
                          waited_ms=event.waited_ms)
 
-    def _ask_turn_model(self, detector: SemanticVadDetector, silence: SilenceBegan) -> None:
-        """semantic_vad: has the user finished? The model runs in the executor; its verdict may end the turn."""
+    def _ask_turn_model(self, detector: SemanticVadDetector, question: TurnQuestion) -> None:
+        """semantic_vad: has the user finished? The model runs in the executor; its answer may end the turn."""
         def judged(job: asyncio.Future) -> None:
             if job.cancelled() or detector is not self._detector:
                 return  # the session closed, or the turn detection changed meanwhile
             if job.exception() is not None:  # without a verdict the turn ends at the eagerness's maximum
                 log.warning("turn model failed: %s", job.exception())
                 return
-            for event in detector.verdict(silence.audio_ms, job.result()):
+            for event in detector.verdict(question, job.result()):
                 self._on_turn_event(event)
 
-        self._run(self.models.turn.is_complete, silence.audio).add_done_callback(judged)
+        self._scheduler.run(Urgency.REPLY, "turn", self.models.turn.probability,
+                            question.audio).add_done_callback(judged)
 
     def _commit(self, item_id: str, audio: np.ndarray, *, respond: bool, early: asyncio.Future | None = None,
                 stopped_at: float | None = None, waited_ms: int | None = None) -> None:
@@ -267,7 +272,8 @@ class LocalSession:
         # Always transcribed: the reply model reads the user's words, also for a response.create after a
         # manual commit. No speech came after the silence began (it would have dropped the early pass), so
         # the early transcript holds every word of the turn.
-        text = await (early if early is not None else self._run(self._transcribe, audio))
+        text = await (early if early is not None else self._scheduler.run(
+            Urgency.REPLY, self._stt_name(), self._transcribe, audio, deadline=min(marks.values())))
         item.text = text
         marks["transcribed"] = time.monotonic()
         if self.settings.transcription is not None:
@@ -338,7 +344,9 @@ class LocalSession:
         tools = tools or {}
         response.input_tokens = sum(
             self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
-        producer = loop.run_in_executor(self._executor, produce)
+        # The bundled model is model work; a chat endpoint's stream is network I/O and waits on no lane.
+        producer = self._scheduler.run(Urgency.REPLY, "llm", produce, deadline=min(response.marks.values())) \
+            if self._bundled_replies else loop.run_in_executor(None, produce)
         splitter = ClauseSplitter()
         while (delta := await deltas.get()) is not None:
             response.marks.setdefault("first_token", time.monotonic())
@@ -413,10 +421,17 @@ class LocalSession:
                       delta=delta.arguments)
 
     async def _speak(self, response: Response, clause: str) -> None:
-        pcm = await self._run(self._synthesize, clause)
+        track = self._playback
+        if response.audio_started:  # the caller is hearing this reply: due when what it holds runs out
+            held_s = track.queued_ms / 1000 if track is not None else 0.0
+            urgency, deadline = Urgency.SPEAK, time.monotonic() + held_s
+        else:
+            urgency, deadline = Urgency.REPLY, min(response.marks.values())
+        tts = "tts-ja" if self._japanese() else "tts"
+        pcm = await self._scheduler.run(urgency, tts, self._synthesize, clause, deadline=deadline)
         if pcm.size == 0 or response.status != "in_progress":
             return
-        track, item = self._playback, response.item
+        item = response.item
         if not response.audio_started:
             response.audio_started = True
             self._assistant_spoke = True
@@ -435,7 +450,8 @@ class LocalSession:
             await track.write(pcm)
         else:  # WebSocket: the client plays the deltas
             fmt = self.settings.output_audio_format or "pcm16"
-            self.emit("response.output_audio.delta", delta=await self._run(encode, pcm, fmt), **response.where)
+            delta = await self._scheduler.run(Urgency.SPEAK, None, encode, pcm, fmt)
+            self.emit("response.output_audio.delta", delta=delta, **response.where)
 
     def _finish(self, response: Response) -> None:
         if response.status == "in_progress":
@@ -723,7 +739,7 @@ class LocalSession:
         if not self._japanese():
             return
         voice = japanese_voice(self.settings.voice)
-        self._executor.submit(lambda: get_japanese_models().tts.prepare(voice))
+        self._scheduler.submit(Urgency.LISTEN, "tts-ja", lambda: get_japanese_models().tts.prepare(voice))
         profile = self.models.llm.profile
         if self._bundled_replies and not profile.japanese and "limited" not in self._warned:
             self._warned.add("limited")
@@ -762,8 +778,8 @@ class LocalSession:
             return get_japanese_models().tts.synthesize(clause, self.settings.speed, japanese_voice(self.settings.voice))
         return self.models.tts.synthesize(clause, self.settings.speed)
 
-    def _run(self, fn, *args) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _stt_name(self) -> str:
+        return "stt-ja" if self._japanese() else "stt"
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
+from koe.local.scheduler import model_threads
 from koe.local.stages import hermes
 from koe.local.stages.assets import qwen_1_5b_gguf_path, smollm2_gguf_path
 from koe.local.stages.replies import ToolCallDelta
@@ -33,7 +34,6 @@ log = logging.getLogger("koe.local")
 
 REPLY_MODEL_ENV = "KOE_REPLY_MODEL"
 DEFAULT_PROFILE = "default"
-THREADS = 2
 REMEMBERED_REPLIES = 64  # replies whose sampled tokens are kept, to give them back token for token
 
 
@@ -95,7 +95,7 @@ class ReplyModel:
 
     def __init__(self, profile: ReplyProfile | str | None = None) -> None:
         self.profile = profile if isinstance(profile, ReplyProfile) else reply_profile(profile)
-        self._llm = Llama(model_path=str(self.profile.path()), n_ctx=self.profile.context_tokens, n_threads=THREADS,
+        self._llm = Llama(model_path=str(self.profile.path()), n_ctx=self.profile.context_tokens, n_threads=model_threads(),
                           n_batch=256, verbose=False)
         self._lock = threading.Lock()  # a llama context is not thread-safe
         self._start = self._llm.tokenize(b"", add_bos=True, special=True)  # BOS where the model wants one
