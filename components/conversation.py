@@ -2,7 +2,7 @@
 
 Audio path: browser mic → Opus → the peer streamlit-webrtc runs → `sink_audio_track` (every frame,
 in order, no intermediate queue that could skip or repeat audio) → Relay → upstream call. The
-reply comes back through the Relay as frames handed straight on (`FrameQueueTrack`, passed as
+reply comes back through the Relay as the Opus packets it came in (koe.opus), handed straight on (`FrameQueueTrack`, passed as
 `source_audio_track`): no second clock, so no standing delay can build up, a small bound on what it
 holds, and a `clear()` on barge-in. (`PcmAudioSource` would re-pace the audio and holds without limit.)
 """

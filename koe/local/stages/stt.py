@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from faster_whisper import WhisperModel
 
+from koe.local.scheduler import model_threads
 from koe.local.stages.assets import whisper_tiny_en_dir
 
 # Whisper can loop on unclear audio: bound the text by the audio's length (Japanese needs ~6 tokens a
@@ -22,11 +23,12 @@ logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 
 class Transcriber:
-    """One Whisper model shared by all sessions; a lock serialises calls (two would halve each)."""
+    """One Whisper model shared by all sessions, computing with `model_threads()`; a lock serialises calls
+    (two would halve each; koe.local's scheduler runs one at a time anyway)."""
 
     def __init__(self, model_dir: Path | None = None) -> None:
         self._model = WhisperModel(str(model_dir or whisper_tiny_en_dir()), device="cpu",
-                                   compute_type="int8", cpu_threads=2, local_files_only=True)
+                                   compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
         self._lock = threading.Lock()
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = "en") -> str:
