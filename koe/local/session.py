@@ -130,6 +130,7 @@ class LocalSession:
         self._detector: ServerVadDetector | None = None
         self._manual = AudioBuffer()
         self._user_item: str | None = None  # id promised in speech_started
+        self._speech_starts = 0  # speech_started events so far: a turn's reply waits on its words, the user may go on
         self._early: asyncio.Future | None = None  # transcript started when the silence began
         self._early_job: concurrent.futures.Future | None = None
         self._response: Response | None = None
@@ -211,6 +212,7 @@ class LocalSession:
         vad = self.settings.turn_detection
         if isinstance(event, SpeechStarted):
             self._user_item = new_id("item")
+            self._speech_starts += 1
             if vad is not None and vad.interrupt_response:
                 self._interrupt("turn_detected")
             self.emit("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=self._user_item)
@@ -263,12 +265,12 @@ class LocalSession:
         marks = {"speech_stopped": stopped_at or time.monotonic()}
         if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
             marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
-        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks, self._speech_starts))
         self._transcribing.add(task)
         task.add_done_callback(self._transcribing.discard)
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
-                                       respond: bool, marks: dict[str, float]) -> None:
+                                       respond: bool, marks: dict[str, float], speech_starts: int) -> None:
         # Always transcribed: the reply model reads the user's words, also for a response.create after a
         # manual commit. No speech came after the silence began (it would have dropped the early pass), so
         # the early transcript holds every word of the turn.
@@ -282,6 +284,12 @@ class LocalSession:
             self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
                       content_index=0, transcript=text,
                       usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
+        vad = self.settings.turn_detection
+        if vad is not None and vad.interrupt_response and self._speech_starts != speech_starts:
+            # The user spoke again while the words were transcribed: the reply would have been cancelled
+            # by that speech_started (the API creates it at once), so it is not started; the next turn's
+            # reply reads this item too.
+            return
         if respond and item.text.strip():
             self._start_response(marks=marks)
 
