@@ -114,6 +114,7 @@ class ReplyModel:
             if cancelled():
                 return
             prompt, max_tokens = self._prompt(messages, max_tokens)
+            self._log_cache(prompt)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             sampled: list[int] = []
             text = ""
@@ -135,6 +136,16 @@ class ReplyModel:
             finally:
                 tokens.close()  # ends llama's generator, so no more tokens are computed
                 self._remember(text, sampled)
+
+    def _log_cache(self, prompt: list[int]) -> None:
+        """Log how much of `prompt` llama.cpp's KV cache already holds (its longest common prefix with what
+        was evaluated last; at least the last token is always evaluated again): the rest is evaluated now."""
+        evaluated = self._llm.input_ids[:self._llm.n_tokens]
+        limit = min(len(evaluated), len(prompt) - 1)
+        differs = [i for i in range(limit) if evaluated[i] != prompt[i]]
+        cached = differs[0] if differs else limit
+        log.info("reply prompt: %d tokens, %d cached, %d to evaluate", len(prompt), cached, len(prompt) - cached,
+                 extra={"prompt_tokens": {"prompt": len(prompt), "cached": cached}})
 
     # -- the prompt, as tokens -----------------------------------------------------------------
     def _prompt(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
