@@ -24,22 +24,19 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.relay's RelayedCall uses the tests' helpers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.figures import percentile  # noqa: E402
+from bench.figures import LocalBackendProcess, cpu_seconds, peak_rss_mb, percentile  # noqa: E402
 from bench.relay import RelayedCall, wait_event  # noqa: E402
 from koe.audio import FRAME_SAMPLES, RATE, rms_dbfs  # noqa: E402
 from koe.client import Backend, RateLimitError  # noqa: E402
@@ -68,25 +65,6 @@ class Level:
     @property
     def late(self) -> float:
         return self.gaps_s / self.played_s if self.played_s else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def gaps(heard: list[tuple[float, float]], begin: float, end: float) -> tuple[float, float]:
@@ -219,24 +197,9 @@ def report(levels: list[Level], max_calls: str, path: str) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     speaker = Speaker()
     speech = [speaker.synthesize(q) for q in QUESTIONS[:4]]
-    port = free_port()
-    command = [sys.executable, "-m", "koe.local", "--port", str(port), "--reply-model", args.reply_model]
-    if args.max_calls is not None:
-        command += ["--max-calls", str(args.max_calls)]
-    backend = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        health = None
-        for _ in range(600):  # the models load first (a minute or more on a busy machine)
-            try:
-                health = httpx.get(url + "/healthz", timeout=2).json()
-                break
-            except httpx.HTTPError:
-                if backend.poll() is not None:
-                    raise SystemExit("koe.local did not start")
-                await asyncio.sleep(0.5)
-        if health is None:
-            raise SystemExit("koe.local did not answer /healthz")
+    extra = ["--reply-model", args.reply_model] + (["--max-calls", str(args.max_calls)] if args.max_calls is not None else [])
+    with LocalBackendProcess(*extra) as backend:
+        url, health = backend.url, backend.health
         loop_thread = LoopThread() if args.through_relay else None  # the relays' loop, as in the app
         make = (lambda: RelayedCaller(url, loop_thread)) if loop_thread else (lambda: DirectCaller(url))
         levels = []
@@ -245,9 +208,6 @@ async def main_async(args: argparse.Namespace) -> None:
             levels.append(await run_level(make, backend.pid, speech, n, args.turns))
         report(levels, str(health["max_calls"] or "unlimited"),
                "through the relay" if loop_thread else "callers straight to the backend")
-    finally:
-        backend.terminate()
-        backend.wait(30)
 
 
 def main() -> None:

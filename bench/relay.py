@@ -1,29 +1,32 @@
-"""What the relay costs: added latency, CPU per relayed session, and how many sessions one process relays.
+"""What the relay costs: added latency both ways, CPU per relayed session, and how many sessions one process
+relays, for its two audio paths side by side: passthrough (the Opus packets go on as they came, koe.opus) and
+decode/encode (every frame encoded again, aiortc's default and the relay's path before).
 
-    .venv/bin/python bench/relay.py [--turns 6] [--max-sessions 16] [--cpu-sessions 2] [--window 5]
+    .venv/bin/python bench/relay.py [--turns 6] [--max-sessions 32] [--cpu-sessions 2] [--window 5]
 
-Everything runs in this process, on this machine: the local server (its own thread), the relay's
-upstream calls (their own `LoopThread`, as in the app), and on the main loop a synthetic browser
-(a real aiortc peer) plus the "server-side browser peer" that streamlit-webrtc would run: a sink
-task that hands every received frame to `relay.on_browser_frame`, and `relay.to_browser` as its
-outgoing track. The two are negotiated in-process (offer/answer between two RTCPeerConnections).
+The backend (`python -m koe.local`, no call limit) runs in its own process, so this process holds only the
+relay's part and the synthetic browsers: the relays' upstream calls on their own `LoopThread`, as in the app,
+and on the main loop the synthetic browsers (real aiortc peers) and the "server-side browser peer" that
+streamlit-webrtc would run: a sink task that hands every received frame to `relay.on_browser_frame`, and
+`relay.to_browser` as its outgoing track. The two are negotiated in-process (offer/answer).
 
-1. Added latency: turns alternate between a relayed call and the same kind of caller connected to
-   the local server directly (`SimulatedUser`). Each turn: `speech_stopped` (as the relay or the
-   caller saw it) -> first non-silent reply frame at the synthetic browser / caller. The relay adds
-   relayed minus direct. Model time varies from turn to turn, so the transport time is also shown
-   per turn without it (client figure minus the server's own speech_stopped -> first audio queued),
-   which is the steadier estimate of the same difference. Goal: the relay adds at most 20 ms p50.
-2. CPU per relayed session: process CPU over a window with k relayed sessions streaming speech
-   (turn detection off, so the backend runs no model) minus the same window with none; and the
-   same with k direct callers, so the relay's own share (the app's browser peer, the upstream peer
-   and the plumbing between them) is the difference.
-3. Capacity: 1, 2, 4, ... relayed sessions streaming speech both ways; a level keeps up when every
-   synthetic browser still gets ~50 frames/s back, the p99 gap between frames stays under 100 ms,
-   the app peers still get ~50 frames/s from the browsers and the relays' upstream queues don't drop
-   (a level that fails runs once more: the machine may be shared), then the step where it fell
-   behind is narrowed. This process also runs the synthetic browsers and the backend's peers (four aiortc peers per
-   session, two of them the relay's), so the count is a floor for a process that only relays.
+1. Added latency: turns rotate between a passthrough relay, a decode/encode relay and the same kind of caller
+   connected to the backend directly (`SimulatedUser`). Each turn: `speech_stopped` (as the relay or the caller
+   saw it) -> first non-silent reply frame at the synthetic browser / caller. The relay adds relayed minus
+   direct. Model time varies from turn to turn, so the way back is also shown without it (client figure minus
+   the backend's own speech_stopped -> first audio queued, read from its log), and the way in as mic end of
+   speech -> speech_stopped. Goal: the relay adds at most 20 ms p50.
+2. CPU per relayed session: this process's CPU over a window with k relayed sessions streaming speech both
+   ways (turn detection off, so the backend runs no model), minus the same window with k synthetic browsers
+   connected to the backend directly: the relay's own share (the app's browser peer, the upstream peer and the
+   plumbing between them), and 100 / that share = sessions per core. The synthetic browsers send a
+   pre-encoded clip (`PacketLoop`), so what they cost is small beside the relay's.
+3. Capacity: 1, 2, 4, ... relayed sessions streaming speech both ways, per path; a level keeps up when every
+   synthetic browser still gets ~50 frames/s back, the p99 gap between frames stays under 100 ms, the app
+   peers still get ~50 frames/s from the browsers and the relays' upstream queues don't drop (a level that
+   fails runs once more: the machine may be shared), then the step where it fell behind is narrowed. One
+   Python process (one core's worth of Python under the GIL) also runs the synthetic browsers, so the count is
+   a floor for a process that only relays.
 """
 
 from __future__ import annotations
@@ -43,16 +46,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import av  # noqa: E402
 import numpy as np  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
-from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
+from aiortc.codecs.opus import OpusEncoder  # noqa: E402
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
-from koe.audio import RATE, PcmQueueTrack, frames, rms_dbfs  # noqa: E402
-from bench.figures import TimingsCollector, percentile  # noqa: E402
-from koe.client import Backend  # noqa: E402
+from koe.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE, PcmQueueTrack, frames, mono_to_frame, rms_dbfs  # noqa: E402
+from bench.figures import LocalBackendProcess, TimingsCollector, percentile  # noqa: E402
+from koe.client import Backend, RealtimeConnection  # noqa: E402
 from koe.client.simulated_user import QUESTIONS as UTTERANCES, VOICE_DBFS, SimulatedUser  # noqa: E402
-from koe.local import LocalServer  # noqa: E402
-from koe.local.stages.models import warm  # noqa: E402
+from koe.local.stages.tts import Speaker  # noqa: E402
+from koe.opus import TIME_BASE  # noqa: E402
 from koe.loop_watch import LoopWatch  # noqa: E402
 from koe.protocol import SessionSettings  # noqa: E402
 from koe.relay import LoopThread, Relay  # noqa: E402
@@ -92,16 +97,42 @@ class SentClock:
         self.mark = self.track.played_samples + self.track.queued_ms * RATE // 1000 + samples
 
 
-async def feed_forever(track: PcmQueueTrack, audio: np.ndarray) -> None:
-    """Keep a microphone track speaking: `audio` over and over."""
-    while True:
-        if track.queued_ms < 600:
-            track.push(audio)
-        await asyncio.sleep(0.2)
+def encode_clip(audio: np.ndarray) -> list[bytes]:
+    """int16 mono 48 kHz samples as 20 ms Opus payloads (aiortc's own encoder, as a browser peer sends)."""
+    encoder, payloads = OpusEncoder(), []
+    for start in range(0, audio.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        payloads += encoder.encode(mono_to_frame(audio[start:start + FRAME_SAMPLES], start))[0]
+    return payloads
+
+
+class PacketLoop(MediaStreamTrack):
+    """A synthetic browser's microphone saying one encoded clip over and over, paced at real time. It
+    gives its sender packets (nothing to encode), so the process's CPU is mostly the relay's own."""
+
+    kind = "audio"
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        super().__init__()
+        self._payloads, self._sent, self._start = payloads, 0, None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        self._start = self._start or now
+        wait = self._start + self._sent * FRAME_SECONDS - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif wait < -0.2:  # the loop stalled: go on from now rather than burst
+            self._start = now - self._sent * FRAME_SECONDS
+        packet = av.Packet(self._payloads[self._sent % len(self._payloads)])
+        packet.pts, packet.time_base = self._sent * FRAME_SAMPLES, TIME_BASE
+        self._sent += 1
+        return packet
 
 
 class QueueSampler:
-    """Samples how much reply audio the relays hold for their browsers (`to_browser.queued_ms`): the
+    """Samples how much reply audio the relays hold for their browsers (`to_browser.queued_samples`, in ms): the
     standing delay in front of the next reply. Runs on the browser loop, where those tracks live."""
 
     def __init__(self, calls: list["RelayedCall"], every_s: float) -> None:
@@ -111,7 +142,7 @@ class QueueSampler:
 
     async def _run(self) -> None:
         while True:
-            self.samples.extend(call.relay.to_browser.queued_ms for call in self.calls)
+            self.samples.extend(call.relay.to_browser.queued_samples * 1000 // RATE for call in self.calls)
             await asyncio.sleep(self.every_s)
 
     def summary(self) -> str:
@@ -128,15 +159,18 @@ class QueueSampler:
 class RelayedCall:
     """synthetic browser peer <-> app's browser peer (sink + relay.to_browser) <-> Relay <-> backend."""
 
-    def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread) -> None:
-        self.relay = Relay(backend, settings, loop_thread)
+    def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
+                 passthrough: bool = True, mic: MediaStreamTrack | None = None) -> None:
+        self.relay = Relay(backend, settings, loop_thread, passthrough=passthrough)
         self.events: list[tuple[float, str]] = []  # (monotonic, type) of every server event, from the relay
         self.latencies: list[int] = []  # what the relay itself reports (to its queue for the browser)
         self.relay.on_event = self._on_event
         self.relay.on_latency = lambda item_id, ms: self.latencies.append(ms)
-        self.mic = PcmQueueTrack(capacity_ms=120_000)  # the synthetic browser's microphone
-        self.clock = SentClock(self.mic)
-        self.heard: deque[tuple[float, float]] = deque(maxlen=50 * 600)  # (arrival, dBFS) at the browser
+        # The synthetic browser's microphone: speech pushed turn by turn (with its clock), or a PacketLoop.
+        self.mic = mic or PcmQueueTrack(capacity_ms=120_000)
+        self.clock = SentClock(self.mic) if isinstance(self.mic, PcmQueueTrack) else None
+        self.levels = self.clock is not None  # measure what the browser hears (a per-frame cost) only for turns
+        self.heard: deque[tuple[float, float]] = deque(maxlen=50 * 600)  # (arrival, dBFS or 0) at the browser
         self.sunk: deque[float] = deque(maxlen=50 * 600)  # arrivals at the app peer's sink
         self.dropped: int | None = None  # frames the relay's upstream queue dropped
         self._browser: RTCPeerConnection | None = None
@@ -195,10 +229,7 @@ class RelayedCall:
     async def _listen(self, track: MediaStreamTrack) -> None:
         """The synthetic browser's speaker."""
         async for frame in frames(track):
-            self.heard.append((time.monotonic(), rms_dbfs(frame.to_ndarray())))
-
-    def stream(self, audio: np.ndarray) -> None:
-        self._spawn(feed_forever(self.mic, audio))
+            self.heard.append((time.monotonic(), rms_dbfs(frame.to_ndarray()) if self.levels else 0.0))
 
     def first_voice_after(self, t: float) -> float | None:
         return next((at for at, level in self.heard if at > t and level > VOICE_DBFS), None)
@@ -267,77 +298,84 @@ async def one_turn(path: str, speech: np.ndarray, events, clock: SentClock, say,
     return row
 
 
-async def measure_latency(backend: Backend, loop_thread: LoopThread, models, timings: TimingsCollector,
+MODES = {"passthrough": True, "decode/encode": False}  # the relay's two audio paths (Relay(passthrough=...))
+
+
+async def measure_latency(backend: Backend, loop_thread: LoopThread, speaker: Speaker, timings: TimingsCollector,
                           turns: int) -> dict:
-    print(f"== 1. relay added latency: {turns} turns each way, alternating ==")
-    speech = {text: models.tts.synthesize(text) for text in UTTERANCES}
+    print(f"== 1. relay added latency: {turns} turns per path, the paths taking turns ==")
+    speech = {text: speaker.synthesize(text) for text in UTTERANCES}
     rows: list[dict] = []
-    relayed = await RelayedCall(backend, TALK, loop_thread).start()
-    queue = QueueSampler([relayed], 0.01)
+    relayed = {mode: await RelayedCall(backend, TALK, loop_thread, passthrough=on).start() for mode, on in MODES.items()}
+    queue = QueueSampler(list(relayed.values()), 0.01)
     try:
         async with SimulatedUser(backend, TALK) as user:
             direct_clock = SentClock(user.mic)
             direct_events = DirectEvents(user)
 
-            async def relayed_say(audio):
-                relayed.mic.push(audio)
-                relayed.mic.push(np.zeros(int(0.2 * RATE), np.int16))
+            def relayed_say(call: RelayedCall):
+                async def say(audio):
+                    call.mic.push(audio)
+                    call.mic.push(np.zeros(int(0.2 * RATE), np.int16))
+                return say
 
             async def direct_say(audio):
                 await user.say(audio, silence_after_s=0.2)
 
-            paths = {
-                "relayed": (relayed.events, relayed.clock, relayed_say, relayed.first_voice_after, relayed.latencies),
-                "direct": (direct_events, direct_clock, direct_say, user.first_voice_after, None),
-            }
-            await asyncio.sleep(1.0)  # both calls settled, silence flowing
+            paths = {mode: (call.events, call.clock, relayed_say(call), call.first_voice_after, call.latencies)
+                     for mode, call in relayed.items()}
+            paths["direct"] = (direct_events, direct_clock, direct_say, user.first_voice_after, None)
+            names = list(paths)
+            await asyncio.sleep(1.0)  # the calls settled, silence flowing
             for n in range(turns):
                 text = UTTERANCES[n % len(UTTERANCES)]
-                order = ("relayed", "direct") if n % 2 == 0 else ("direct", "relayed")
-                for path in order:
+                for path in names[n % len(names):] + names[:n % len(names)]:  # each path goes first in turn
                     try:
                         row = await one_turn(path, speech[text], *paths[path], timings)
                     except TimeoutError as exc:
                         row = None
-                        print(f"  turn {n + 1} {path:8s}: {exc}")
+                        print(f"  turn {n + 1} {path:13s}: {exc}")
                     if row is None:
-                        print(f"  turn {n + 1} {path:8s}: no reply audio")
+                        print(f"  turn {n + 1} {path:13s}: no reply audio")
                         continue
                     rows.append(row)
                     mic = f"{row['from_mic']:5.0f}" if "from_mic" in row else "    ?"
                     split = (f" = {row['server_to_relay']:.0f} to the relay + {row['relay_to_browser']:.0f} "
                              f"on to the browser" if "server_to_relay" in row else "")
-                    print(f"  turn {n + 1} {path:8s}: {row['client']:5.0f} ms from speech_stopped "
+                    print(f"  turn {n + 1} {path:13s}: {row['client']:5.0f} ms from speech_stopped "
                           f"(server first audio +{row['server']:4d}, transport {row['transport']:4.0f}{split}); "
                           f"{mic} ms from the mic's end of speech  {text}")
                     await asyncio.sleep(0.3)
     finally:
         await queue.stop()
-        await relayed.close()
-    result: dict = {"relay_reported": relayed.latencies, "queue": queue.summary()}
+        await asyncio.gather(*(call.close() for call in relayed.values()))
+    result: dict = {"queue": queue.summary()}
     print()
-    for metric, label in (("client", "speech_stopped -> first reply audio"),
-                          ("transport", "  of which transport (minus server's first audio)"),
-                          ("from_mic", "mic end of speech -> first reply audio"),
-                          ("upstream_and_vad", "  of which mic -> speech_stopped (VAD wait incl.)")):
-        stats = {}
-        for path in ("direct", "relayed"):
-            values = [r[metric] for r in rows if r["path"] == path and metric in r]
-            stats[path] = (statistics.median(values), percentile(values, 0.95)) if values else None
-        if stats["direct"] and stats["relayed"]:
-            d, r = stats["direct"], stats["relayed"]
-            print(f"  {label:50s} direct p50 {d[0]:5.0f} p95 {d[1]:5.0f} | relayed p50 {r[0]:5.0f} "
-                  f"p95 {r[1]:5.0f} | relay adds p50 {r[0] - d[0]:+5.0f} p95 {r[1] - d[1]:+5.0f} ms")
-            result[metric] = (r[0] - d[0], r[1] - d[1])
-            if metric == "transport":
-                result["direct_transport"] = d[0]
-    split = [(r["server_to_relay"], r["relay_to_browser"]) for r in rows if "server_to_relay" in r]
-    if split:
-        result["split"] = (statistics.median(a for a, _ in split), statistics.median(b for _, b in split))
-        print(f"  relayed transport, split at the relay's on_latency (the voiced frame reaching it): server -> relay "
-              f"p50 {result['split'][0]:.0f} ms, relay -> browser p50 {result['split'][1]:.0f} ms")
+    for mode in MODES:
+        found = result[mode] = {}
+        for metric, label in (("client", "speech_stopped -> first reply audio"),
+                              ("transport", "  of which transport (minus server's first audio)"),
+                              ("from_mic", "mic end of speech -> first reply audio"),
+                              ("upstream_and_vad", "  of which mic -> speech_stopped (VAD wait incl.)")):
+            stats = {}
+            for path in ("direct", mode):
+                values = [r[metric] for r in rows if r["path"] == path and metric in r]
+                stats[path] = (statistics.median(values), percentile(values, 0.95)) if values else None
+            if stats["direct"] and stats[mode]:
+                d, r = stats["direct"], stats[mode]
+                print(f"  {mode:13s} {label:50s} direct p50 {d[0]:5.0f} p95 {d[1]:5.0f} | relayed p50 {r[0]:5.0f} "
+                      f"p95 {r[1]:5.0f} | relay adds p50 {r[0] - d[0]:+5.0f} p95 {r[1] - d[1]:+5.0f} ms")
+                found[metric] = (r[0] - d[0], r[1] - d[1])
+                if metric == "transport":
+                    result["direct_transport"] = d[0]
+        split = [(r["server_to_relay"], r["relay_to_browser"]) for r in rows if r["path"] == mode and "server_to_relay" in r]
+        if split:
+            found["split"] = (statistics.median(a for a, _ in split), statistics.median(b for _, b in split))
+            print(f"  {mode:13s} relayed transport, split at the relay's on_latency (the voiced frame reaching it): "
+                  f"server -> relay p50 {found['split'][0]:.0f} ms, relay -> browser p50 {found['split'][1]:.0f} ms")
+        found["turns"] = sum(r["path"] == mode for r in rows)
     print(f"  reply audio held in relay.to_browser (sampled every 10 ms, silence included): {result['queue']}")
-    result["turns"] = (sum(r["path"] == "direct" for r in rows), sum(r["path"] == "relayed" for r in rows))
+    result["direct_turns"] = sum(r["path"] == "direct" for r in rows)
     return result
 
 
@@ -349,74 +387,74 @@ async def cpu_window(window_s: float) -> float:
     return 100 * (time.process_time() - cpu) / (time.monotonic() - wall)
 
 
-async def relayed_cpu(backend: Backend, loop_thread: LoopThread, audio: np.ndarray, k: int, window_s: float) -> float:
+async def relayed_cpu(backend: Backend, loop_thread: LoopThread, clip: list[bytes], k: int, window_s: float,
+                      passthrough: bool) -> float:
     calls: list[RelayedCall] = []
     try:
-        calls = [RelayedCall(backend, IDLE, loop_thread) for _ in range(k)]
+        calls = [RelayedCall(backend, IDLE, loop_thread, passthrough=passthrough, mic=PacketLoop(clip))
+                 for _ in range(k)]
         await asyncio.gather(*(call.start() for call in calls))
-        for call in calls:
-            call.stream(audio)
         await asyncio.sleep(1.5)
         return await cpu_window(window_s)
     finally:
         await close_all(calls)
 
 
-async def direct_cpu(backend: Backend, audio: np.ndarray, k: int, window_s: float) -> float:
-    users: list[SimulatedUser] = []
-    feeders: list[asyncio.Task] = []
+async def direct_cpu(backend: Backend, clip: list[bytes], k: int, window_s: float) -> float:
+    """The same synthetic browsers (PacketLoop microphones, every reply frame read) straight on the backend."""
+    callers = [RealtimeConnection(backend, IDLE, audio=PacketLoop(clip), on_audio=lambda frame: None)
+               for _ in range(k)]
     try:
-        for _ in range(k):
-            user = SimulatedUser(backend, IDLE)
-            users.append(user)
-            await user.__aenter__()
-            feeders.append(asyncio.ensure_future(feed_forever(user.mic, audio)))
+        await asyncio.gather(*(caller.connect() for caller in callers))
         await asyncio.sleep(1.5)
         return await cpu_window(window_s)
     finally:
-        for task in feeders:
-            task.cancel()
-        await asyncio.gather(*feeders, return_exceptions=True)
-        await asyncio.gather(*(user.__aexit__(None, None, None) for user in users), return_exceptions=True)
+        await asyncio.gather(*(caller.close() for caller in callers), return_exceptions=True)
 
 
-async def measure_cpu(backend: Backend, loop_thread: LoopThread, audio: np.ndarray, k: int, window_s: float,
+async def measure_cpu(backend: Backend, loop_thread: LoopThread, clip: list[bytes], k: int, window_s: float,
                       rounds: int = 2) -> dict:
-    print(f"\n== 2. CPU per session: {k} sessions streaming speech, turn detection off, "
-          f"{rounds} x {window_s:.0f} s windows each, interleaved ==")
+    print(f"\n== 2. CPU per session: {k} sessions streaming speech both ways, turn detection off (the backend, in its "
+          f"own process, runs no model), {rounds} x {window_s:.0f} s windows each, interleaved ==")
     await asyncio.sleep(1.0)
     idle = await cpu_window(min(window_s, 3.0))
     print(f"  nothing connected: {idle:5.1f} % of a core")
-    relayed, direct = [], []
+    relayed: dict[str, list[float]] = {mode: [] for mode in MODES}
+    direct: list[float] = []
     for n in range(rounds):
-        relayed.append((await relayed_cpu(backend, loop_thread, audio, k, window_s) - idle) / k)
+        for mode, on in MODES.items():
+            relayed[mode].append((await relayed_cpu(backend, loop_thread, clip, k, window_s, on) - idle) / k)
+            await asyncio.sleep(0.5)
+        direct.append((await direct_cpu(backend, clip, k, window_s) - idle) / k)
         await asyncio.sleep(0.5)
-        direct.append((await direct_cpu(backend, audio, k, window_s) - idle) / k)
-        await asyncio.sleep(0.5)
-        print(f"  round {n + 1}: relayed {relayed[-1]:5.1f} % per session (browser, app peer, relay upstream peer, "
-              f"backend peer); direct {direct[-1]:5.1f} % per session (caller, backend peer)")
-    whole, plain = statistics.mean(relayed), statistics.mean(direct)
-    shares = [r - d for r, d in zip(relayed, direct)]
-    print(f"  the relay's own share: {whole - plain:5.1f} % of a core per session (relayed minus direct: the app's "
-          f"browser peer + upstream peer + plumbing; rounds {', '.join(f'{x:.1f}' for x in shares)})")
-    return {"whole": whole, "relay": whole - plain, "spread": (min(shares), max(shares))}
+        print(f"  round {n + 1}: relayed " + ", ".join(f"{mode} {values[-1]:5.1f}" for mode, values in relayed.items())
+              + f" % per session (synthetic browser + app peer + relay upstream peer); direct {direct[-1]:5.1f} % "
+              f"(synthetic browser alone)")
+    result = {}
+    for mode, values in relayed.items():
+        shares = [r - d for r, d in zip(values, direct)]
+        share = statistics.mean(shares)
+        result[mode] = {"relay": share, "spread": (min(shares), max(shares)), "per_core": 100 / share if share > 0 else None}
+        print(f"  {mode:13s} the relay's own share: {share:5.1f} % of a core per session (relayed minus direct: the "
+              f"app's browser peer + upstream peer + plumbing; rounds {', '.join(f'{x:.1f}' for x in shares)}) "
+              f"-> {100 / share if share > 0 else float('inf'):.1f} sessions per core")
+    return result
 
 
 # -- 3. capacity -------------------------------------------------------------------------------
-async def capacity_level(backend: Backend, loop_thread: LoopThread, audio: np.ndarray, n: int,
-                         window_s: float) -> dict:
+async def capacity_level(backend: Backend, loop_thread: LoopThread, clip: list[bytes], n: int,
+                         window_s: float, passthrough: bool) -> dict:
     calls: list[RelayedCall] = []
     # Each loop's lateness over the last window_s: read right after the CPU window, it covers that window.
     watches = [LoopWatch(asyncio.get_running_loop(), window_s, "the browsers' loop").start(),
                LoopWatch(loop_thread.loop, window_s, "the relays' loop").start()]
     try:
         started = time.monotonic()
-        pending = [RelayedCall(backend, IDLE, loop_thread) for _ in range(n)]
+        pending = [RelayedCall(backend, IDLE, loop_thread, passthrough=passthrough, mic=PacketLoop(clip))
+                   for _ in range(n)]
         calls = pending
         await asyncio.gather(*(call.start() for call in pending))
         setup_s = time.monotonic() - started
-        for call in calls:
-            call.stream(audio)
         await asyncio.sleep(1.5)
         queue = QueueSampler(calls, 0.05)
         for call in calls:
@@ -453,9 +491,9 @@ async def capacity_level(backend: Backend, loop_thread: LoopThread, audio: np.nd
     return row
 
 
-async def measure_capacity(backend: Backend, loop_thread: LoopThread, audio: np.ndarray, max_sessions: int,
-                           window_s: float) -> dict:
-    print(f"\n== 3. capacity: relayed sessions streaming speech both ways, {window_s:.0f} s per level ==")
+async def measure_capacity(backend: Backend, loop_thread: LoopThread, clip: list[bytes], max_sessions: int,
+                           window_s: float, mode: str) -> dict:
+    print(f"\n== 3. capacity, {mode}: relayed sessions streaming speech both ways, {window_s:.0f} s per level ==")
     print(f"  keeps up: every browser gets >= {KEEPS_UP_FPS} frames/s back, p99 gap < {KEEPS_UP_GAP_MS} ms, "
           f"every app peer gets >= {KEEPS_UP_FPS} frames/s, upstream drops <= {KEEPS_UP_DROPS:.1%} "
           f"(a level that fails is run once more)")
@@ -465,7 +503,7 @@ async def measure_capacity(backend: Backend, loop_thread: LoopThread, audio: np.
 
     async def level(n: int, retry: bool = True) -> bool:
         try:
-            row = await capacity_level(backend, loop_thread, audio, n, window_s)
+            row = await capacity_level(backend, loop_thread, clip, n, window_s, MODES[mode])
         except (TimeoutError, asyncio.TimeoutError, RuntimeError) as exc:
             print(f"  {n:8d} | could not set up: {exc}")
             return False
@@ -500,64 +538,74 @@ async def measure_capacity(backend: Backend, loop_thread: LoopThread, audio: np.
 
 async def run(args: argparse.Namespace) -> None:
     began = time.monotonic()
-    models = warm()
-    timings = TimingsCollector()
-    server_log = logging.getLogger("koe.local")
-    server_log.setLevel(logging.INFO)
-    server_log.addHandler(timings)
-    server_log.propagate = False  # the figures are printed below
-    server = LocalServer(port=0, models=models, max_calls=0).start()  # the relay's limit is measured, not the backend's
-    backend = Backend(server.url)
-    loop_thread = LoopThread("koe-relay-bench")
+    speaker = Speaker()
     talk = np.concatenate([part for text in UTTERANCES[:3]
-                           for part in (models.tts.synthesize(text), np.zeros(RATE // 4, np.int16))])
-    print(f"{os.cpu_count()} CPUs; models warm and server up in {time.monotonic() - began:.0f} s\n")
-    try:
-        latency = await measure_latency(backend, loop_thread, models, timings, args.turns)
-        cpu = await measure_cpu(backend, loop_thread, talk, args.cpu_sessions, args.window)
-        capacity = await measure_capacity(backend, loop_thread, talk, args.max_sessions, args.window)
-    finally:
-        server.stop()
-        loop_thread.loop.call_soon_threadsafe(loop_thread.loop.stop)
-    print("\n== summary (for the README) ==")
-    goal = f"goal: the relay adds at most {GOAL_MS} ms p50"
-    if "client" in latency:
-        p50, p95 = latency["client"]
-        print(f"relay added latency, speech_stopped -> first reply audio, relayed minus direct "
-              f"({latency['turns'][1]} + {latency['turns'][0]} turns): p50 {p50:+.0f} ms, p95 {p95:+.0f} ms "
-              f"(model time varies turn to turn)")
-        if "transport" in latency:
-            t50, t95 = latency["transport"]
-            print(f"  the same, model time taken out (steadier): p50 {t50:+.0f} ms, p95 {t95:+.0f} ms  "
-                  f"[{goal}: {'met' if t50 <= GOAL_MS else 'NOT met'}]")
-        if "upstream_and_vad" in latency:
-            u50, u95 = latency["upstream_and_vad"]
-            print(f"  and on the way in, mic end of speech -> speech_stopped: p50 {u50:+.0f} ms, p95 {u95:+.0f} ms")
-        if "split" in latency:
-            print(f"  relayed transport: server -> relay p50 {latency['split'][0]:.0f} ms, relay -> browser p50 "
-                  f"{latency['split'][1]:.0f} ms (direct, server -> caller: p50 {latency['direct_transport']:.0f} ms)")
-        print(f"  reply audio standing in relay.to_browser: {latency['queue']}")
-    else:
-        print(f"relay added latency: no complete turns on one of the paths  [{goal}]")
-    print(f"CPU per relayed session: {cpu['relay']:.1f} % of a core for the relay itself (its two peers; rounds "
-          f"{cpu['spread'][0]:.1f}-{cpu['spread'][1]:.1f} %); "
-          f"{cpu['whole']:.1f} % with the synthetic browser and backend peers in the same process")
-    more = " (the most tried)" if capacity["hit_max"] else ""
-    behind = f"; {capacity['failed']} fell behind" if capacity["failed"] else ""
-    at_best = next((row["cpu"] for row in capacity["rows"] if row["n"] == capacity["best"]), None)
-    cpu_note = f", process CPU {at_best:.0f} %" if at_best is not None else ""
-    at_failed = next((row for row in reversed(capacity["rows"]) if row["n"] == capacity["failed"]), None)
-    if at_failed is not None:
-        behind += f" at {at_failed['cpu']:.0f} % CPU, main loop lag p99 {at_failed['main_lag']:.0f} ms"
-    print(f"sessions before falling behind: {capacity['best']}{more}{behind} ({os.cpu_count()} cores{cpu_note}; "
-          f"this process also ran every session's browser and backend peers)")
+                           for part in (speaker.synthesize(text), np.zeros(RATE // 4, np.int16))])
+    clip = encode_clip(talk)
+    loop_thread = LoopThread("koe-relay-bench")
+    # The relay's limit is measured, not the backend's: no --max-calls limit.
+    with LocalBackendProcess("--max-calls", "0", "--reply-model", "fast") as server:
+        backend = Backend(server.url)
+        print(f"{os.cpu_count()} CPUs (a shared machine gives noisy figures); koe.local up in its own process "
+              f"(pid {server.pid}) in {time.monotonic() - began:.0f} s\n")
+        try:
+            latency = await measure_latency(backend, loop_thread, speaker, server.timings, args.turns) \
+                if args.turns else {}
+            cpu = await measure_cpu(backend, loop_thread, clip, args.cpu_sessions, args.window)
+            capacity = {mode: await measure_capacity(backend, loop_thread, clip, args.max_sessions, args.window, mode)
+                        for mode in MODES}
+        finally:
+            loop_thread.loop.call_soon_threadsafe(loop_thread.loop.stop)
+    summary(latency, cpu, capacity)
     print(f"total run time {time.monotonic() - began:.0f} s")
+
+
+def summary(latency: dict, cpu: dict, capacity: dict) -> None:
+    print(f"\n== summary (for the README; {os.cpu_count()} cores, shared machine: noisy) ==")
+    goal = f"goal: the relay adds at most {GOAL_MS} ms p50"
+    for mode in MODES:
+        found = latency.get(mode, {})
+        print(f"{mode}:")
+        if "client" in found:
+            p50, p95 = found["client"]
+            print(f"  added latency, speech_stopped -> first reply audio, relayed minus direct "
+                  f"({found['turns']} + {latency['direct_turns']} turns): p50 {p50:+.0f} ms, p95 {p95:+.0f} ms "
+                  f"(model time varies turn to turn)")
+            if "transport" in found:
+                t50, t95 = found["transport"]
+                print(f"  on the way back (backend -> browser), model time taken out: p50 {t50:+.0f} ms, p95 {t95:+.0f} ms"
+                      f"  [{goal}: {'met' if t50 <= GOAL_MS else 'NOT met'}]")
+            if "upstream_and_vad" in found:
+                u50, u95 = found["upstream_and_vad"]
+                print(f"  on the way in (mic end of speech -> speech_stopped): p50 {u50:+.0f} ms, p95 {u95:+.0f} ms")
+            if "split" in found:
+                print(f"  relayed transport: server -> relay p50 {found['split'][0]:.0f} ms, relay -> browser p50 "
+                      f"{found['split'][1]:.0f} ms (direct, server -> caller: p50 {latency['direct_transport']:.0f} ms)")
+        elif latency:
+            print(f"  added latency: no complete turns on one of the paths  [{goal}]")
+        share = cpu[mode]
+        per_core = f"{share['per_core']:.1f}" if share["per_core"] else "n/a"
+        print(f"  CPU per relayed session: {share['relay']:.1f} % of a core for the relay itself (its two peers; "
+              f"rounds {share['spread'][0]:.1f}-{share['spread'][1]:.1f} %) = {per_core} sessions per core "
+              f"(goal >= 10)")
+        ramp = capacity[mode]
+        more = " (the most tried)" if ramp["hit_max"] else ""
+        behind = f"; {ramp['failed']} fell behind" if ramp["failed"] else ""
+        at_best = next((row["cpu"] for row in ramp["rows"] if row["n"] == ramp["best"]), None)
+        cpu_note = f" at {at_best:.0f} % process CPU" if at_best is not None else ""
+        at_failed = next((row for row in reversed(ramp["rows"]) if row["n"] == ramp["failed"]), None)
+        if at_failed is not None:
+            behind += f" at {at_failed['cpu']:.0f} % CPU, main loop lag p99 {at_failed['main_lag']:.0f} ms"
+        print(f"  sessions before audio fell behind: {ramp['best']}{more}{cpu_note}{behind} (one Python process, which "
+              f"also ran the synthetic browsers)")
+    if latency:
+        print(f"reply audio standing in relay.to_browser: {latency['queue']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=6, help="latency turns per path")
-    parser.add_argument("--max-sessions", type=int, default=16, help="capacity ramp ceiling")
+    parser.add_argument("--turns", type=int, default=6, help="latency turns per path (0: skip the latency part)")
+    parser.add_argument("--max-sessions", type=int, default=32, help="capacity ramp ceiling")
     parser.add_argument("--cpu-sessions", type=int, default=2, help="sessions in the CPU window")
     parser.add_argument("--window", type=float, default=5.0, help="seconds per CPU / capacity window")
     args = parser.parse_args()

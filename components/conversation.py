@@ -2,7 +2,7 @@
 
 Audio path: browser mic → Opus → the peer streamlit-webrtc runs → `sink_audio_track` (every frame,
 in order, no intermediate queue that could skip or repeat audio) → Relay → upstream call. The
-reply comes back through the Relay as frames handed straight on (`FrameQueueTrack`, passed as
+reply comes back through the Relay as the Opus packets it came in (koe.opus), handed straight on (`FrameQueueTrack`, passed as
 `source_audio_track`): no second clock, so no standing delay can build up, a small bound on what it
 holds, and a `clear()` on barge-in. (`PcmAudioSource` would re-pace the audio and holds without limit.)
 """
@@ -125,7 +125,9 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
 # placeholder (this app is audio only) is hidden.
 _MIC_JS = """
 export default function (component) {
-  const { setStateValue } = component;
+  // The wrapper outlives this mount (it stays on the iframe's document), so it reports through whichever
+  // mount is current: a rerun that re-mounts this component would otherwise leave it calling a dead one.
+  window.__koeMicReport = (error) => component.setStateValue('error', error);
   const hook = () => {
     for (const frame of document.querySelectorAll('iframe[title="streamlit_webrtc.component.webrtc_streamer"]')) {
       let win;
@@ -138,8 +140,8 @@ export default function (component) {
       win.document.head.appendChild(style);
       const original = devices.getUserMedia.bind(devices);
       devices.getUserMedia = async (constraints) => {
-        try { const stream = await original(constraints); setStateValue('error', ''); return stream; }
-        catch (e) { setStateValue('error', String(e && e.name || e)); throw e; }
+        try { const stream = await original(constraints); window.__koeMicReport(''); return stream; }
+        catch (e) { window.__koeMicReport(String(e && e.name || e)); throw e; }
       };
       win.document.__koeMicWatched = true;
     }

@@ -16,6 +16,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from koe.opus import PacketOut
+
 RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 FRAME_SECONDS = FRAME_SAMPLES / RATE
@@ -198,16 +200,19 @@ class FrameQueueTrack(MediaStreamTrack):
 
     No pacing of its own: the producer's clock drives it, so it adds no delay and cannot drift.
     Bounded: when the consumer stalls, the oldest frames go. `pts` is restamped continuously, since
-    the frames may come from different peers over the track's life.
+    the frames may come from different peers over the track's life. With `passthrough`, `recv` gives
+    `av.Packet`s (each received frame's own Opus payload, see koe.opus) that the sender sends without
+    encoding; without it, frames the sender encodes.
     """
 
     kind = "audio"
 
-    def __init__(self, max_frames: int = 10) -> None:
+    def __init__(self, max_frames: int = 10, passthrough: bool = False) -> None:
         super().__init__()
         self._frames: asyncio.Queue[av.AudioFrame] = asyncio.Queue(max_frames)
         self._pts = 0
         self.played_samples = 0
+        self.packets = PacketOut() if passthrough else None  # None: frames go to the sender
 
     @property
     def queued_samples(self) -> int:
@@ -225,11 +230,17 @@ class FrameQueueTrack(MediaStreamTrack):
             self._frames.get_nowait()
         return dropped
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        frame = await self._frames.get()
-        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, frame.sample_rate)
-        self._pts += frame.samples
-        self.played_samples += frame.samples
-        return frame
+        while True:
+            frame = await self._frames.get()
+            pts = self._pts
+            if self.packets is None:
+                frame.pts, frame.time_base = pts, fractions.Fraction(1, frame.sample_rate)
+                out = frame
+            elif (out := self.packets.packet(frame, pts)) is None:
+                continue
+            self._pts += frame.samples
+            self.played_samples += frame.samples
+            return out

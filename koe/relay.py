@@ -23,10 +23,11 @@ import numpy as np
 from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from koe.audio import RATE, FrameQueueTrack, frame_to_mono, rms_dbfs
+from koe.audio import RATE, FrameQueueTrack, rms_dbfs
 from koe.client import Backend, RateLimitError, RealtimeConnection, RealtimeError
 from koe.ice import stun_urls, unanswered_stun, upstream_ice_servers
 from koe.limits import SessionGuard
+from koe.opus import keep_payloads
 from koe.protocol import ServerEvent, SessionSettings, SettingsError, new_id
 from koe.tool_runner import ToolRunner
 
@@ -106,11 +107,18 @@ class Relay:
     """
 
     def __init__(self, backend: Backend, settings: SessionSettings, loop_thread: LoopThread, *,
-                 ice_servers: list[RTCIceServer] | None = None, extra_voices: tuple[str, ...] = ()) -> None:
+                 ice_servers: list[RTCIceServer] | None = None, extra_voices: tuple[str, ...] = (),
+                 passthrough: bool = True) -> None:
         self.backend = backend
         self.settings = settings
         self.status = RelayStatus()
-        self.to_browser = FrameQueueTrack(QUEUE_FRAMES)
+        # The audio passes through as the Opus packets it came in (koe.opus): no encoding on either
+        # side; the frames the receivers decode anyway serve the meters, the figures and the recording.
+        # False: every frame is encoded again (what aiortc does by default; bench/relay.py compares).
+        self.passthrough = passthrough
+        if passthrough:
+            keep_payloads()
+        self.to_browser = FrameQueueTrack(QUEUE_FRAMES, passthrough)
         self._loop_thread = loop_thread
         self.on_event: Callable[[str, dict, float], None] = lambda direction, event, at: None
         self.on_latency: Callable[[str, int], None] = lambda item_id, ms: None
@@ -371,7 +379,7 @@ class Relay:
         self.status.message = f"Connecting takes longer than expected: {'; '.join(why)}…"
 
     async def _start(self) -> None:
-        self._upstream = FrameQueueTrack(QUEUE_FRAMES)
+        self._upstream = FrameQueueTrack(QUEUE_FRAMES, self.passthrough)
         # A backend on this machine needs no STUN/TURN, and an unreachable one would only slow START down.
         ice_servers = await upstream_ice_servers(self._ice_servers or [], self.backend.base_url)
         # Reply packets go straight to the decoder instead of waiting 80 ms for reordering: the
@@ -432,7 +440,7 @@ class Relay:
         self._release()
 
     def _on_upstream_audio(self, frame: av.AudioFrame) -> None:
-        level = rms_dbfs(frame_to_mono(frame))
+        level = rms_dbfs(frame.to_ndarray())  # both channels at once: a mono voice has the same level
         self.status.output_dbfs = level
         if self._browser_loop is not None:
             self._browser_loop.call_soon_threadsafe(self._to_browser, frame, level, time.monotonic())

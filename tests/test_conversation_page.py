@@ -382,6 +382,7 @@ def test_a_refused_microphone_is_explained(app, tmp_path):
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
             args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--deny-permission-prompts"])
         page = open_app(context, url)
-        start(page)
+        # One press, as a person would; the refusal comes at once, so Stop never shows (start() waits for it).
+        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click(timeout=120_000)
         page.get_by_text("the browser blocked the microphone").wait_for(timeout=30_000)
         context.close()

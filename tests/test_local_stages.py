@@ -8,8 +8,8 @@ import pytest
 from koe.local.stages.models import LocalModels, get_models
 from koe.audio import resample, to_float32
 from koe.local.stages.sentences import ClauseSplitter
-from koe.local.stages.turns import (GRACE_MS, AudioBuffer, SemanticVadDetector, ServerVadDetector, SilenceBegan,
-                                    SpeechResumed, SpeechStarted, SpeechStopped)
+from koe.local.stages.turns import (ASK_AT_MS, FALLBACK_MS, AudioBuffer, SemanticVadDetector, ServerVadDetector,
+                                    SilenceBegan, SpeechResumed, SpeechStarted, SpeechStopped, TurnQuestion)
 from koe.local.stages.vad import CHUNK, VadStream
 
 QUESTION = "Please count from one to five."
@@ -147,48 +147,87 @@ def silence_began(detector, speech_chunks: int = 5) -> tuple[SilenceBegan, int]:
     return began[0], 11 + speech_chunks
 
 
-def test_semantic_vad_ends_a_complete_turn_after_the_grace():
+def chunks(ms: int) -> int:
+    return -(-ms // CHUNK_MS)
+
+
+def asked(detector, began: SilenceBegan, n: int, at_ms: int) -> tuple[TurnQuestion, int]:
+    """Quiet until the silence reaches `at_ms`: the question asked there, and the next chunk number."""
+    quiet = chunks(at_ms) - 1 - (n - began.audio_ms // CHUNK_MS - 1)  # the first quiet chunk came already
+    assert feed(detector, [0.0] * (quiet - 1), start=n) == []
+    question = feed(detector, [0.0], start=n + quiet - 1)
+    assert [type(e) for e in question] == [TurnQuestion]
+    assert question[0].silence_ms == began.audio_ms
+    last = n + quiet - 1  # the chunk that asked: the audio runs to its end, the silence included
+    assert question[0].audio[-1] == last and question[0].audio.size >= (last + 1 - began.audio_ms // CHUNK_MS) * CHUNK
+    return question[0], n + quiet
+
+
+def test_semantic_vad_asks_at_200_ms_of_silence_and_a_complete_answer_ends_the_turn_at_once():
     detector = SemanticVadDetector("medium")
     began, n = silence_began(detector)
-    assert detector.verdict(began.audio_ms, True) == []  # complete, but a breath is not the end yet
-    grace_chunks = -(-GRACE_MS // CHUNK_MS)  # 7 chunks: 224 ms
-    assert feed(detector, [0.0] * (grace_chunks - 2), start=n) == []
-    stopped = feed(detector, [0.0], start=n + grace_chunks - 2)
+    question, n = asked(detector, began, n, ASK_AT_MS[0])
+    stopped = detector.verdict(question, 0.9)
     assert [type(e) for e in stopped] == [SpeechStopped]
-    assert stopped[0].waited_ms == grace_chunks * CHUNK_MS < 500  # sooner than server_vad's default window
+    assert stopped[0].waited_ms == chunks(ASK_AT_MS[0]) * CHUNK_MS < 500  # sooner than server_vad's window
     assert stopped[0].audio_end_ms == began.audio_ms + stopped[0].waited_ms
-    assert stopped[0].audio.size == 300 * 16 + (5 + grace_chunks) * CHUNK
-
-
-@pytest.mark.parametrize("eagerness, max_ms", [("high", 2000), ("medium", 4000), ("auto", 4000), ("low", 8000)])
-def test_semantic_vad_waits_through_an_incomplete_pause_up_to_the_eagerness_maximum(eagerness, max_ms):
-    detector = SemanticVadDetector(eagerness)
-    began, n = silence_began(detector)
-    assert detector.verdict(began.audio_ms, False) == []
-    quiet = -(-max_ms // CHUNK_MS)
-    assert feed(detector, [0.0] * (quiet - 2), start=n) == []
-    stopped = feed(detector, [0.0], start=n + quiet - 2)
-    assert [type(e) for e in stopped] == [SpeechStopped] and stopped[0].waited_ms >= max_ms
-
-
-def test_semantic_vad_without_a_verdict_waits_and_a_late_one_ends_the_turn_at_once():
-    detector = SemanticVadDetector("high")
-    began, n = silence_began(detector)
-    assert feed(detector, [0.0] * 20, start=n) == []  # 672 ms: the model has not answered
-    stopped = detector.verdict(began.audio_ms, True)
-    assert [type(e) for e in stopped] == [SpeechStopped] and stopped[0].waited_ms == 21 * CHUNK_MS
     assert detector.utterance_so_far().size == 0
 
 
-def test_semantic_vad_ignores_a_verdict_on_a_pause_the_user_broke():
+@pytest.mark.parametrize("eagerness, max_ms", [("high", 2000), ("medium", 4000), ("auto", 4000), ("low", 8000)])
+def test_semantic_vad_sure_of_a_mid_sentence_pause_asks_again_then_waits_up_to_the_eagerness_maximum(eagerness,
+                                                                                                   max_ms):
+    detector = SemanticVadDetector(eagerness)
+    began, n = silence_began(detector)
+    question, n = asked(detector, began, n, ASK_AT_MS[0])
+    assert detector.verdict(question, 0.02) == []
+    question, n = asked(detector, began, n, ASK_AT_MS[1])
+    assert detector.verdict(question, 0.02) == []
+    quiet = chunks(max_ms) - chunks(ASK_AT_MS[1])
+    assert feed(detector, [0.0] * (quiet - 1), start=n) == []
+    stopped = feed(detector, [0.0], start=n + quiet - 1)
+    assert [type(e) for e in stopped] == [SpeechStopped] and stopped[0].waited_ms >= max_ms
+
+
+@pytest.mark.parametrize("eagerness, probability, ends_at_fallback", [
+    ("high", 0.15, True), ("medium", 0.15, False), ("medium", 0.3, True), ("low", 0.45, False)])
+def test_semantic_vad_unsure_ends_where_server_vad_would_by_eagerness(eagerness, probability, ends_at_fallback):
+    detector = SemanticVadDetector(eagerness)
+    began, n = silence_began(detector)
+    question, n = asked(detector, began, n, ASK_AT_MS[0])
+    assert detector.verdict(question, probability) == []
+    again, n = asked(detector, began, n, ASK_AT_MS[1])  # asked again in time to answer by 500 ms
+    quiet = chunks(FALLBACK_MS) - chunks(ASK_AT_MS[1])
+    events = feed(detector, [0.0] * quiet, start=n)
+    if ends_at_fallback:  # with no second answer yet, the first one's window holds
+        assert [type(e) for e in events] == [SpeechStopped] and events[0].waited_ms == chunks(FALLBACK_MS) * CHUNK_MS
+    else:  # sure enough it is mid-sentence: still listening, and the second answer rules
+        assert events == []
+        assert [type(e) for e in detector.verdict(again, 0.8)] == [SpeechStopped]
+
+
+def test_semantic_vad_without_an_answer_waits_and_a_late_one_ends_the_turn_at_once():
     detector = SemanticVadDetector("high")
     began, n = silence_began(detector)
+    first, n = asked(detector, began, n, ASK_AT_MS[0])
+    second, n = asked(detector, began, n, ASK_AT_MS[1])
+    assert feed(detector, [0.0] * 10, start=n) == []  # the model has not answered: no more questions
+    stopped = detector.verdict(first, 0.3)  # unsure, and already past server_vad's window
+    assert [type(e) for e in stopped] == [SpeechStopped] and stopped[0].waited_ms > FALLBACK_MS
+    assert detector.verdict(second, 0.9) == []  # that turn is over
+    assert detector.utterance_so_far().size == 0
+
+
+def test_semantic_vad_ignores_an_answer_about_a_pause_the_user_broke():
+    detector = SemanticVadDetector("high")
+    began, n = silence_began(detector)
+    question, n = asked(detector, began, n, ASK_AT_MS[0])
     assert feed(detector, [0.9], start=n) == [SpeechResumed()]
-    assert detector.verdict(began.audio_ms, True) == []  # stale: speech came back
+    assert detector.verdict(question, 0.99) == []  # stale: speech came back
     again = feed(detector, [0.0], start=n + 1)
     assert [type(e) for e in again] == [SilenceBegan]
-    assert feed(detector, [0.0] * 20, start=n + 2) == []  # the new pause has no verdict: still listening
-    assert [type(e) for e in detector.verdict(again[0].audio_ms, True)] == [SpeechStopped]
+    question, n = asked(detector, again[0], n + 2, ASK_AT_MS[0])
+    assert [type(e) for e in detector.verdict(question, 0.99)] == [SpeechStopped]
 
 
 def test_semantic_vad_eagerness_applies_live_and_times_run_on_across_detectors():
@@ -197,10 +236,12 @@ def test_semantic_vad_eagerness_applies_live_and_times_run_on_across_detectors()
     detector = SemanticVadDetector("low", clock=server.clock)
     assert feed(detector, [0.9], start=10) == [SpeechStarted(audio_start_ms=10 * CHUNK_MS)]
     began = feed(detector, [0.0], start=11)[0]
-    assert detector.verdict(began.audio_ms, False) == []
+    question = feed(detector, [0.0] * 6, start=12)[-1]  # 224 ms of quiet
+    assert detector.verdict(question, 0.01) == []
     detector.update_eagerness("high")
-    events = feed(detector, [0.0] * 62, start=12)  # 2 s of quiet in all
-    assert [type(e) for e in events] == [SpeechStopped]
+    events = feed(detector, [0.0] * 56, start=18)  # 2 s of quiet in all
+    assert [type(e) for e in events] == [TurnQuestion, SpeechStopped]  # the 400 ms question was not answered
+    assert events[-1].audio_end_ms == began.audio_ms + 63 * CHUNK_MS
 
 
 def test_audio_buffer_for_manual_commits():

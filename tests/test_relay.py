@@ -9,8 +9,13 @@ import time
 import av
 import numpy as np
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
 
-from koe.audio import FRAME_SAMPLES, RATE, FrameQueueTrack, mono_to_frame, rms_dbfs
+from koe.audio import FRAME_SAMPLES, RATE, FrameQueueTrack, PcmQueueTrack, frames, mono_to_frame, rms_dbfs
+from koe.opus import keep_payloads, payload_of
+from koe.recording import Recorder
 from koe.client import Backend
 from koe.protocol import SessionSettings
 from koe.relay import QUEUE_FRAMES, TURN_WAITED, LoopThread, Relay
@@ -48,9 +53,12 @@ class FakeBrowser:
             await asyncio.sleep(max(0.0, start + pts / RATE - time.monotonic()))
 
     async def _listen(self) -> None:
+        decoder = OpusDecoder()  # the relay passes Opus packets on (koe.opus): decode them as a browser would
         while True:
-            frame = await self.relay.to_browser.recv()
-            self.heard.append((time.monotonic(), frame.to_ndarray().reshape(-1)))
+            item = await self.relay.to_browser.recv()
+            decoded = decoder.decode(JitterFrame(bytes(item), item.pts)) if isinstance(item, av.Packet) else [item]
+            for frame in decoded:
+                self.heard.append((time.monotonic(), frame.to_ndarray().reshape(-1)))
 
     def voiced_since(self, t: float) -> float:
         parts = [samples for at, samples in self.heard if at > t]
@@ -190,3 +198,90 @@ def test_in_order_audio_hands_packets_on_at_once_and_drops_late_ones():
     assert buffer.add(packet(1))[1].timestamp == 960  # across the wrap, one lost: still handed on
     assert buffer.add(packet(0))[1] is None  # late: already past it
     assert buffer.add(packet(1))[1] is None  # repeated
+
+
+def test_passthrough_hands_payloads_on_restamped_and_encodes_only_frames_made_here():
+    keep_payloads()
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    tone = (np.sin(np.arange(FRAME_SAMPLES) / 8) * 12000).astype(np.int16)
+    payload = encoder.encode(mono_to_frame(tone, 0))[0][0]
+    received = get_decoder_of_the_receivers()(JitterFrame(payload, 777))  # as a receiver decodes it
+    assert len(received) == 1 and payload_of(received[0]) == payload
+    track = FrameQueueTrack(QUEUE_FRAMES, passthrough=True)
+    track.put(received[0])
+    track.put(mono_to_frame(np.zeros(FRAME_SAMPLES, np.int16), 5))  # made here (silence while muted)
+    passed, made = asyncio.run(track.recv()), asyncio.run(track.recv())
+    assert isinstance(passed, av.Packet) and bytes(passed) == payload and passed.pts == 0
+    assert isinstance(made, av.Packet) and made.pts == FRAME_SAMPLES and track.packets.encoded == 1
+    assert decoder.decode(JitterFrame(bytes(made), made.pts))[0].samples == FRAME_SAMPLES  # valid Opus
+
+
+def get_decoder_of_the_receivers():
+    """The decoder aiortc's receivers now pick for Opus (`rtcrtpreceiver.get_decoder`), as a function."""
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    return rtcrtpreceiver.get_decoder(RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)).decode
+
+
+async def test_real_peers_through_the_passthrough_relay_carry_both_ways_and_record(backend, speech, loop_thread,
+                                                                                   tmp_path):
+    """browser peer -> app peer (sink, as streamlit-webrtc) -> Relay -> local server, and back, all real aiortc
+    peers on loopback: the Opus packets pass through unencoded, the backend understands them, the browser
+    hears the reply, and the recording has both sides."""
+    relay = Relay(backend, SETTINGS, loop_thread)
+    relay.recorder = Recorder(tmp_path / "call.ogg")
+    started(relay, loop_thread)
+    upstream = relay._upstream  # the track the relay's upstream sender reads (an internal, for its counters)
+    mic = PcmQueueTrack(capacity_ms=60_000)
+    config = RTCConfiguration(iceServers=[])
+    browser, app = RTCPeerConnection(config), RTCPeerConnection(config)
+    heard: list[tuple[float, float]] = []
+    kept: list[bool] = []  # per frame at the app's sink: did it arrive with its Opus payload
+    tasks: list[asyncio.Task] = []
+
+    async def sink(track):
+        async for frame in frames(track):
+            kept.append(payload_of(frame) is not None)
+            relay.on_browser_frame(frame)
+
+    async def listen(track):
+        async for frame in frames(track):
+            heard.append((time.monotonic(), rms_dbfs(frame.to_ndarray())))
+
+    browser.addTrack(mic)
+    browser.on("track", lambda track: tasks.append(asyncio.ensure_future(listen(track))))
+    app.on("track", lambda track: tasks.append(asyncio.ensure_future(sink(track))))
+    try:
+        await browser.setLocalDescription(await browser.createOffer())
+        await app.setRemoteDescription(browser.localDescription)
+        app.addTrack(relay.to_browser)  # streamlit-webrtc's source_audio_track
+        await app.setLocalDescription(await app.createAnswer())
+        await browser.setRemoteDescription(app.localDescription)
+        relay.set_muted(True)  # muted frames are made here: encoded on the same track, the call goes on
+        await wait_until(lambda: upstream.packets.encoded > 10, 30, "muted silence to go upstream")
+        relay.set_muted(False)
+        t0 = time.monotonic()
+        mic.push(speech("Please count from one to five."))
+        mic.push(np.zeros(RATE, np.int16))
+        await wait_until(lambda: "output_audio_buffer.stopped" in types(relay), 90, "the reply's end")
+        heard_text = next(e["transcript"] for _, e in relay.events
+                          if e["type"] == "conversation.item.input_audio_transcription.completed")
+        assert "count" in heard_text.lower()  # the backend decoded the browser's own packets
+        assert max(level for at, level in heard if at > t0) > -40  # the browser heard the AI
+        assert kept and sum(kept) / len(kept) > 0.99
+        encoded = upstream.packets.encoded
+        assert relay.to_browser.packets.encoded == 0  # the reply's packets went on as they came
+        assert upstream.played_samples > (encoded + 100) * FRAME_SAMPLES  # and the user's, once unmuted
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await browser.close()
+        await app.close()
+        relay.stop()
+    relay.recorder.close(wait_s=10)
+    with av.open(str(tmp_path / "call.ogg")) as container:
+        audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    voiced = lambda channel: float(np.sqrt(np.mean(np.square(channel)))) > 0.01  # noqa: E731 (float samples)
+    assert audio.shape[0] == 2 and voiced(audio[0]) and voiced(audio[1])  # the user left, the AI right

@@ -7,8 +7,10 @@ before them keep the melody of an unfinished sentence.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -18,9 +20,9 @@ from koe.client.simulated_user import trim_silence, with_pause
 from koe.local.stages.assets import SMART_TURN_SHA256, package_dir, smart_turn_onnx_path
 from koe.client.simulated_user import SimulatedUser
 from koe.local.stages.models import LocalModels, get_japanese_models
-from koe.protocol import SemanticVad, SessionSettings, TranscriptionSettings
+from koe.protocol import SemanticVad, ServerVad, SessionSettings, TranscriptionSettings
 from koe.local.stages.turn_model import TurnModel
-from koe.local.stages.turns import SemanticVadDetector, ServerVadDetector, SilenceBegan, SpeechStopped
+from koe.local.stages.turns import SemanticVadDetector, ServerVadDetector, SpeechStopped, TurnQuestion
 from koe.local.stages.vad import VadStream
 
 CALLER_JA = "jf_alpha"  # a Kokoro voice
@@ -30,16 +32,16 @@ PAUSE_S = 1.0  # within the benchmark's 0.6-1.2 s, and longer than server_vad's 
 def turns(models: LocalModels, speech48k: np.ndarray, detector) -> list[SpeechStopped]:
     """Every turn end the detector finds in the speech (half a second of silence before, 3 s after).
 
-    The turn model answers each SilenceBegan at once; in the server it answers from the executor
-    some 30-60 ms later, well inside the grace.
+    The turn model answers each TurnQuestion at once; in the server it answers from the executor
+    some 30-60 ms later.
     """
     audio = np.concatenate([np.zeros(RATE // 2, np.int16), speech48k, np.zeros(3 * RATE, np.int16)])
     vad, stops = VadStream(models.vad), []
     for chunk, prob in vad.chunks(to_float32(resample(audio, RATE, 16_000))):
         events = detector.feed(chunk, prob)
         for event in events:
-            if isinstance(event, SilenceBegan) and isinstance(detector, SemanticVadDetector):
-                events += detector.verdict(event.audio_ms, models.turn.is_complete(event.audio))
+            if isinstance(event, TurnQuestion):
+                events += detector.verdict(event, models.turn.probability(event.audio))
         stops += [event for event in events if isinstance(event, SpeechStopped)]
     return stops
 
@@ -74,6 +76,18 @@ def test_japanese_complete_question_ends_sooner_and_a_paused_sentence_is_heard_o
     check_both_kinds(models, complete, unfinished)
 
 
+@pytest.mark.parametrize("question", ["おすすめの本を教えてください。", "日本の有名な山はどこですか？"])
+def test_a_complete_question_the_model_is_unsure_of_ends_no_later_than_server_vad(models, question):
+    # OpenJTalk's "mei" (deterministic) reads questions with a flat melody: at 200 ms of silence the model
+    # gives them under 0.5. Unsure, or sure at first and complete when asked again at 500 ms: either way the
+    # turn ends where server_vad's does, not at the eagerness's 4 s.
+    speech = trim_silence(get_japanese_models().tts.synthesize(question, voice="mei"))
+    semantic = turns(models, speech, SemanticVadDetector("medium"))
+    server = turns(models, speech, ServerVadDetector(0.5, 300, 500))
+    assert len(semantic) == len(server) == 1
+    assert semantic[0].waited_ms <= server[0].waited_ms
+
+
 async def test_the_server_hears_a_paused_sentence_out_as_one_turn(backend, models):
     """The session's hook: Silero's silences go to the turn model in the executor, its verdict ends the turn."""
     sentence = trim_silence(models.tts.synthesize("So what I was thinking, is that we could go to the park."))
@@ -88,6 +102,29 @@ async def test_the_server_hears_a_paused_sentence_out_as_one_turn(backend, model
     assert len(user.of_type("input_audio_buffer.committed")) == 1
     assert "thinking" in heard.transcript.lower() and "park" in heard.transcript.lower()
     assert done.response["status"] == "completed"
+
+
+async def test_a_reply_to_words_the_user_went_on_from_is_not_started(backend, models, monkeypatch):
+    """server_vad ends the turn at a long pause; the user goes on while its words are still being transcribed
+    (slow here on purpose, as on a loaded machine). The API would create that reply at once and cancel it at
+    the new speech_started; the local backend, whose reply waits for the words, does not start it."""
+    transcribe = models.stt.transcribe
+
+    def slow(audio, *args):
+        time.sleep(1.5)
+        return transcribe(audio, *args)
+
+    monkeypatch.setattr(models.stt, "transcribe", slow)
+    sentence = trim_silence(models.tts.synthesize("So what I was thinking, is that we could go to the park."))
+    paused, _ = with_pause(sentence, PAUSE_S)
+    settings = SessionSettings(instructions="Answer in one short sentence.", voice="alloy", max_output_tokens=16,
+                               turn_detection=ServerVad(), transcription=TranscriptionSettings(model="whisper-1"))
+    async with SimulatedUser(backend, settings) as user:
+        await user.say(paused, silence_after_s=3.0)
+        await user.connection.wait_for("response.done", timeout_s=60)
+        await asyncio.sleep(0.5)
+    assert len(user.of_type("input_audio_buffer.committed")) == 2  # server_vad cut the sentence
+    assert len(user.of_type("response.created")) == 1  # one reply, to the whole of it
 
 
 def test_features_match_the_extractor_pipecat_ships_beside_the_model(models):

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from koe.local.scheduler import cores
+
 __all__ = ["MAX_CALLS_ENV", "Admission", "default_max_calls"]
 
 MAX_CALLS_ENV = "KOE_LOCAL_MAX_CALLS"
@@ -31,7 +33,7 @@ def default_max_calls(environ: dict[str, str] | None = None) -> int:
         if value < 0:
             raise ValueError(f"{MAX_CALLS_ENV} must be 0 (no limit) or more")
         return value
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return cores()
 
 
 class Admission:

@@ -22,7 +22,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import uvicorn
@@ -41,6 +40,7 @@ from starlette.websockets import WebSocket
 
 from koe.local.sdp import MAX_SDP_CHARS, OfferError, check_offer
 from koe.local.admission import Admission, default_max_calls
+from koe.local.scheduler import ModelScheduler
 from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession, unsupported
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
 from koe.local.stages.llm import PROFILES, reply_profile
@@ -150,7 +150,7 @@ class LocalServer:
         endpoint = ChatEndpoint.configured(chat_base_url, chat_model, chat_api_key, chat_timeout_s)
         self.chat: ChatModel | None = ChatModel(endpoint) if endpoint else None
         self._models_lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="koe-models")
+        self._scheduler = ModelScheduler()  # every session's model work, most urgent first
         self._secrets: dict[str, ClientSecret] = {}
         self._calls: dict[str, tuple[RTCPeerConnection, LocalSession]] = {}
         self._owners: dict[str, str] = {}  # call id → the ephemeral key that created it
@@ -229,7 +229,7 @@ class LocalServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._scheduler.shutdown()
         if self.chat is not None:
             self.chat.close()
 
@@ -242,8 +242,7 @@ class LocalServer:
     async def models(self) -> LocalModels:
         async with self._models_lock:
             if self._models is None:
-                self._models = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, get_models, self.reply_profile.name)
+                self._models = await asyncio.to_thread(get_models, self.reply_profile.name)
         return self._models
 
     # -- endpoints -----------------------------------------------------------------------------
@@ -410,7 +409,7 @@ class LocalServer:
     # -- calls ---------------------------------------------------------------------------------
     def _new_session(self, dialect: Dialect, settings: SessionSettings, models: LocalModels,
                      transport: DataChannelTransport | SocketTransport) -> LocalSession:
-        return LocalSession(dialect, settings, models, self._executor, transport, max_session_s=self.max_session_s,
+        return LocalSession(dialect, settings, models, self._scheduler, transport, max_session_s=self.max_session_s,
                             replies=self.chat)
 
     async def _answer(self, offer: str | None, dialect: Dialect, settings: SessionSettings,

@@ -107,6 +107,6 @@ def warm(japanese: bool = False, reply_model: str | None = None) -> LocalModels:
     for _ in models.llm.stream([{"role": "user", "content": "Hi"}], max_tokens=2):
         pass
     models.tts.synthesize("Hello.")
-    models.turn.is_complete(np.zeros(8_000, np.float32))
+    models.turn.probability(np.zeros(8_000, np.float32))
     log.info("warmed the models in %.2f s", time.perf_counter() - started)
     return models

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from faster_whisper import WhisperModel
 
+from koe.local.scheduler import model_threads
 from koe.local.stages.assets import whisper_tiny_en_dir
 
 # Whisper can loop on unclear audio: bound the text by the audio's length (Japanese needs ~6 tokens a
@@ -45,7 +46,8 @@ class _WindowedWhisper(WhisperModel):
 
 
 class Transcriber:
-    """One Whisper model shared by all sessions; a lock serialises calls (two would halve each).
+    """One Whisper model shared by all sessions, computing with `model_threads()`; a lock serialises calls
+    (two would halve each; koe.local's scheduler runs one at a time anyway).
 
     `window_s`: the least audio Whisper's encoder reads, in seconds (the turn plus WINDOW_MARGIN_S when
     longer, at most Whisper's 30 s); None reads the full 30 s window, as Whisper was trained.
@@ -53,7 +55,7 @@ class Transcriber:
 
     def __init__(self, model_dir: Path | None = None, window_s: float | None = None) -> None:
         self._model = _WindowedWhisper(str(model_dir or whisper_tiny_en_dir()), device="cpu",
-                                       compute_type="int8", cpu_threads=2, local_files_only=True)
+                                       compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
         self._window_s = window_s
         self._lock = threading.Lock()
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
-from piper import PiperVoice, SynthesisConfig
+import onnxruntime as ort
+from piper import PiperConfig, PiperVoice, SynthesisConfig
 
+from koe.local.scheduler import model_threads
 from koe.local.stages.assets import piper_joe_paths
 from koe.audio import resample
 
@@ -19,7 +23,11 @@ class Speaker:
 
     def __init__(self) -> None:
         onnx, config = piper_joe_paths()
-        self._voice = PiperVoice.load(onnx, config_path=config)
+        options = ort.SessionOptions()  # Piper's own load would take every core
+        options.intra_op_num_threads, options.inter_op_num_threads = model_threads(), 1
+        self._voice = PiperVoice(session=ort.InferenceSession(str(onnx), sess_options=options,
+                                                              providers=["CPUExecutionProvider"]),
+                                 config=PiperConfig.from_dict(json.loads(Path(config).read_text(encoding="utf-8"))))
         self._lock = threading.Lock()
 
     def voices(self) -> list[str]:

@@ -2,10 +2,10 @@
 
 The model reads the last 8 s of 16 kHz audio (shorter audio is left-padded with zeros) as Whisper's
 80-bin log-mel features of a waveform normalised to zero mean and unit variance ([1, 80, 800]),
-and returns the probability that the speaker has finished their turn. It was trained on 23
-languages, English and Japanese among them. The features come from faster-whisper's numpy
-extractor, which Koe already loads for speech to text; a test checks them against the extractor
-pipecat ships beside the model.
+and returns the probability that the speaker has finished their turn (pipecat: complete above 0.5;
+how Koe uses it: turns.SemanticVadDetector). It was trained on 23 languages, English and Japanese
+among them. The features come from faster-whisper's numpy extractor, which Koe already loads for
+speech to text; a test checks them against the extractor pipecat ships beside the model.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from koe.local.stages.joined import verified
 
 RATE = 16_000
 WINDOW_S = 8
-COMPLETE_THRESHOLD = 0.5  # the model's own decision point (pipecat: prediction = probability > 0.5)
 _NORM_EPS = 1e-7
 
 
@@ -58,7 +57,3 @@ class TurnModel:
         """The probability (0..1) that the utterance in the audio is complete."""
         logits = self.session.run(None, {"input_features": self.features(audio16k)})[0]
         return float(logits[0, 0])  # the exported graph ends in a sigmoid already
-
-    def is_complete(self, audio16k: np.ndarray) -> bool:
-        """The model's verdict: has the speaker finished (probability above 0.5)?"""
-        return self.probability(audio16k) > COMPLETE_THRESHOLD

@@ -52,7 +52,15 @@ class SpeechStopped:
     waited_ms: int = 0  # silence waited through before ending the turn (0 at the 30 s cap)
 
 
-TurnEvent = SpeechStarted | SilenceBegan | SpeechResumed | SpeechStopped
+@dataclass(frozen=True, eq=False)
+class TurnQuestion:
+    """semantic_vad: is the utterance in `audio` complete? Answer with SemanticVadDetector.verdict."""
+
+    silence_ms: int  # start of the silence it asks about (SilenceBegan.audio_ms)
+    audio: np.ndarray = field(repr=False)  # prefix padding + speech + the silence so far (ASK_AT_MS)
+
+
+TurnEvent = SpeechStarted | SilenceBegan | SpeechResumed | SpeechStopped | TurnQuestion
 
 
 class _Clip:
@@ -171,21 +179,35 @@ class ServerVadDetector:
 
 # OpenAI: semantic_vad waits at most 8 s / 4 s / 2 s for low / medium / high eagerness; auto is medium.
 MAX_WAIT_MS = {"low": 8_000, "medium": 4_000, "high": 2_000, "auto": 4_000}
-GRACE_MS = 200  # a complete utterance still gets this much silence: a breath is not the end
+# When the turn model is asked, in ms of silence. The first ask matches what pipecat's Smart Turn analyzer
+# shows the model: the utterance with its VAD's stop_secs (0.2 s) of silence after it. At the silence's
+# first quiet chunk (0-120 ms after the voice) the model's answers on TTS speech swing between asks
+# (bench/turn_inputs.py); at 200 ms they agree with pipecat's. It is asked again where a longer silence
+# makes a finished question plainer, early enough that the answer (~50 ms, more under load) is in by
+# server_vad's default window.
+ASK_AT_MS = (200, 400)
+FALLBACK_MS = 500  # server_vad's default window: the turn's end when the model is unsure
+COMPLETE = 0.5  # the model's own decision point (pipecat: complete when probability > 0.5)
+# Below COMPLETE but at or above this, the model is unsure and the turn ends at FALLBACK_MS, as server_vad's
+# would; below it the model is sure the speaker is mid-sentence and the turn waits up to MAX_WAIT_MS. A
+# more eager setting treats more answers as unsure; `low` always waits for a complete verdict.
+UNSURE_FROM = {"high": 0.1, "medium": 0.25, "auto": 0.25, "low": COMPLETE}
 
 
 class SemanticVadDetector(ServerVadDetector):
-    """OpenAI's semantic_vad: at each silence a turn model judges whether the utterance is complete.
+    """OpenAI's semantic_vad: as the silence grows a turn model judges whether the utterance is complete.
 
-    Each SilenceBegan asks for a verdict on its audio (the caller runs the model, off the event
-    loop, and hands the answer to `verdict`). Complete: the turn ends once the silence has lasted
-    GRACE_MS. Incomplete, or no answer yet: it waits up to the eagerness's maximum silence. Speech
-    voids the verdict; the next silence asks again.
+    When a silence reaches each of ASK_AT_MS the detector emits a TurnQuestion (the caller runs the
+    model, off the event loop, and hands the probability to `verdict`). The latest answer sets how long
+    the silence may last: complete (> 0.5) ends the turn at once; unsure (UNSURE_FROM[eagerness] up to
+    0.5) at FALLBACK_MS, like server_vad; sure it is mid-sentence, or no answer yet: the eagerness's
+    maximum. Speech voids the answers; the next silence asks again.
     """
 
     def __init__(self, eagerness: str = "auto", threshold: float = 0.5, prefix_padding_ms: int = 300,
                  clock: int = 0) -> None:
-        self._complete = False  # the verdict on the current silence
+        self._asked = 0  # how many of ASK_AT_MS the current silence has asked
+        self._window_ms: int | None = None  # the silence the latest answer allows; None: the maximum
         super().__init__(threshold, prefix_padding_ms, MAX_WAIT_MS[eagerness], clock)
         self.eagerness = eagerness
 
@@ -196,29 +218,41 @@ class SemanticVadDetector(ServerVadDetector):
 
     def reset(self) -> None:
         super().reset()
-        self._complete = False
+        self._new_silence()
+
+    def _new_silence(self) -> None:
+        self._asked = 0
+        self._window_ms = None
 
     def feed(self, chunk: np.ndarray, prob: float) -> list[TurnEvent]:
         events = super().feed(chunk, prob)
         if any(isinstance(e, (SilenceBegan, SpeechResumed)) for e in events):
-            self._complete = False  # a new silence needs its own verdict
+            self._new_silence()  # a new silence needs its own answers
+        if self._silence_since is not None and self._asked < len(ASK_AT_MS) \
+                and self._clock - self._silence_since >= _samples(ASK_AT_MS[self._asked]):
+            self._asked += 1
+            events.append(TurnQuestion(_ms(self._silence_since), self._utterance.audio()))
         return events
 
-    def verdict(self, silence_ms: int, complete: bool) -> list[TurnEvent]:
-        """The turn model's answer for the silence that began at `silence_ms` (SilenceBegan.audio_ms).
+    def verdict(self, question: TurnQuestion, probability: float) -> list[TurnEvent]:
+        """The turn model's probability (0..1) that the utterance in `question` is complete.
 
-        Returns [SpeechStopped] when it ends the turn at once (the grace has already passed),
-        else []. An answer for a silence that speech has since broken is ignored.
+        Returns [SpeechStopped] when it ends the turn at once, else []. An answer about a silence that
+        speech has since broken is ignored.
         """
-        if self._silence_since is None or _ms(self._silence_since) != silence_ms:
+        if self._silence_since is None or _ms(self._silence_since) != question.silence_ms:
             return []
-        self._complete = complete
-        if complete and self._silence_over(self._clock - self._silence_since):
-            return [self._stop()]
-        return []
+        if probability > COMPLETE:
+            self._window_ms = 0
+        elif probability >= UNSURE_FROM[self.eagerness]:
+            self._window_ms = FALLBACK_MS
+        else:
+            self._window_ms = None
+        return [self._stop()] if self._silence_over(self._clock - self._silence_since) else []
 
     def _silence_over(self, silence: int) -> bool:
-        return silence >= _samples(GRACE_MS if self._complete else self.silence_duration_ms)
+        window = self.silence_duration_ms if self._window_ms is None else self._window_ms
+        return silence >= _samples(window)
 
 
 class AudioBuffer:
