@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -53,7 +54,7 @@ def evaluated(llm) -> list[int]:
     return list(llm._llm._input_ids[: llm._llm.n_tokens])
 
 
-def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast):
+def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast, caplog):
     history = [SYSTEM, {"role": "user", "content": "Name a colour."}]
     reply = "".join(fast.stream(history, max_tokens=24))
     held = evaluated(fast)
@@ -61,6 +62,11 @@ def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast):
     history += [{"role": "assistant", "content": " ".join(reply.split())}, {"role": "user", "content": "Another?"}]
     prompt, _ = fast._prompt(history, 24)
     assert prompt[: len(held)] == held and len(prompt) > len(held)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "koe.local"):  # the server says how much of each prompt was cached
+        "".join(fast.stream(history, max_tokens=2))
+    logged = [r.prompt_tokens for r in caplog.records if hasattr(r, "prompt_tokens")]
+    assert logged == [{"prompt": len(prompt), "cached": len(held)}]
 
     # A reply cut short where the user barged in goes back as it was heard, and stays the same tokens later.
     heard = reply.split()[0]

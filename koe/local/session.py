@@ -48,6 +48,11 @@ USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compar
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
 
 
+# Added to the instructions of Japanese sessions: "Answer in Japanese, briefly, in one or two sentences, with
+# the answer itself first, as spoken words (no lists, no emoji)."
+JAPANESE_REPLY_NOTE = "日本語で、一文か二文で短く、答えを最初に、声に出して話す言葉で答えてください（箇条書きや絵文字は使わない）。"
+
+
 # What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
 # (code `unsupported_feature`) instead of silently doing something else.
 TEXT_PARTS = ("input_text", "text", "output_text")
@@ -312,8 +317,8 @@ class LocalSession:
             if self._transcribing:  # a reply asked for right after a commit waits for the user's words
                 await asyncio.wait(set(self._transcribing))
             calls = self.replies.calls_functions
-            messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
-                                                        tools=calls)
+            messages = self._conversation.chat_messages(
+                self._reply_instructions(overrides.get("instructions", self.settings.instructions)), tools=calls)
             await self._generate(response, messages, max_tokens, self._chat_tools(overrides) if calls else {})
         except asyncio.CancelledError:
             pass  # barge-in or response.cancel: _interrupt already told the client
@@ -760,6 +765,13 @@ class LocalSession:
             self.error("Japanese replies are spoken by OpenJTalk's fast voice \"mei\" (HTS, CC BY 3.0); Kokoro's "
                        "voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo) sound more natural "
                        "but start speaking about a second later.", "local_fast_voice", type_="warning")
+
+    def _reply_instructions(self, instructions: str) -> str:
+        """The reply model's system text: the instructions, and in Japanese mode a line asking for short
+        spoken Japanese (sessions with English instructions got English replies, and long ones are slow to speak)."""
+        if not self._japanese():
+            return instructions
+        return "\n\n".join(part for part in (instructions, JAPANESE_REPLY_NOTE) if part)
 
     def _on_tools(self) -> None:
         """Say once what this backend cannot do with the session's tools."""

@@ -134,6 +134,7 @@ class ReplyModel:
             if cancelled():
                 return
             prompt, max_tokens = self._prompt(messages, max_tokens, offered, tool_choice)
+            self._log_cache(prompt)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             parser = hermes.CallParser([t["function"]["name"] for t in offered]) if offered else None
             sampled: list[int] = []
@@ -164,6 +165,16 @@ class ReplyModel:
                 # form: given back as sampled, the model took its own call for one still to make and made it again.
                 if "".join(self._llm.detokenize(sampled).decode("utf-8", "replace").split()) == key:
                     self._remember(key, sampled)
+
+    def _log_cache(self, prompt: list[int]) -> None:
+        """Log how much of `prompt` llama.cpp's KV cache already holds (its longest common prefix with what
+        was evaluated last; at least the last token is always evaluated again): the rest is evaluated now."""
+        evaluated = self._llm.input_ids[:self._llm.n_tokens]
+        limit = min(len(evaluated), len(prompt) - 1)
+        differs = [i for i in range(limit) if evaluated[i] != prompt[i]]
+        cached = differs[0] if differs else limit
+        log.info("reply prompt: %d tokens, %d cached, %d to evaluate", len(prompt), cached, len(prompt) - cached,
+                 extra={"prompt_tokens": {"prompt": len(prompt), "cached": cached}})
 
     # -- the prompt, as tokens -----------------------------------------------------------------
     def _prompt(self, messages: list[dict], max_tokens: int, tools: list[dict] | None = None,
