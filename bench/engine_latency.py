@@ -65,14 +65,15 @@ def japanese_caller(japanese) -> Callable[[str], np.ndarray]:
 async def conversation(server: LocalServer, settings: SessionSettings, utterances: list[str],
                        speak: Callable[[str], np.ndarray], timings: TimingsCollector, turns: int) -> list[tuple]:
     """One call of `turns` turns; per turn (client ms, transcribed, first token, first audio as the server saw
-    them, what the server heard, the reply's transcript, the utterance); turns without reply audio are left out."""
+    them, what the server heard, the reply's transcript, the utterance, reply prompt tokens evaluated / in all);
+    turns without reply audio are left out."""
     rows = []
     user = SimulatedUser(Backend(server.url), settings)
     user.connection.extra_voices = JAPANESE_VOICES  # the local backend's own voices
     async with user:
         for n in range(turns):
             text = utterances[n % len(utterances)]
-            start = len(user.events)
+            start, prompts = len(user.events), len(timings.prompts)
             await user.say(speak(text), silence_after_s=0.2)
             done = await user.connection.wait_for("response.done", timeout_s=90)
             await user.connection.wait_for("output_audio_buffer.stopped", timeout_s=90)
@@ -87,11 +88,20 @@ async def conversation(server: LocalServer, settings: SessionSettings, utterance
                           if e.type == "conversation.item.input_audio_transcription.completed"), "")
             reply = next((e.transcript for _, e in turn if e.type == "response.output_audio_transcript.done"), "")
             rows.append((1000 * (first_audio - stopped), stages["transcribed"], stages["first_token"],
-                         stages["first_audio"], heard, reply, text))
+                         stages["first_audio"], heard, reply, text, prompt_evaluated(timings, prompts)))
             print(f"turn {n + 1}: {rows[-1][0]:5.0f} ms at the client  (server: transcript +{rows[-1][1]}, "
-                  f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms)  {text}")
+                  f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms; prompt {rows[-1][7]})  {text}")
             await asyncio.sleep(0.5)
     return rows
+
+
+def prompt_evaluated(timings: TimingsCollector, before: int) -> str:
+    """"evaluated/in all" reply prompt tokens of the turn whose prompt was logged after `before` records ("-":
+    none, e.g. a chat endpoint): what llama.cpp's prompt cache left to evaluate."""
+    if len(timings.prompts) <= before:
+        return "-"
+    prompt = timings.prompts[-1]
+    return f"{prompt['prompt'] - prompt['cached']}/{prompt['prompt']}"
 
 
 class SocketCaller:
@@ -155,7 +165,7 @@ async def socket_conversation(server: LocalServer, settings: SessionSettings, ut
             await caller.wait_for("session.updated", 0, 30)
             for n in range(turns):
                 text = utterances[n % len(utterances)]
-                start = len(caller.events)
+                start, prompts = len(caller.events), len(timings.prompts)
                 caller.say(speak(text), silence_after_s=0.2)
                 try:
                     _, done = await caller.wait_for("response.done", start, 90)
@@ -175,9 +185,9 @@ async def socket_conversation(server: LocalServer, settings: SessionSettings, ut
                               if e["type"] == "conversation.item.input_audio_transcription.completed"), "")
                 reply = next((e["transcript"] for _, e in turn if e["type"] == "response.output_audio_transcript.done"), "")
                 rows.append((1000 * (first_audio - stopped), stages["transcribed"], stages["first_token"],
-                             stages["first_audio"], heard, reply, text))
+                             stages["first_audio"], heard, reply, text, prompt_evaluated(timings, prompts)))
                 print(f"turn {n + 1}: {rows[-1][0]:5.0f} ms at the client  (server: transcript +{rows[-1][1]}, "
-                      f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms)  {text}")
+                      f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms; prompt {rows[-1][7]})  {text}")
                 # The client plays the reply before speaking again, as a person would.
                 played_s = sum(len(pcm) for _, pcm in audio) / 2 / 24_000
                 loop = asyncio.get_running_loop()

@@ -22,15 +22,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class TimingsCollector(logging.Handler):
-    """Collects the per-turn stage times the local server logs (same process)."""
+    """Collects what the local server logs per turn (same process): stage times, and the reply prompt's
+    size and how much of it llama.cpp had cached ({"prompt", "cached"} tokens)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.turns: list[dict[str, int]] = []
+        self.prompts: list[dict[str, int]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if hasattr(record, "timings_ms"):
             self.turns.append(record.timings_ms)
+        if hasattr(record, "prompt_tokens"):
+            self.prompts.append(record.prompt_tokens)
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ repeats), and the time to make the first clause of a two-clause sentence (what a
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jiwer  # noqa: E402
+import pyopenjtalk  # noqa: E402
 
 from koe.audio import resample, to_float32  # noqa: E402
 from koe.local.stages.models import get_japanese_models, get_models  # noqa: E402
@@ -39,6 +41,7 @@ JAPANESE = [
     "今日の天気はどうですか？",
     "おすすめの本を教えてください。",
 ]
+_JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 FIRST_CLAUSE = {"en": "Sure, the capital of France is Paris.", "ja": "はい、日本の首都は東京です。"}
 
 
@@ -46,6 +49,11 @@ def normalized(text: str) -> str:
     """Characters that carry words: no punctuation or spaces, lower case, full-width digits as ASCII."""
     text = unicodedata.normalize("NFKC", text).lower()
     return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LN")
+
+
+def reading(text: str) -> str:
+    """How Japanese text is read, in katakana (OpenJTalk's reading), normalized; "" for text with none."""
+    return normalized(pyopenjtalk.g2p(text, kana=True)) if _JAPANESE.search(text) else ""
 
 
 def measure(synthesize, transcribe, sentences: list[str], first_clause: str, repeats: int) -> tuple[float, float, float, list[str]]:

@@ -14,9 +14,11 @@ from koe.audio import rms_dbfs
 from koe.client import Backend
 from koe.client.simulated_user import SimulatedUser
 from koe.local import LocalServer
+from koe.local.session import JAPANESE_REPLY_NOTE
 from koe.local.stages.assets import whisper_base_dir
 from koe.local.stages.joined import PackageFile, joined
 from koe.local.stages.models import JapaneseModels, get_japanese_models
+from koe.local.stages.stt import Transcriber, _window_frames
 from koe.audio import resample, to_float32
 from koe.local.voices import DEFAULT_JAPANESE_VOICE, JAPANESE_VOICES, japanese_voice
 from koe.protocol import SessionSettings, SettingsError, TranscriptionSettings, validate_for_dialect
@@ -104,6 +106,21 @@ def test_whisper_base_hears_japanese(japanese):
         assert "東京駅" in text and "教えて" in text, (voice, text)
 
 
+def test_whisper_reads_a_window_that_fits_the_turn():
+    assert _window_frames(2.0, None) is None  # the full 30 s, as Whisper was trained
+    assert _window_frames(2.0, 15.0) == 1500  # a short turn: the least window
+    assert _window_frames(14.3, 15.0) == 1630  # a longer one: the turn and a margin, in whole frame pairs
+    assert _window_frames(29.0, 15.0) is None  # never past Whisper's own 30 s
+
+
+def test_the_short_window_hears_what_the_full_one_hears(japanese):
+    # Whisper's own 30 s window is the oracle: the shorter window must write the same words.
+    full = Transcriber(whisper_base_dir())
+    for text in (QUESTION, "太陽系で一番大きい惑星は何ですか？"):
+        audio = to_16k(japanese.tts.synthesize(text, voice="jf_alpha"))
+        assert japanese.stt.transcribe(audio, "ja").rstrip("?？。") == full.transcribe(audio, "ja").rstrip("?？。")
+
+
 def test_the_fast_japanese_voice_speaks_at_once(japanese):
     assert DEFAULT_JAPANESE_VOICE == "mei"
     pcm = japanese.tts.synthesize("今日の天気はどうですか？")
@@ -142,7 +159,8 @@ async def test_a_japanese_turn_with_your_own_model_speaks_its_reply(models, japa
     stub = ChatStub(script=[Reply(ANSWER)]).start()
     server = LocalServer(port=0, models=models, chat_base_url=stub.url, chat_model="ja-model").start()
     try:
-        user = SimulatedUser(Backend(server.url), ja_settings(voice="jm_kumo"))
+        # English instructions: the session adds that replies are short, spoken Japanese.
+        user = SimulatedUser(Backend(server.url), ja_settings(voice="jm_kumo").changed(instructions="Be kind."))
         user.connection.extra_voices = JAPANESE_VOICES  # the local backend offers them
         async with user:
             await user.say(japanese.tts.synthesize(QUESTION))
@@ -156,7 +174,7 @@ async def test_a_japanese_turn_with_your_own_model_speaks_its_reply(models, japa
     assert user.connection.settings.voice == "jm_kumo"
     assert not [e for e in user.of_type("error")]  # no warning: a real reply model is configured
     asked = stub.requests[0].body["messages"]
-    assert asked[0]["role"] == "system" and "東京駅" in asked[-1]["content"]
+    assert asked[0] == {"role": "system", "content": "Be kind.\n\n" + JAPANESE_REPLY_NOTE} and "東京駅" in asked[-1]["content"]
     assert user.of_type("response.output_audio_transcript.done")[0].transcript == ANSWER
     stopped = user.time_of(user.of_type("input_audio_buffer.speech_stopped")[0])
     spoken = japanese.stt.transcribe(to_16k(user.received(since=stopped)), "ja")

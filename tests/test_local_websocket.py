@@ -256,7 +256,7 @@ async def test_items_can_be_retrieved_truncated_and_deleted(local_server):
             await connection.conversation.item.create(item={
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a story."}]})
             await connection.response.create()
-            await until(connection, "response.created", seen, 30)
+            await until(connection, "response.output_item.added", seen, 30)  # the reply has begun: its message is made
             await connection.response.cancel()
             done = await until(connection, "response.done", seen, 30)
             assert done.response.status == "cancelled"

@@ -5,18 +5,30 @@ chunk packages must have the SHA-256 the project pins."""
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from koe.client import Backend
 from koe.client.simulated_user import SimulatedUser
 from koe.local import LocalServer
+from koe.local.stages import hermes
+from koe.local.stages.hermes import CallParser
 from koe.local.stages.joined import PackageFile, joined
 from koe.local.stages.llm import PROFILES, ContextOverflow, reply_profile
 from koe.local.stages.models import get_models
 from koe.presets import PRESETS
+from koe.local.stages.replies import ToolCallDelta
 from koe.protocol import SessionSettings
+from koe.tools import ToolContext, default_registry
+from typed_turn import ask, tool_relay
 
 SYSTEM = {"role": "system", "content": PRESETS["Helpful assistant"]}
 
@@ -42,7 +54,7 @@ def evaluated(llm) -> list[int]:
     return list(llm._llm._input_ids[: llm._llm.n_tokens])
 
 
-def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast):
+def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast, caplog):
     history = [SYSTEM, {"role": "user", "content": "Name a colour."}]
     reply = "".join(fast.stream(history, max_tokens=24))
     held = evaluated(fast)
@@ -50,6 +62,11 @@ def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast):
     history += [{"role": "assistant", "content": " ".join(reply.split())}, {"role": "user", "content": "Another?"}]
     prompt, _ = fast._prompt(history, 24)
     assert prompt[: len(held)] == held and len(prompt) > len(held)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "koe.local"):  # the server says how much of each prompt was cached
+        "".join(fast.stream(history, max_tokens=2))
+    logged = [r.prompt_tokens for r in caplog.records if hasattr(r, "prompt_tokens")]
+    assert logged == [{"prompt": len(prompt), "cached": len(held)}]
 
     # A reply cut short where the user barged in goes back as it was heard, and stays the same tokens later.
     heard = reply.split()[0]
@@ -111,6 +128,166 @@ async def test_the_default_reply_model_answers_simple_questions_right(default_se
     assert "eight" in answers[1] or "8" in answers[1], answers
 
 
+# -- function calling with the default profile (Qwen2.5's Hermes form) -----------------------------
+@pytest.fixture(scope="module")
+def qwen(models):
+    return get_models("default").llm
+
+
+def chat_tools(*names: str) -> list[dict]:
+    """The registry's tools in chat-completions form, as the session passes them to a reply stream."""
+    return [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in default_registry().declarations(list(names))]
+
+
+def template_renders(llm, messages: list[dict], tools: list[dict] | None) -> str:
+    """The oracle: the GGUF's own chat template, rendered by llama-cpp-python's Jinja formatter (Transformers'
+    rules). The template reads a call's arguments as an object, as Transformers documents."""
+    for m in messages:
+        for call in m.get("tool_calls") or ():
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+    formatter = Jinja2ChatFormatter(llm._llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="")
+    return formatter(messages=messages, tools=tools).prompt
+
+
+def call(call_id: str, name: str, arguments: str) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_tool_prompts_are_what_the_models_own_chat_template_renders(qwen, fast):
+    assert qwen.calls_functions and not PROFILES["fast"].tools
+    tools = chat_tools("current_time", "calculate")
+    history = [SYSTEM, {"role": "user", "content": "What time is it, and what is 2 + 2?"},
+               {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                   call("call_1", "current_time", '{"timezone":"Asia/Tokyo"}'),
+                   call("call_2", "calculate", '{"expression": "2 + 2", "note": "東京"}')]},
+               {"role": "tool", "tool_call_id": "call_1", "content": '{"time": "10:04", "timezone": "Asia/Tokyo"}'},
+               {"role": "tool", "tool_call_id": "call_2", "content": '{"expression": "2 + 2", "result": 4}'},
+               {"role": "assistant", "content": "It is 10:04 in Tokyo, and 2 + 2 is 4."},
+               {"role": "user", "content": "Thanks. Now in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [call("call_3", "current_time", "{}")]},
+               {"role": "tool", "tool_call_id": "call_3", "content": '{"error": "slow"}'}]
+    for messages in (history[:2], history[:7], history):
+        prompt, _ = qwen._prompt(messages, 64, tools, "auto")
+        assert qwen._llm.detokenize(prompt, special=True).decode() == \
+            template_renders(qwen, json.loads(json.dumps(messages)), tools)
+    # No instructions: the template's own system text, for each profile.
+    for llm, offered in ((qwen, tools), (qwen, None), (fast, None)):
+        prompt, _ = llm._prompt(history[1:2], 64, offered)
+        assert llm._llm.detokenize(prompt, special=True).decode() == template_renders(llm, history[1:2], offered)
+    # tool_choice "none": no tools in the prompt, the calls made before still in the history.
+    prompt, _ = qwen._prompt(history, 64, None, "none")
+    assert qwen._llm.detokenize(prompt, special=True).decode() == template_renders(qwen, json.loads(json.dumps(history)),
+                                                                                   None)
+    # A forced call is said in the system text, after the instructions.
+    required, _ = qwen._prompt(history[:2], 64, tools, "required")
+    named, _ = qwen._prompt(history[:2], 64, tools, {"type": "function", "function": {"name": "calculate"}})
+    assert "call one or more of the functions" in qwen._llm.detokenize(required).decode()
+    assert "call the function calculate." in qwen._llm.detokenize(named).decode()
+
+
+def test_the_default_model_calls_a_tool_and_the_next_turn_extends_its_prompt(qwen):
+    tools = chat_tools("current_time", "calculate")
+    history = [SYSTEM, {"role": "user", "content": "What time is it?"}]
+    asked, _ = qwen._prompt(history, 60, tools, "auto")
+    pieces = list(qwen.stream(history, max_tokens=60, temperature=0.0, tools=tools, tool_choice="auto"))
+    calls = [p for p in pieces if isinstance(p, ToolCallDelta)]
+    assert [c.name for c in calls] == ["current_time"], pieces
+    held = evaluated(qwen)
+    wrote = qwen._llm.detokenize(held[len(asked):]).decode()
+    text = "".join(p for p in pieces if isinstance(p, str)).strip()
+    history += [{"role": "assistant", "content": text or None, "tool_calls": [call("call_1", "current_time",
+                                                                                    calls[0].arguments)]},
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"time": "10:04"}'}]
+    prompt, _ = qwen._prompt(history, 60, tools, "auto")
+    assert held[: len(asked)] == asked and prompt[: len(asked)] == asked and len(prompt) > len(held)
+    # The call goes back as the template writes it: as the very tokens the model sampled when it wrote it so.
+    if "".join(wrote.split()) == "".join(hermes.assistant_text(text, [("current_time", calls[0].arguments)]).split()):
+        assert prompt[: len(held)] == held
+    else:
+        assert qwen._llm.detokenize(prompt, special=True).decode() == \
+            template_renders(qwen, json.loads(json.dumps(history)), tools)
+
+
+# The parser: pieces of the Hermes form, JSON and prose, joined in any order and split anywhere.
+CALL = hermes.call_text("current_time", '{"timezone": "Asia/Tokyo"}')
+FENCED = '```json\n{"name": "calculate", "arguments": {"expression": "1 + 1"}}\n```'
+PIECES = st.sampled_from([CALL, FENCED, "<tool_call>", "</tool_call>", "```json", "```", "{", "}", '{"name": "x"}',
+                          "<tool", "_call>", "`", "\n", " ", "It is ten.", "<b>", "{{"]) | st.text(max_size=8)
+
+
+def parsed(chunks: list[str]) -> list:
+    """What a parser yields for the reply in `chunks`, adjacent text joined."""
+    parser, out = CallParser(["current_time", "calculate"]), []
+    for piece in [p for chunk in chunks for p in parser.feed(chunk)] + parser.close():
+        if isinstance(piece, str) and out and isinstance(out[-1], str):
+            out[-1] += piece
+        else:
+            out.append(piece)
+    return out
+
+
+@given(st.lists(PIECES, max_size=12), st.data())
+def test_a_reply_split_anywhere_parses_as_it_does_whole(pieces, data):
+    reply = "".join(pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(reply)), max_size=10)))
+    chunks = [reply[a:b] for a, b in zip([0, *cuts], [*cuts, len(reply)])]
+    assert parsed(chunks) == parsed([reply])
+
+
+@given(st.lists(st.one_of(st.text(alphabet=st.characters(blacklist_characters="<`{"), min_size=1),
+                          st.tuples(st.sampled_from(["current_time", "calculate"]),
+                                    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5),
+                                                    max_size=3))), max_size=6), st.data())
+def test_calls_written_as_the_template_writes_them_come_back_as_they_were(said, data):
+    reply = "".join(p if isinstance(p, str) else "\n" + hermes.call_text(p[0], json.dumps(p[1])) + "\n"
+                    for p in said)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(reply)), max_size=10)))
+    out = parsed([reply[a:b] for a, b in zip([0, *cuts], [*cuts, len(reply)])])
+    assert [(c.index, c.name, json.loads(c.arguments)) for c in out if isinstance(c, ToolCallDelta)] == \
+        [(i, name, arguments) for i, (name, arguments) in enumerate(p for p in said if not isinstance(p, str))]
+    assert "".join(t for t in out if isinstance(t, str)).split() == \
+        "".join(p if isinstance(p, str) else "\n\n" for p in said).split()
+
+
+def test_untagged_calls_are_taken_only_when_they_name_an_offered_function():
+    assert parsed([FENCED]) == [ToolCallDelta(index=0, name="calculate", arguments='{"expression": "1 + 1"}')]
+    assert parsed(['{{"name": "current_time", "arguments": {}}}}']) == [
+        ToolCallDelta(index=0, name="current_time", arguments="{}")]  # the template's literal `{{` copied
+    shown = '```json\n{"name": "Ada", "age": 36}\n```'
+    assert parsed([shown]) == [shown] and parsed(['{"name": "Ada"}']) == ['{"name": "Ada"}']
+    assert parsed(["Sure: <tool_call>\nnot json\n</tool_call>"]) == ["Sure: "]  # never spoken
+
+
+async def test_what_time_is_it_is_answered_by_the_default_model_through_the_tool(default_server):
+    tokyo = ZoneInfo("Asia/Tokyo")
+    settings = SessionSettings(instructions=PRESETS["Helpful assistant"], voice="alloy", turn_detection=None,
+                               transcription=None, tools=default_registry().declarations(["current_time", "calculate"]),
+                               max_output_tokens=60)
+    relay, events, ran = tool_relay(default_server.url, settings, ToolContext(timezone="Asia/Tokyo"))
+    try:
+        relay.start().result(timeout=120)
+        assert relay.status.state == "live", relay.status.message
+        before = datetime.now(tokyo)
+        await ask(relay, events, "What time is it?", timeout_s=300)
+        after = datetime.now(tokyo)
+    finally:
+        relay.stop()
+
+    server = [e for d, e in events if d == "server"]
+    done = [e["response"] for e in server if e["type"] == "response.done"]
+    assert [r["status"] for r in done] == ["completed", "completed"], [(e["type"], e.get("error")) for e in server]
+    # The first reply is the call alone: no empty assistant message before it.
+    assert [o["type"] for o in done[0]["output"]] == ["function_call"], done[0]["output"]
+    assert done[0]["output"][0]["name"] == "current_time" and [c.name for c in ran] == ["current_time"]
+    first_added = next(e for e in server if e["type"] == "conversation.item.added" and e["item"].get("role") != "user")
+    assert first_added["item"]["type"] == "function_call"
+    assert [e["type"] for e in server if e["type"].startswith("response.function_call_arguments")][-1] == \
+        "response.function_call_arguments.done"
+    said = json.loads(ran[0].output)
+    answer = next(e["transcript"] for e in server if e["type"] == "response.output_audio_transcript.done")
+    times = {f"{t:%H:%M}" for t in (before, after)} | {f"{t:%I:%M}".lstrip("0") for t in (before, after)}
+    assert said["time"] in times and any(t in answer for t in times), (said, answer)
 # -- models assembled from chunk packages ----------------------------------------------------------
 def part(path, data: bytes) -> PackageFile:
     path.write_bytes(data)

@@ -7,8 +7,10 @@ before them keep the melody of an unfinished sentence.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from koe.client.simulated_user import trim_silence, with_pause
 from koe.local.stages.assets import SMART_TURN_SHA256, package_dir, smart_turn_onnx_path
 from koe.client.simulated_user import SimulatedUser
 from koe.local.stages.models import LocalModels, get_japanese_models
-from koe.protocol import SemanticVad, SessionSettings, TranscriptionSettings
+from koe.protocol import SemanticVad, ServerVad, SessionSettings, TranscriptionSettings
 from koe.local.stages.turn_model import TurnModel
 from koe.local.stages.turns import SemanticVadDetector, ServerVadDetector, SpeechStopped, TurnQuestion
 from koe.local.stages.vad import VadStream
@@ -100,6 +102,29 @@ async def test_the_server_hears_a_paused_sentence_out_as_one_turn(backend, model
     assert len(user.of_type("input_audio_buffer.committed")) == 1
     assert "thinking" in heard.transcript.lower() and "park" in heard.transcript.lower()
     assert done.response["status"] == "completed"
+
+
+async def test_a_reply_to_words_the_user_went_on_from_is_not_started(backend, models, monkeypatch):
+    """server_vad ends the turn at a long pause; the user goes on while its words are still being transcribed
+    (slow here on purpose, as on a loaded machine). The API would create that reply at once and cancel it at
+    the new speech_started; the local backend, whose reply waits for the words, does not start it."""
+    transcribe = models.stt.transcribe
+
+    def slow(audio, *args):
+        time.sleep(1.5)
+        return transcribe(audio, *args)
+
+    monkeypatch.setattr(models.stt, "transcribe", slow)
+    sentence = trim_silence(models.tts.synthesize("So what I was thinking, is that we could go to the park."))
+    paused, _ = with_pause(sentence, PAUSE_S)
+    settings = SessionSettings(instructions="Answer in one short sentence.", voice="alloy", max_output_tokens=16,
+                               turn_detection=ServerVad(), transcription=TranscriptionSettings(model="whisper-1"))
+    async with SimulatedUser(backend, settings) as user:
+        await user.say(paused, silence_after_s=3.0)
+        await user.connection.wait_for("response.done", timeout_s=60)
+        await asyncio.sleep(0.5)
+    assert len(user.of_type("input_audio_buffer.committed")) == 2  # server_vad cut the sentence
+    assert len(user.of_type("response.created")) == 1  # one reply, to the whole of it
 
 
 def test_features_match_the_extractor_pipecat_ships_beside_the_model(models):

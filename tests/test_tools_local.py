@@ -3,15 +3,14 @@ tool runner, the store. Every event the local server sends is checked against op
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from chat_stub import ChatStub, Reply, ToolCalls
+from typed_turn import ask, tool_relay
 from koe.client import Backend
 from koe.client.simulated_user import SimulatedUser
 from koe.local import LocalServer
@@ -57,12 +56,7 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
         relay.start().result(timeout=60)
         assert relay.status.state == "live", relay.status.message
         before = datetime.now(TOKYO)
-        relay.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "What time is it?"}]}})
-        relay.send({"type": "response.create"})
-        deadline = time.monotonic() + 90
-        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await ask(relay, events, "What time is it?")
         after = datetime.now(TOKYO)
     finally:
         relay.stop()
@@ -72,7 +66,9 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
     done = [e for d, e in events if e["type"] == "response.done"]
     assert [r["response"]["status"] for r in done] == ["completed", "completed"], [
         (d, e["type"], e.get("error") or e.get("item", {}).get("type")) for d, e in events]
-    call = next(o for o in done[0]["response"]["output"] if o["type"] == "function_call")
+    # The first reply only calls the function: no empty assistant message is made (nor shown) before the call.
+    assert [o["type"] for o in done[0]["response"]["output"]] == ["function_call"]
+    call = done[0]["response"]["output"][0]
     assert (call["name"], call["arguments"], call["call_id"]) == ("current_time", "{}", "call_stub0")
     assert [e["type"] for d, e in events if d == "server" and e["type"].startswith("response.function_call")][-1] \
         == "response.function_call_arguments.done"
@@ -102,7 +98,6 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
     assert len(stored) == 1 and json.loads(stored["payload"][0])["name"] == "current_time"
     # The transcript (History, every export) shows the call where it happened, with how long it took.
     rows = store.transcript(conversation_id)
-    rows = rows[rows["text"] != ""]
     assert list(rows["speaker"]) == ["You", "Tool call", "Tool result", "AI"]
     assert list(rows["text"]) == ["What time is it?", "current_time({})", output["output"], final]
     assert rows["latency_ms"].iloc[1] >= 0
@@ -112,7 +107,8 @@ async def test_what_time_is_it_is_answered_through_the_tool(models, tmp_path, mo
     store.close()
 
 
-async def test_the_bundled_model_says_once_that_it_cannot_call_tools(backend):
+async def test_the_fast_bundled_model_says_once_that_it_cannot_call_tools(backend):
+    """conftest runs the server with the fast profile (SmolLM2), whose chat template has no tools."""
     settings = SessionSettings(voice="alloy", turn_detection=None, tools=default_registry().declarations(["calculate"]))
     async with SimulatedUser(backend, settings) as user:
         await user.connection.send({"type": "session.update", "session": {
@@ -120,25 +116,18 @@ async def test_the_bundled_model_says_once_that_it_cannot_call_tools(backend):
         await user.seen("session.updated", where=lambda e: e.session.get("instructions") == "Be brief.")
         warnings = [e.error for e in user.of_type("error") if e.error.code == "local_tools_unsupported"]
     assert len(warnings) == 1 and warnings[0].type == "warning" and "cannot call functions" in warnings[0].message
+    assert "SmolLM2" in warnings[0].message
 
 
 async def test_a_tool_the_session_does_not_offer_is_not_run(models):
     stub = ChatStub(script=[ToolCalls([("search_history", '{"query": "password"}')]), Reply("I cannot look.")]).start()
     server = LocalServer(port=0, models=models, chat_base_url=stub.url, chat_model="tool-model").start()
-    registry = default_registry()
     settings = SessionSettings(voice="alloy", turn_detection=None, transcription=None, output_modalities="text",
-                               tools=registry.declarations(["calculate"]))
-    relay = Relay(Backend(server.url), settings, LoopThread())
-    events: list[tuple[str, dict]] = []
-    relay.on_event = lambda direction, event, at: events.append((direction, event))
-    calls = []
-    relay.use_tools(ToolRunner(registry, ToolContext(visitor="v_x"), on_call=calls.append))
+                               tools=default_registry().declarations(["calculate"]))
+    relay, events, calls = tool_relay(server.url, settings, ToolContext(visitor="v_x"))
     try:
         relay.start().result(timeout=60)
-        relay.send({"type": "response.create"})
-        deadline = time.monotonic() + 60
-        while sum(e["type"] == "response.done" for _, e in events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await ask(relay, events, None, timeout_s=60)
     finally:
         relay.stop()
         server.stop()

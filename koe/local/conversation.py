@@ -91,15 +91,16 @@ class Conversation:
     def chat_messages(self, instructions: str, tools: bool = False) -> list[dict]:
         """The history as chat messages; the instructions stay first so the prompt prefix is cached.
 
-        With `tools`, function calls are an assistant message's `tool_calls` and their outputs `tool`
-        messages (chat completions' form); without, a model that cannot call functions never sees them."""
+        With `tools`, function calls are an assistant message's `tool_calls` (the message that holds what
+        the assistant said just before them) and their outputs `tool` messages (chat completions' form);
+        without, a model that cannot call functions never sees them."""
         messages: list[dict] = [{"role": "system", "content": instructions}] if instructions else []
         for item in self.items:
             if item.type == "function_call" and tools:
                 call = {"id": item.call_id, "type": "function",
                         "function": {"name": item.name, "arguments": item.arguments or "{}"}}
-                if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
-                    messages[-1]["tool_calls"].append(call)
+                if messages and messages[-1]["role"] == "assistant":
+                    messages[-1].setdefault("tool_calls", []).append(call)
                 else:
                     messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
             elif item.type == "function_call_output" and tools:

@@ -48,6 +48,11 @@ USER_AUDIO_TOKENS_PER_S = 10  # how OpenAI counts audio, so usage figures compar
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
 
 
+# Added to the instructions of Japanese sessions: "Answer in Japanese, briefly, in one or two sentences, with
+# the answer itself first, as spoken words (no lists, no emoji)."
+JAPANESE_REPLY_NOTE = "日本語で、一文か二文で短く、答えを最初に、声に出して話す言葉で答えてください（箇条書きや絵文字は使わない）。"
+
+
 # What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
 # (code `unsupported_feature`) instead of silently doing something else.
 TEXT_PARTS = ("input_text", "text", "output_text")
@@ -81,7 +86,6 @@ def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, s
 @dataclass
 class Response:
     id: str
-    item: Item
     audio: bool
     task: asyncio.Task | None = None
     status: str = "in_progress"
@@ -92,7 +96,12 @@ class Response:
     input_tokens: int = 0
     output_tokens: int = 0
     marks: dict[str, float] = field(default_factory=dict)  # monotonic times of this turn's stages
+    # The assistant's message, made when there are words to put in it (a reply that only calls a
+    # function has none), and where its events point: {response_id, item_id, output_index, content_index}.
+    item: Item | None = None
+    where: dict = field(default_factory=dict)
     calls: dict[int, Item] = field(default_factory=dict)  # function_call items by the model's call index
+    output: list[Item] = field(default_factory=list)  # the message and the calls, in output_index order
 
     @property
     def cancelled(self) -> bool:
@@ -126,6 +135,7 @@ class LocalSession:
         self._detector: ServerVadDetector | None = None
         self._manual = AudioBuffer()
         self._user_item: str | None = None  # id promised in speech_started
+        self._speech_starts = 0  # speech_started events so far: a turn's reply waits on its words, the user may go on
         self._early: asyncio.Future | None = None  # transcript started when the silence began
         self._early_job: concurrent.futures.Future | None = None
         self._response: Response | None = None
@@ -207,6 +217,7 @@ class LocalSession:
         vad = self.settings.turn_detection
         if isinstance(event, SpeechStarted):
             self._user_item = new_id("item")
+            self._speech_starts += 1
             if vad is not None and vad.interrupt_response:
                 self._interrupt("turn_detected")
             self.emit("input_audio_buffer.speech_started", audio_start_ms=event.audio_start_ms, item_id=self._user_item)
@@ -259,12 +270,12 @@ class LocalSession:
         marks = {"speech_stopped": stopped_at or time.monotonic()}
         if waited_ms is not None:  # when the user fell silent: how long the turn detection waited
             marks["user_stopped"] = marks["speech_stopped"] - waited_ms / 1000
-        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks))
+        task = self._spawn(self._transcribe_then_respond(item, audio, early, respond, marks, self._speech_starts))
         self._transcribing.add(task)
         task.add_done_callback(self._transcribing.discard)
 
     async def _transcribe_then_respond(self, item: Item, audio: np.ndarray, early: asyncio.Future | None,
-                                       respond: bool, marks: dict[str, float]) -> None:
+                                       respond: bool, marks: dict[str, float], speech_starts: int) -> None:
         # Always transcribed: the reply model reads the user's words, also for a response.create after a
         # manual commit. No speech came after the silence began (it would have dropped the early pass), so
         # the early transcript holds every word of the turn.
@@ -278,6 +289,12 @@ class LocalSession:
             self.emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
                       content_index=0, transcript=text,
                       usage={"type": "duration", "seconds": round(len(audio) / VAD_RATE, 3)})
+        vad = self.settings.turn_detection
+        if vad is not None and vad.interrupt_response and self._speech_starts != speech_starts:
+            # The user spoke again while the words were transcribed: the reply would have been cancelled
+            # by that speech_started (the API creates it at once), so it is not started; the next turn's
+            # reply reads this item too.
+            return
         if respond and item.text.strip():
             self._start_response(marks=marks)
 
@@ -287,31 +304,22 @@ class LocalSession:
         # A per-response `output_modalities` (GA) / `modalities` (beta) wins over the session's.
         modalities = overrides.get("output_modalities" if self.dialect == "ga" else "modalities")
         audio = "audio" in modalities if isinstance(modalities, list) else self.settings.output_modalities == "audio"
-        item = Item(id=new_id("item"), role="assistant", audio=audio, status="in_progress")
-        response = Response(id=new_id("resp"), item=item, audio=audio, marks=marks or {"requested": time.monotonic()})
+        response = Response(id=new_id("resp"), audio=audio, marks=marks or {"requested": time.monotonic()})
         self._response = response
         response.task = self._spawn(self._respond(response, overrides))
 
     async def _respond(self, response: Response, overrides: dict) -> None:
-        item = response.item
         self.emit("response.created", response=self._response_object(response))
-        previous = self._conversation.add(item)
-        self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item.wire(self.dialect))
-        self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
-        part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
-        where = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
-        self.emit("response.content_part.added", part=part, **where)
         limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
                               self.settings.max_output_tokens)
         max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)  # validated: 1..4096 or "inf"
         try:  # whatever happens from here, response.done follows response.created exactly once
             if self._transcribing:  # a reply asked for right after a commit waits for the user's words
                 await asyncio.wait(set(self._transcribing))
-            # The new assistant item is still empty, so the history ends with the user's turn.
-            messages = self._conversation.chat_messages(overrides.get("instructions", self.settings.instructions),
-                                                        tools=not self._bundled_replies)
-            tools = {} if self._bundled_replies else self._chat_tools(overrides)
-            await self._generate(response, messages, max_tokens, where, tools)
+            calls = self.replies.calls_functions
+            messages = self._conversation.chat_messages(
+                self._reply_instructions(overrides.get("instructions", self.settings.instructions)), tools=calls)
+            await self._generate(response, messages, max_tokens, self._chat_tools(overrides) if calls else {})
         except asyncio.CancelledError:
             pass  # barge-in or response.cancel: _interrupt already told the client
         except ChatEndpointError as exc:  # the person running the server can fix this: say what happened
@@ -327,12 +335,13 @@ class LocalSession:
             log.exception("reply failed")
             response.status, response.error = "failed", {"type": "server_error", "code": "reply_failed",
                                                          "message": str(exc)}
-        self._finish(response, where)
+        self._finish(response)
 
-    async def _generate(self, response: Response, messages: list[dict], max_tokens: int, where: dict,
+    async def _generate(self, response: Response, messages: list[dict], max_tokens: int,
                         tools: dict | None = None) -> None:
-        """Stream the reply: text is spoken (or sent as text), function calls become items; `tools` are the
-        reply stream's `tools` / `tool_choice` keyword arguments (none for the bundled model)."""
+        """Stream the reply: text is spoken (or sent as text) in the assistant's message, made with its
+        first words; function calls become items. `tools` are the reply stream's `tools` / `tool_choice`
+        keyword arguments (none for a model that cannot call functions)."""
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
         temperature = self.settings.temperature  # None (GA has none): the reply model's recommended sampling
@@ -357,15 +366,31 @@ class LocalSession:
             response.output_tokens += 1
             if isinstance(delta, ToolCallDelta):
                 self._call_delta(response, delta)
-            elif response.audio:
+                continue
+            if response.item is None and delta.strip():
+                self._open_message(response)
+            if response.audio:
                 for clause in splitter.push(delta):
-                    await self._speak(response, clause, where)
-            else:
+                    await self._speak(response, clause)
+            elif response.item is not None:
                 response.item.text += delta
-                self.emit("response.output_text.delta", delta=delta, **where)
+                self.emit("response.output_text.delta", delta=delta, **response.where)
         for clause in splitter.flush():
-            await self._speak(response, clause, where)
+            await self._speak(response, clause)
         await producer
+
+    def _open_message(self, response: Response) -> None:
+        """The assistant's message for this reply's words: added to the conversation and announced."""
+        item = response.item = Item(id=new_id("item"), role="assistant", audio=response.audio, status="in_progress")
+        response.output.append(item)
+        previous = self._conversation.add(item)
+        response.where = {"response_id": response.id, "item_id": item.id, "output_index": len(response.output) - 1,
+                          "content_index": 0}
+        self.emit("response.output_item.added", response_id=response.id, output_index=response.where["output_index"],
+                  item=item.wire(self.dialect))
+        self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
+        part = {"type": "audio", "transcript": ""} if response.audio else {"type": "text", "text": ""}
+        self.emit("response.content_part.added", part=part, **response.where)
 
     def _chat_tools(self, overrides: dict) -> dict:
         """This reply's function tools (per-response ones win) and tool_choice in chat-completions form,
@@ -395,8 +420,9 @@ class LocalSession:
             item = Item(id=new_id("item"), role="assistant", audio=False, status="in_progress", type="function_call",
                         name=delta.name or "", call_id=delta.id or new_id("call"))
             response.calls[delta.index] = item
+            response.output.append(item)
             previous = self._conversation.add(item)
-            self.emit("response.output_item.added", response_id=response.id, output_index=len(response.calls),
+            self.emit("response.output_item.added", response_id=response.id, output_index=len(response.output) - 1,
                       item=item.wire(self.dialect))
             self.emit("conversation.item.added", item=item.wire(self.dialect), previous_item_id=previous)
         elif delta.name and not item.name:
@@ -404,10 +430,10 @@ class LocalSession:
         if delta.arguments:
             item.arguments += delta.arguments
             self.emit("response.function_call_arguments.delta", response_id=response.id, item_id=item.id,
-                      output_index=list(response.calls).index(delta.index) + 1, call_id=item.call_id,
+                      output_index=response.output.index(item), call_id=item.call_id,
                       delta=delta.arguments)
 
-    async def _speak(self, response: Response, clause: str, where: dict) -> None:
+    async def _speak(self, response: Response, clause: str) -> None:
         track = self._playback
         if response.audio_started:  # the caller is hearing this reply: due when what it holds runs out
             held_s = track.queued_ms / 1000 if track is not None else 0.0
@@ -432,39 +458,38 @@ class LocalSession:
         delta = gap + clause
         item.text += delta
         item.spoken.append(((item.spoken[-1][0] if item.spoken else 0) + pcm.size, item.text))
-        self.emit("response.output_audio_transcript.delta", delta=delta, **where)
+        self.emit("response.output_audio_transcript.delta", delta=delta, **response.where)
         if track is not None:
             await track.write(pcm)
         else:  # WebSocket: the client plays the deltas
             fmt = self.settings.output_audio_format or "pcm16"
             delta = await self._scheduler.run(Urgency.SPEAK, None, encode, pcm, fmt)
-            self.emit("response.output_audio.delta", delta=delta, **where)
+            self.emit("response.output_audio.delta", delta=delta, **response.where)
 
-    def _finish(self, response: Response, where: dict) -> None:
+    def _finish(self, response: Response) -> None:
         if response.status == "in_progress":
             response.status = "completed"
-        item = response.item
-        if response.audio:
-            self.emit("response.output_audio.done", **where)
-            self.emit("response.output_audio_transcript.done", transcript=item.text, **where)
-            part = {"type": "audio", "transcript": item.text}
-        else:
-            self.emit("response.output_text.done", text=item.text, **where)
-            part = {"type": "text", "text": item.text}
-        self.emit("response.content_part.done", part=part, **where)
-        # A reply cut short (cancelled, failed) is an incomplete item wherever it appears from now on.
-        item.status = "completed" if response.status == "completed" else "incomplete"
-        self.emit("response.output_item.done", response_id=response.id, output_index=0, item=item.wire(self.dialect))
-        self.emit("conversation.item.done", item=item.wire(self.dialect))
-        for index, call in enumerate(response.calls.values(), start=1):
-            call.status = item.status
-            if call.status == "completed":
-                name = {"name": call.name} if self.dialect == "ga" else {}  # beta's event has no name
-                self.emit("response.function_call_arguments.done", response_id=response.id, item_id=call.id,
-                          output_index=index, call_id=call.call_id, arguments=call.arguments, **name)
+        # A reply cut short (cancelled, failed) leaves incomplete items wherever they appear from now on.
+        status = "completed" if response.status == "completed" else "incomplete"
+        for index, item in enumerate(response.output):
+            item.status = status
+            if item is response.item:
+                where = response.where
+                if response.audio:
+                    self.emit("response.output_audio.done", **where)
+                    self.emit("response.output_audio_transcript.done", transcript=item.text, **where)
+                    part = {"type": "audio", "transcript": item.text}
+                else:
+                    self.emit("response.output_text.done", text=item.text, **where)
+                    part = {"type": "text", "text": item.text}
+                self.emit("response.content_part.done", part=part, **where)
+            elif status == "completed":
+                name = {"name": item.name} if self.dialect == "ga" else {}  # beta's event has no name
+                self.emit("response.function_call_arguments.done", response_id=response.id, item_id=item.id,
+                          output_index=index, call_id=item.call_id, arguments=item.arguments, **name)
             self.emit("response.output_item.done", response_id=response.id, output_index=index,
-                      item=call.wire(self.dialect))
-            self.emit("conversation.item.done", item=call.wire(self.dialect))
+                      item=item.wire(self.dialect))
+            self.emit("conversation.item.done", item=item.wire(self.dialect))
         self.emit("response.done", response=self._response_object(response, done=True))
         self.emit("rate_limits.updated", rate_limits=[])
         if self._response is response:
@@ -474,15 +499,13 @@ class LocalSession:
 
     def _response_object(self, response: Response, done: bool = False) -> dict:
         body = {"id": response.id, "object": "realtime.response", "status": response.status,
-                "status_details": None, "output": [response.item.wire(self.dialect),
-                                                   *(c.wire(self.dialect) for c in response.calls.values())]
-                if done else []}
+                "status_details": None, "output": [item.wire(self.dialect) for item in response.output] if done else []}
         if response.status == "cancelled":
             body["status_details"] = {"type": "cancelled", "reason": response.reason}
         elif response.status == "failed":
             body["status_details"] = {"type": "failed", "error": response.error}
         if done and response.status != "failed":
-            spoken = response.item.spoken
+            spoken = response.item.spoken if response.item is not None else []
             spoken_s = (spoken[-1][0] / RATE) if spoken else 0.0
             audio_out = round(spoken_s * ASSISTANT_AUDIO_TOKENS_PER_S)
             body["usage"] = {
@@ -743,13 +766,21 @@ class LocalSession:
                        "voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo) sound more natural "
                        "but start speaking about a second later.", "local_fast_voice", type_="warning")
 
+    def _reply_instructions(self, instructions: str) -> str:
+        """The reply model's system text: the instructions, and in Japanese mode a line asking for short
+        spoken Japanese (sessions with English instructions got English replies, and long ones are slow to speak)."""
+        if not self._japanese():
+            return instructions
+        return "\n\n".join(part for part in (instructions, JAPANESE_REPLY_NOTE) if part)
+
     def _on_tools(self) -> None:
         """Say once what this backend cannot do with the session's tools."""
-        if self._bundled_replies and any(isinstance(t, FunctionTool) for t in self.settings.tools) \
+        if not self.replies.calls_functions and any(isinstance(t, FunctionTool) for t in self.settings.tools) \
                 and "tools" not in self._warned:
             self._warned.add("tools")
-            self.error("The bundled reply model cannot call functions, so the session's tools go unused. Configure "
-                       "a chat endpoint whose model can (KOE_CHAT_BASE_URL, KOE_CHAT_MODEL), or use OpenAI.",
+            self.error(f"The reply model ({self.replies.model}) cannot call functions, so the session's tools go "
+                       "unused. Start the server with --reply-model default, configure a chat endpoint whose model "
+                       "can (KOE_CHAT_BASE_URL, KOE_CHAT_MODEL), or use OpenAI.",
                        "local_tools_unsupported", type_="warning")
         if any(isinstance(t, McpTool) for t in self.settings.tools) and "mcp" not in self._warned:
             self._warned.add("mcp")

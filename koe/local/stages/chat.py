@@ -57,6 +57,12 @@ class ChatModel:
         self._http = httpx.Client(base_url=endpoint.base_url, headers=headers,
                                   timeout=httpx.Timeout(endpoint.timeout_s, connect=min(CONNECT_TIMEOUT_S, endpoint.timeout_s)))
 
+    calls_functions = True  # the tools go to the endpoint; a model that cannot use them answers in words
+
+    @property
+    def model(self) -> str:
+        return self.endpoint.model
+
     def count_tokens(self, text: str) -> int:
         return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
 

@@ -7,6 +7,9 @@ The prompt is built as tokens, message by message, so that a conversation is an 
 each message always becomes the same tokens, and a reply the model wrote is given back as the very
 tokens it sampled. llama.cpp keeps the KV cache of the longest prefix it has already evaluated, so
 each turn evaluates only what was said since the last one.
+
+The default profile calls functions the way its chat template (Qwen2.5's, in the GGUF) lays out:
+`koe.local.stages.hermes` has the texts and reads the calls out of the streamed reply.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_cpp import Llama
 
 from koe.local.scheduler import model_threads
+from koe.local.stages import hermes
 from koe.local.stages.assets import qwen_1_5b_gguf_path, smollm2_gguf_path
+from koe.local.stages.replies import ToolCallDelta
 
 log = logging.getLogger("koe.local")
 
@@ -46,6 +51,8 @@ class ReplyProfile:
     top_k: int
     repeat_penalty: float  # > 1 keeps a model from looping (1: none)
     japanese: bool  # whether its Japanese replies make sense
+    tools: bool  # whether its chat template lays out tools (Hermes form) so that it can call functions
+    system: str  # the system text its chat template gives a conversation that brings none
 
     def describe(self) -> dict:
         """What a client may show: {"profile", "model", "size", "context_tokens", "offline"}."""
@@ -60,10 +67,12 @@ PROFILES: dict[str, ReplyProfile] = {
     # the same questions as text, 7 of 10 right without the penalty).
     "default": ReplyProfile("default", "Qwen2.5-Coder-1.5B-Instruct", "1.5B parameters, Q4_K_M", qwen_1_5b_gguf_path,
                             context_tokens=4096, temperature=0.3, top_p=0.8, top_k=20, repeat_penalty=1.05,
-                            japanese=True),
+                            japanese=True, tools=True,
+                            system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
     "fast": ReplyProfile("fast", "SmolLM2-135M-Instruct", "135M parameters, Q4_1", smollm2_gguf_path,
                          context_tokens=2048, temperature=0.2, top_p=0.9, top_k=40, repeat_penalty=1.0,
-                         japanese=False),
+                         japanese=False, tools=False,
+                         system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
 }
 
 
@@ -83,7 +92,8 @@ class ReplyModel:
     """One llama.cpp context shared by all sessions; a lock serialises generation.
 
     `stream()` takes chat messages (system first, then the history in order). Messages use ChatML,
-    which both bundled models were tuned on.
+    which both bundled models were tuned on; with a profile that calls functions, also assistant
+    messages with `tool_calls` and `tool` messages (chat completions' form).
     """
 
     def __init__(self, profile: ReplyProfile | str | None = None) -> None:
@@ -99,24 +109,39 @@ class ReplyModel:
     def context_tokens(self) -> int:
         return self.profile.context_tokens
 
+    @property
+    def model(self) -> str:
+        return self.profile.model
+
+    @property
+    def calls_functions(self) -> bool:
+        return self.profile.tools
+
     def count_tokens(self, text: str) -> int:
         # Tokenizing reads only the vocabulary, so it needs no lock and never waits on a reply.
         return len(self._tokens(text))
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 200, temperature: float | None = None,
-               cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
-        """Text deltas of the reply; stops (releasing the model) once cancelled().
+    def stream(self, messages: list[dict], *, max_tokens: int = 200, temperature: float | None = None,
+               cancelled: Callable[[], bool] = lambda: False, tools: list[dict] | None = None,
+               tool_choice: str | dict | None = None) -> Iterator[str | ToolCallDelta]:
+        """Text deltas of the reply, and one ToolCallDelta (name and whole arguments) per function call
+        when `tools` are offered (chat completions' `[{"type": "function", "function": {name, description,
+        parameters}}]`, `tool_choice` "auto" | "none" | "required" | {"type": "function", "function":
+        {"name"}}; ignored by a profile without tools); stops (releasing the model) once cancelled().
 
         `temperature` None uses the profile's. Raises ContextOverflow when the instructions and the
         newest message cannot fit with room for a reply.
         """
+        offered = tools if self.profile.tools and tool_choice != "none" else None
         with self._lock:
             if cancelled():
                 return
-            prompt, max_tokens = self._prompt(messages, max_tokens)
+            prompt, max_tokens = self._prompt(messages, max_tokens, offered, tool_choice)
+            self._log_cache(prompt)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            parser = hermes.CallParser([t["function"]["name"] for t in offered]) if offered else None
             sampled: list[int] = []
-            text = ""
+            said: list[str | ToolCallDelta] = []
             profile = self.profile
             tokens = self._llm.generate(prompt, temp=profile.temperature if temperature is None else temperature,
                                         top_p=profile.top_p, top_k=profile.top_k, min_p=0.0,
@@ -127,26 +152,53 @@ class ReplyModel:
                         break
                     sampled.append(token)
                     delta = decoder.decode(self._llm.detokenize([token]))
-                    if delta:
-                        text += delta
-                        yield delta
+                    for piece in (parser.feed(delta) if parser else [delta]) if delta else ():
+                        said.append(piece)
+                        yield piece
                     if len(sampled) >= max_tokens:
                         break
+                for piece in parser.close() if parser and not cancelled() else ():
+                    said.append(piece)
+                    yield piece
             finally:
                 tokens.close()  # ends llama's generator, so no more tokens are computed
-                self._remember(text, sampled)
+                key = _reply_key("".join(p for p in said if isinstance(p, str)),
+                                 [(p.name or "", p.arguments) for p in said if isinstance(p, ToolCallDelta)])
+                # Calls written another way than the template's (a ```json block) go back in the template's
+                # form: given back as sampled, the model took its own call for one still to make and made it again.
+                if "".join(self._llm.detokenize(sampled).decode("utf-8", "replace").split()) == key:
+                    self._remember(key, sampled)
+
+    def _log_cache(self, prompt: list[int]) -> None:
+        """Log how much of `prompt` llama.cpp's KV cache already holds (its longest common prefix with what
+        was evaluated last; at least the last token is always evaluated again): the rest is evaluated now."""
+        evaluated = self._llm.input_ids[:self._llm.n_tokens]
+        limit = min(len(evaluated), len(prompt) - 1)
+        differs = [i for i in range(limit) if evaluated[i] != prompt[i]]
+        cached = differs[0] if differs else limit
+        log.info("reply prompt: %d tokens, %d cached, %d to evaluate", len(prompt), cached, len(prompt) - cached,
+                 extra={"prompt_tokens": {"prompt": len(prompt), "cached": cached}})
 
     # -- the prompt, as tokens -----------------------------------------------------------------
-    def _prompt(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
+    def _prompt(self, messages: list[dict], max_tokens: int, tools: list[dict] | None = None,
+                tool_choice: str | dict | None = None) -> tuple[list[int], int]:
         """The prompt tokens and the reply's token budget.
 
-        All system text is joined into one system message, first. When the conversation outgrows the
-        context, the oldest messages go, down to half the context, so that later turns are again an
-        append-only prefix (trimming one message per turn would change the prefix every turn).
+        All system text is joined into one system message, first (the template's own when there is
+        none), with the `tools` laid out after it
+        (and what `tool_choice` asks for). When the conversation outgrows the context, the oldest
+        messages go, down to half the context, so that later turns are again an append-only prefix
+        (trimming one message per turn would change the prefix every turn).
         """
-        system_text = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
-        system = self._message("system", system_text) if system_text else []
-        history = [self._message(m["role"], m["content"]) for m in messages if m["role"] != "system" and m["content"]]
+        system_text = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"]) \
+            or self.profile.system
+        if tools and (rule := hermes.choice_rule(tool_choice)):
+            system_text += "\n\n" + rule
+        if tools:
+            system = self._turn("system", self._tokens(hermes.system_text(system_text, tools)))
+        else:
+            system = self._message("system", system_text)
+        history = list(self._history(m for m in messages if m["role"] != "system"))
         reply = self._header("assistant")
         n_ctx = self.profile.context_tokens
         fixed = len(self._start) + len(system) + len(reply)
@@ -167,11 +219,34 @@ class ReplyModel:
         prompt = self._start + system + [token for message in history for token in message] + reply
         return prompt, min(max_tokens, room)
 
+    def _history(self, messages: Iterable[dict]) -> Iterator[list[int]]:
+        """Each turn's tokens: messages with text, assistant messages with calls, and each run of `tool`
+        messages as one user turn of results (as the template groups them)."""
+        results: list[str] = []
+        for m in messages:
+            if m["role"] == "tool":
+                results.append(m.get("content") or "")
+                continue
+            if results:
+                yield self._turn("user", self._tokens(hermes.responses_text(results)))
+                results = []
+            if m["role"] == "assistant" and m.get("tool_calls"):
+                calls = [(c["function"]["name"], c["function"].get("arguments") or "{}") for c in m["tool_calls"]]
+                said = self._said.get(_reply_key(m.get("content") or "", calls))
+                yield self._turn("assistant", said if said is not None
+                                 else self._tokens(hermes.assistant_text(m.get("content"), calls)))
+            elif m.get("content"):
+                yield self._message(m["role"], m["content"])
+        if results:
+            yield self._turn("user", self._tokens(hermes.responses_text(results)))
+
     def _message(self, role: str, content: str) -> list[int]:
         # User text is tokenized as plain text: a "<|im_start|>" typed by a user stays text.
-        body = self._said.get(_key(content)) if role == "assistant" else None
-        return self._header(role) + (body if body is not None else self._tokens(content)) + self._special("<|im_end|>") \
-            + self._tokens("\n")
+        body = self._said.get(_reply_key(content, [])) if role == "assistant" else None
+        return self._turn(role, body if body is not None else self._tokens(content))
+
+    def _turn(self, role: str, body: list[int]) -> list[int]:
+        return self._header(role) + body + self._special("<|im_end|>") + self._tokens("\n")
 
     def _header(self, role: str) -> list[int]:
         return self._special("<|im_start|>") + self._tokens(f"{role}\n")
@@ -182,14 +257,16 @@ class ReplyModel:
     def _special(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def _remember(self, text: str, sampled: list[int]) -> None:
-        """Keep the tokens of a reply, found again by its text whatever spaces the transcript put between pieces."""
-        if text.strip():
-            self._said[_key(text)] = sampled
-            self._said.move_to_end(_key(text))
+    def _remember(self, key: str, sampled: list[int]) -> None:
+        """Keep the tokens of a reply under its _reply_key, to give them back token for token."""
+        if key:
+            self._said[key] = sampled
+            self._said.move_to_end(key)
             while len(self._said) > REMEMBERED_REPLIES:
                 self._said.popitem(last=False)
 
 
-def _key(text: str) -> str:
-    return "".join(text.split())
+def _reply_key(text: str, calls: list[tuple[str, str]]) -> str:
+    """What finds a reply's sampled tokens again: its text whatever spaces the transcript put between pieces,
+    and its calls written one way, whichever way the model wrote them (tags, a ```json block)."""
+    return "".join(hermes.assistant_text(text, calls).split())

@@ -14,7 +14,7 @@ import numpy as np
 
 from koe.local.stages.assets import whisper_base_dir
 from koe.local.stages.llm import ReplyModel, reply_profile
-from koe.local.stages.stt import Transcriber
+from koe.local.stages.stt import JAPANESE_WINDOW_S, Transcriber
 from koe.local.stages.tts import Speaker
 from koe.local.stages.tts_ja import JapaneseSpeaker
 from koe.local.stages.turn_model import TurnModel
@@ -84,7 +84,8 @@ def get_japanese_models() -> JapaneseModels:
     global _japanese
     with _japanese_lock:
         if _japanese is None:
-            japanese = JapaneseModels(stt=_timed("whisper base", lambda: Transcriber(whisper_base_dir())),
+            japanese = JapaneseModels(stt=_timed("whisper base", lambda: Transcriber(whisper_base_dir(),
+                                                                                      JAPANESE_WINDOW_S)),
                                       tts=_timed("openjtalk mei", JapaneseSpeaker))
             started = time.perf_counter()
             japanese.stt.transcribe(np.zeros(8_000, np.float32), "ja")

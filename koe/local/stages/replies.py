@@ -19,12 +19,16 @@ class ToolCallDelta:
 
 
 class ReplyStream(Protocol):
+    model: str  # the model's name, for messages to people
+    calls_functions: bool  # whether stream() takes `tools` and may yield ToolCallDelta pieces
+
     def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float | None,
                cancelled: Callable[[], bool]) -> Iterator[str | ToolCallDelta]:
         """Text deltas of the reply to `messages` (system first, then the history); runs in a worker thread.
 
-        `temperature` None: the model's recommended sampling. A stream that can call functions also
-        takes `tools` and `tool_choice` (chat-completions form) and yields ToolCallDelta pieces."""
+        `temperature` None: the model's recommended sampling. A stream that calls_functions also takes
+        `tools` and `tool_choice` (chat-completions form), reads assistant messages with `tool_calls` and
+        `tool` messages in `messages`, and yields ToolCallDelta pieces."""
         ...
 
     def count_tokens(self, text: str) -> int:

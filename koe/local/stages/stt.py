@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -18,17 +19,44 @@ MIN_NEW_TOKENS = 48
 TOKENS_PER_SECOND = 10
 MAX_NEW_TOKENS = 224
 
+# Whisper's encoder always reads 30 s (3000 mel frames, 100 a second), padding a 2 s question with 28 s
+# of silence; its cost grows faster than the window. A shorter window (whisper.cpp's `audio_ctx`) keeps
+# the text of short turns (bench/stt_window.py) as long as it stays well past the speech: tighter ones
+# made Whisper repeat the sentence to fill the window.
+FULL_WINDOW_FRAMES = 3000
+FRAMES_PER_SECOND = 100
+WINDOW_MARGIN_S = 2.0
+# Whisper base in Japanese sessions: 15 s kept its text (10 s began to repeat words in English) and made the
+# transcript of a short question 3-10x cheaper, so it is ready before the silence window ends.
+JAPANESE_WINDOW_S = 15.0
+
 # faster-whisper logs every call at INFO ("Processing audio with duration ..."): once per turn is noise.
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 
+class _WindowedWhisper(WhisperModel):
+    """faster-whisper's model whose encoder reads only the first `frames` mel frames (None: all 3000)."""
+
+    frames: int | None = None
+
+    def encode(self, features: np.ndarray):
+        if self.frames is not None:
+            features = features[..., :self.frames]
+        return super().encode(features)
+
+
 class Transcriber:
     """One Whisper model shared by all sessions, computing with `model_threads()`; a lock serialises calls
-    (two would halve each; koe.local's scheduler runs one at a time anyway)."""
+    (two would halve each; koe.local's scheduler runs one at a time anyway).
 
-    def __init__(self, model_dir: Path | None = None) -> None:
-        self._model = WhisperModel(str(model_dir or whisper_tiny_en_dir()), device="cpu",
-                                   compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
+    `window_s`: the least audio Whisper's encoder reads, in seconds (the turn plus WINDOW_MARGIN_S when
+    longer, at most Whisper's 30 s); None reads the full 30 s window, as Whisper was trained.
+    """
+
+    def __init__(self, model_dir: Path | None = None, window_s: float | None = None) -> None:
+        self._model = _WindowedWhisper(str(model_dir or whisper_tiny_en_dir()), device="cpu",
+                                       compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
+        self._window_s = window_s
         self._lock = threading.Lock()
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = "en") -> str:
@@ -38,14 +66,24 @@ class Transcriber:
             return ""
         if not self._model.model.is_multilingual:
             language = "en"  # an English-only model: skip detection and faster-whisper's warning
+        seconds = audio.size / 16_000
         with self._lock:
+            self._model.frames = _window_frames(seconds, self._window_s)
             segments, _ = self._model.transcribe(
                 audio, language=language, beam_size=1, temperature=0.0,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
-                max_new_tokens=_token_budget(audio.size / 16_000))
+                max_new_tokens=_token_budget(seconds))
             # Segments are generated lazily: decode while holding the lock.
             text = "".join(segment.text for segment in segments)
         return text.strip()
+
+
+def _window_frames(seconds: float, window_s: float | None) -> int | None:
+    """The encoder's window in mel frames for `seconds` of audio (an even count: the encoder halves it)."""
+    if window_s is None:
+        return None
+    frames = 2 * math.ceil(max(window_s, seconds + WINDOW_MARGIN_S) * FRAMES_PER_SECOND / 2)
+    return None if frames >= FULL_WINDOW_FRAMES else frames
 
 
 def _token_budget(seconds: float) -> int:

@@ -57,7 +57,7 @@ class TurnQuestion:
     """semantic_vad: is the utterance in `audio` complete? Answer with SemanticVadDetector.verdict."""
 
     silence_ms: int  # start of the silence it asks about (SilenceBegan.audio_ms)
-    audio: np.ndarray = field(repr=False)  # prefix padding + speech + the silence so far (200 or 500 ms)
+    audio: np.ndarray = field(repr=False)  # prefix padding + speech + the silence so far (ASK_AT_MS)
 
 
 TurnEvent = SpeechStarted | SilenceBegan | SpeechResumed | SpeechStopped | TurnQuestion
@@ -182,9 +182,10 @@ MAX_WAIT_MS = {"low": 8_000, "medium": 4_000, "high": 2_000, "auto": 4_000}
 # When the turn model is asked, in ms of silence. The first ask matches what pipecat's Smart Turn analyzer
 # shows the model: the utterance with its VAD's stop_secs (0.2 s) of silence after it. At the silence's
 # first quiet chunk (0-120 ms after the voice) the model's answers on TTS speech swing between asks
-# (bench/turn_inputs.py); at 200 ms they agree with pipecat's. It is asked again at server_vad's default
-# window, where a longer silence makes a finished question plainer.
-ASK_AT_MS = (200, 500)
+# (bench/turn_inputs.py); at 200 ms they agree with pipecat's. It is asked again where a longer silence
+# makes a finished question plainer, early enough that the answer (~50 ms, more under load) is in by
+# server_vad's default window.
+ASK_AT_MS = (200, 400)
 FALLBACK_MS = 500  # server_vad's default window: the turn's end when the model is unsure
 COMPLETE = 0.5  # the model's own decision point (pipecat: complete when probability > 0.5)
 # Below COMPLETE but at or above this, the model is unsure and the turn ends at FALLBACK_MS, as server_vad's

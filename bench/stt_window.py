@@ -1,0 +1,81 @@
+"""What Whisper's encoder window costs and keeps: the full 30 s against shorter windows, in one run.
+
+    .venv/bin/python bench/stt_window.py [--windows full,10,15]
+
+Whisper's encoder reads 30 s of audio whatever the turn's length (a 2 s question is padded with 28 s of
+silence); koe.local gives Whisper base in Japanese sessions a shorter window (`stt.JAPANESE_WINDOW_S`: the
+turn plus a margin, at least that long). For each window this prints, per voice that asks, the error rate of
+the transcripts and the median time per transcript: the bench's Japanese questions and the engine
+benchmark's utterances said by Kokoro jf_alpha and jm_kumo and OpenJTalk mei (Whisper base; error rate on
+the reading in kana, so 一週間 / 1週間 is no error but 首都 / 種類 is), and the English ones said by Piper
+joe (Whisper tiny.en, character error rate). Windows alternate per sentence, so load falls on all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jiwer  # noqa: E402
+
+from bench.answers import ENGLISH, JAPANESE  # noqa: E402
+from bench.engine_latency import JAPANESE_UTTERANCES  # noqa: E402
+from bench.voices import normalized, reading  # noqa: E402
+from koe.audio import resample, to_float32  # noqa: E402
+from koe.client.simulated_user import QUESTIONS  # noqa: E402
+from koe.local.stages.assets import whisper_base_dir, whisper_tiny_en_dir  # noqa: E402
+from koe.local.stages.models import get_japanese_models, get_models  # noqa: E402
+from koe.local.stages.stt import Transcriber  # noqa: E402
+from koe.local.stages.tts import OUTPUT_RATE  # noqa: E402
+
+
+def window(name: str) -> float | None:
+    return None if name == "full" else float(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", default="full,10,15", help="comma-separated: full or seconds (default: %(default)s)")
+    args = parser.parse_args()
+    windows = args.windows.split(",")
+    models, japanese = get_models(), get_japanese_models()
+    ja_text = [q for q, _ in JAPANESE] + JAPANESE_UTTERANCES
+    en_text = [q for q, _ in ENGLISH] + list(QUESTIONS)
+
+    def clips(synthesize, texts):
+        return [to_float32(resample(synthesize(t), OUTPUT_RATE, 16_000)) for t in texts]
+
+    cases = []  # (label, texts, clips, model dir, language, score)
+    for voice in ("jf_alpha", "jm_kumo", "mei"):
+        japanese.tts.prepare(voice)
+        cases.append((f"Japanese, {voice} (Whisper base, kana error rate)", ja_text,
+                      clips(lambda t, v=voice: japanese.tts.synthesize(t, voice=v), ja_text), whisper_base_dir(), "ja",
+                      reading))
+    cases.append(("English, joe (Whisper tiny.en, character error rate)", en_text, clips(models.tts.synthesize, en_text),
+                  whisper_tiny_en_dir(), "en", normalized))
+    print("| who asks | window | error rate | transcript p50 |")
+    print("| --- | --- | --- | --- |")
+    for label, texts, audio, model_dir, language, score in cases:
+        stt = {w: Transcriber(model_dir, window(w)) for w in windows}
+        heard = {w: [] for w in windows}
+        took = {w: [] for w in windows}
+        for clip in audio:
+            for w in windows:
+                started = time.perf_counter()
+                heard[w].append(stt[w].transcribe(clip, language))
+                took[w].append(1000 * (time.perf_counter() - started))
+        for w in windows:
+            cer = jiwer.cer([score(t) for t in texts], [score(h) or "-" for h in heard[w]])
+            print(f"| {label} | {'30 s (Whisper)' if w == 'full' else w + ' s'} | {100 * cer:.1f} % | "
+                  f"{statistics.median(took[w]):.0f} ms |", flush=True)
+            wrong = [h for t, h in zip(texts, heard[w]) if score(t) != score(h)]
+            print(f"    differs: {wrong}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
