@@ -309,3 +309,17 @@ async def test_real_peers_through_the_passthrough_relay_carry_both_ways_and_reco
         audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
     voiced = lambda channel: float(np.sqrt(np.mean(np.square(channel)))) > 0.01  # noqa: E731 (float samples)
     assert audio.shape[0] == 2 and voiced(audio[0]) and voiced(audio[1])  # the user left, the AI right
+
+
+def test_an_encoding_pcm_track_gives_continuous_valid_opus_packets():
+    track = PcmQueueTrack(capacity_ms=1000, encode=True)
+    track.push((np.sin(np.arange(3 * FRAME_SAMPLES) / 8) * 12000).astype(np.int16))
+    decoder = OpusDecoder()
+
+    async def three():
+        return [await track.recv() for _ in range(3)]
+
+    packets = asyncio.run(three())
+    assert all(isinstance(p, av.Packet) for p in packets) and [p.pts for p in packets] == [0, 960, 1920]
+    decoded = decoder.decode(JitterFrame(bytes(packets[2]), packets[2].pts))[0]
+    assert rms_dbfs(decoded.to_ndarray()) > -30  # the tone, through a real Opus decoder
