@@ -100,7 +100,8 @@ class Relay:
     Set `on_end(reason)` to learn when the call ended (by the user or the backend), and
     `on_event(direction, event_dict, at)` to receive every event both ways (the session store's
     `record_event`, bound to the conversation) and `on_latency(item_id, ms)` for the reply latency the
-    relay measures where it matters: end of the user's speech to the first voiced frame for the browser.
+    relay measures where it matters: end of the user's speech (`speech_stopped`, or the push-to-talk release)
+    to the first voiced frame for the browser.
     At each `speech_stopped` an app event TURN_WAITED {item_id, waited_ms} says how long the backend's
     turn detection waited after the user's last voiced frame. A `SessionGuard` given to `start` ends the
     call when a limit is reached (time, idleness, cost).
@@ -243,6 +244,8 @@ class Relay:
                 return
             self._awaiting_commit = True
             self.status.phase = THINKING
+            # The release ends the user's speech, as speech_stopped does under VAD: the reply latency counts from here.
+            self._speech_stopped_at = time.monotonic()
             await self._send(connection, {"type": "input_audio_buffer.commit"})
 
         self.call(end)

@@ -22,6 +22,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"  # ignored by git: for a person to look at
 WEBRTC_IFRAME = 'iframe[title="streamlit_webrtc.component.webrtc_streamer"]'
 # Keep every RTCPeerConnection the page makes, so the test can read its stats.
 RECORD_PEERS = """
@@ -139,6 +140,35 @@ def chromium(profile: Path, mic_wav: Path, **options):
         context.close()
 
 
+def shoot(page, name: str) -> None:
+    """A full-page screenshot, tests/screenshots/`name`.png."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def start_talking(page, data: Path | None = None, live: str | None = "Listening") -> float:
+    """Press START once, as a person would, and wait for the call: the button turns to Stop, then (unless
+    `live` is None) the page shows the `live` status line. With `data` (the app's data dir), first wait for
+    the local models to be warm, since the fake microphone plays its file once, from START. A press that
+    does not take fails the test, with what the page showed saved (failed-start.png, .html). Returns when
+    (monotonic) the button turned to Stop: the microphone is playing by then."""
+    webrtc = page.frame_locator(WEBRTC_IFRAME)
+    try:
+        webrtc.get_by_role("button", name="Start").wait_for(timeout=120_000)
+        if data is not None:
+            wait_for_models(data)
+        webrtc.get_by_role("button", name="Start").click()
+        webrtc.get_by_role("button", name="Stop").wait_for(timeout=15_000)
+        began = time.monotonic()
+        if live is not None:
+            page.get_by_text(live).first.wait_for(timeout=90_000)
+    except Exception:
+        shoot(page, "failed-start")
+        (SCREENSHOTS / "failed-start.html").write_text(page.content())
+        raise
+    return began
+
+
 @pytest.fixture
 def browser(tmp_path, mic_wav):
     with chromium(tmp_path / "profile", mic_wav) as context:
@@ -151,10 +181,7 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     page.set_default_timeout(60_000)
     page.goto(url)
     webrtc = page.frame_locator(WEBRTC_IFRAME)
-    webrtc.get_by_role("button", name="Start").wait_for()
-    wait_for_models(data)
-    webrtc.get_by_role("button", name="Start").click()
-    page.get_by_text("Listening").first.wait_for(timeout=90_000)
+    start_talking(page, data)
 
     # The user's words, then the AI's reply, appear in the live transcript.
     table = page.locator('[data-testid="stMarkdown"] table')

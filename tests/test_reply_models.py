@@ -154,7 +154,7 @@ def call(call_id: str, name: str, arguments: str) -> dict:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def test_tool_prompts_are_what_the_models_own_chat_template_renders(qwen):
+def test_tool_prompts_are_what_the_models_own_chat_template_renders(qwen, fast):
     assert qwen.calls_functions and not PROFILES["fast"].tools
     tools = chat_tools("current_time", "calculate")
     history = [SYSTEM, {"role": "user", "content": "What time is it, and what is 2 + 2?"},
@@ -171,6 +171,10 @@ def test_tool_prompts_are_what_the_models_own_chat_template_renders(qwen):
         prompt, _ = qwen._prompt(messages, 64, tools, "auto")
         assert qwen._llm.detokenize(prompt, special=True).decode() == \
             template_renders(qwen, json.loads(json.dumps(messages)), tools)
+    # No instructions: the template's own system text, for each profile.
+    for llm, offered in ((qwen, tools), (qwen, None), (fast, None)):
+        prompt, _ = llm._prompt(history[1:2], 64, offered)
+        assert llm._llm.detokenize(prompt, special=True).decode() == template_renders(llm, history[1:2], offered)
     # tool_choice "none": no tools in the prompt, the calls made before still in the history.
     prompt, _ = qwen._prompt(history, 64, None, "none")
     assert qwen._llm.detokenize(prompt, special=True).decode() == template_renders(qwen, json.loads(json.dumps(history)),

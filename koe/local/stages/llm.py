@@ -52,6 +52,7 @@ class ReplyProfile:
     repeat_penalty: float  # > 1 keeps a model from looping (1: none)
     japanese: bool  # whether its Japanese replies make sense
     tools: bool  # whether its chat template lays out tools (Hermes form) so that it can call functions
+    system: str  # the system text its chat template gives a conversation that brings none
 
     def describe(self) -> dict:
         """What a client may show: {"profile", "model", "size", "context_tokens", "offline"}."""
@@ -66,10 +67,12 @@ PROFILES: dict[str, ReplyProfile] = {
     # the same questions as text, 7 of 10 right without the penalty).
     "default": ReplyProfile("default", "Qwen2.5-Coder-1.5B-Instruct", "1.5B parameters, Q4_K_M", qwen_1_5b_gguf_path,
                             context_tokens=4096, temperature=0.3, top_p=0.8, top_k=20, repeat_penalty=1.05,
-                            japanese=True, tools=True),
+                            japanese=True, tools=True,
+                            system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
     "fast": ReplyProfile("fast", "SmolLM2-135M-Instruct", "135M parameters, Q4_1", smollm2_gguf_path,
                          context_tokens=2048, temperature=0.2, top_p=0.9, top_k=40, repeat_penalty=1.0,
-                         japanese=False, tools=False),
+                         japanese=False, tools=False,
+                         system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
 }
 
 
@@ -181,19 +184,20 @@ class ReplyModel:
                 tool_choice: str | dict | None = None) -> tuple[list[int], int]:
         """The prompt tokens and the reply's token budget.
 
-        All system text is joined into one system message, first, with the `tools` laid out after it
+        All system text is joined into one system message, first (the template's own when there is
+        none), with the `tools` laid out after it
         (and what `tool_choice` asks for). When the conversation outgrows the context, the oldest
         messages go, down to half the context, so that later turns are again an append-only prefix
         (trimming one message per turn would change the prefix every turn).
         """
-        texts = [m["content"] for m in messages if m["role"] == "system" and m["content"]]
+        system_text = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"]) \
+            or self.profile.system
         if tools and (rule := hermes.choice_rule(tool_choice)):
-            texts.append(rule)
-        system_text = "\n\n".join(texts)
+            system_text += "\n\n" + rule
         if tools:
             system = self._turn("system", self._tokens(hermes.system_text(system_text, tools)))
         else:
-            system = self._message("system", system_text) if system_text else []
+            system = self._message("system", system_text)
         history = list(self._history(m for m in messages if m["role"] != "system"))
         reply = self._header("assistant")
         n_ctx = self.profile.context_tokens
