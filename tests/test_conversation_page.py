@@ -266,7 +266,9 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
         apply(page)
         refusal = sidebar(page).get_by_text("Not applied — instructions")
         refusal.wait_for()
-        assert "2,048 tokens" in refusal.inner_text() or "tokens in all" in refusal.inner_text()
+        assert "holds 2,048 tokens in all" in refusal.inner_text()  # the fast reply model's context
+        assert f"too long for {PROFILES['fast'].model}: " in refusal.inner_text()
+        assert ": about " not in refusal.inner_text()  # counted by the backend's tokenizer, not estimated
         sidebar(page).get_by_text("the server confirmed max output tokens").wait_for()
         updates = [p for d, t, p in events(data) if d == "client" and t == "session.update"]
         assert updates[-1]["session"] == {"type": "realtime", "max_output_tokens": 300}
