@@ -169,6 +169,12 @@ def start_talking(page, data: Path | None = None, live: str | None = "Listening"
     return began
 
 
+def stop_talking(page) -> None:
+    """Press STOP once; returns when the page says the user ended the call."""
+    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
+    page.get_by_text("Ended: stopped by the user").first.wait_for(timeout=20_000)
+
+
 @pytest.fixture
 def browser(tmp_path, mic_wav):
     with chromium(tmp_path / "profile", mic_wav) as context:
@@ -180,7 +186,6 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     page = browser.new_page()
     page.set_default_timeout(60_000)
     page.goto(url)
-    webrtc = page.frame_locator(WEBRTC_IFRAME)
     start_talking(page, data)
 
     # The user's words, then the AI's reply, appear in the live transcript.
@@ -209,8 +214,7 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     sidebar.get_by_text("session.updated").wait_for(timeout=20_000)
 
     # STOP ends cleanly.
-    webrtc.get_by_role("button", name="Stop").click()
-    page.get_by_text("Ended: stopped by the user").wait_for(timeout=20_000)
+    stop_talking(page)
 
     # After a reload, History holds the conversation.
     page.goto(url + "/History")
