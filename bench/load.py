@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.relay's RelayedCall use
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.figures import LocalBackendProcess, cpu_seconds, peak_rss_mb, percentile  # noqa: E402
-from bench.relay import RelayedCall, wait_event  # noqa: E402
+from bench.relay import DirectEvents, RelayedCall, wait_event  # noqa: E402
 from koe.audio import FRAME_SAMPLES, RATE, rms_dbfs  # noqa: E402
 from koe.client import Backend, RateLimitError  # noqa: E402
 from koe.client.simulated_user import QUESTIONS, VOICE_DBFS, SimulatedUser  # noqa: E402
@@ -98,8 +98,8 @@ class DirectCaller:
     def say(self, speech: np.ndarray) -> None:
         self.user.mic.push(np.concatenate([speech, np.zeros(int(0.3 * RATE), np.int16)]))
 
-    def events(self) -> list[tuple[float, str]]:
-        return [(t, e.type) for t, e in self.user.events]
+    def events(self) -> DirectEvents:
+        return DirectEvents(self.user)  # a live view: wait_event polls it while events arrive
 
     def heard(self) -> list[tuple[float, float]]:
         return [(at, rms_dbfs(samples)) for at, samples in self.user.frames]
