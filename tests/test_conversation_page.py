@@ -48,13 +48,15 @@ def mic(tmp_path: Path, speech, *parts) -> Path:
 
 @contextlib.contextmanager
 def opened(tmp_path: Path, wav: Path | None, url: str):
-    """The app in Chromium with `wav` as its microphone (None: one the browser refuses); what the page showed (screenshot, HTML, and the
-    page's console errors and closed websockets, in order) is saved if the test fails."""
+    """The app in Chromium with `wav` as its microphone (None: one the browser refuses); what the page
+    showed (screenshot, HTML, and the page's console errors, uncaught exceptions, crashes and closed
+    websockets, in order) is saved if the test fails."""
     with chromium(tmp_path / "profile", wav) as context:
         seen: list[str] = []
         context.on("console", lambda m: seen.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        context.on("page", lambda p: p.on("websocket", lambda ws: ws.on("close", lambda w: seen.append(
-            f"websocket closed: {w.url}"))))
+        context.on("page", lambda p: (p.on("websocket", lambda ws: ws.on("close", lambda w: seen.append(
+            f"websocket closed: {w.url}"))), p.on("crash", lambda _: seen.append("the page crashed")),
+            p.on("pageerror", lambda e: seen.append(f"page error: {e}"))))
         page = open_app(context, url)
         try:
             yield page
