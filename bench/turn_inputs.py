@@ -11,7 +11,8 @@ Koe's path is the session's own: Silero over the audio, the turn detector's even
 on the audio each asks about.
 
 Per utterance it prints the probability that the speaker has finished from pipecat's path and from
-Koe's, and (to show what the model keys on) the oracle's probability with 0 / 0.1 / 0.2 / 0.4 / 0.8 s
+Koe's (its asks at 200 and 400 ms of silence, as SemanticVadDetector makes them; a complete answer
+ends the asking), and (to show what the model keys on) the oracle's probability with 0 / 0.1 / 0.2 / 0.4 / 0.8 s
 of silence after the speech. Utterances: complete questions, and sentences cut at their comma (the
 words a pausing speaker has said when the silence begins), in English (Piper joe) and Japanese
 (the project's Japanese voices: Kokoro jf_alpha and OpenJTalk mei).

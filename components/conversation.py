@@ -45,7 +45,9 @@ def _ice(visitor: Visitor) -> tuple[list[dict], list[dict]]:
     return kept[1], kept[2]
 
 
-def _on_change(store: SessionStore, backend_name: str, visitor: Visitor) -> None:
+def _on_change(store: SessionStore, backend_name: str, visitor: Visitor, model_used: str | None) -> None:
+    """START/STOP pressed. `model_used`: the model that answers when it is not the session's (the local
+    backend's reply model), kept with the conversation so History names it."""
     ctx = st.session_state.get("talk")
     relay = current_relay()
     if ctx is None or relay is None:
@@ -59,7 +61,7 @@ def _on_change(store: SessionStore, backend_name: str, visitor: Visitor) -> None
             relay.refuse(str(exc))
             return
         conversation_id = store.start_conversation(
-            backend=backend_name, model=settings.model, dialect=dialect_for_model(settings.model),
+            backend=backend_name, model=model_used or settings.model, dialect=dialect_for_model(settings.model),
             settings=settings.model_dump(mode="json"), visitor=visitor.id)
         st.session_state["conversation_id"] = conversation_id
         limits = runtime.config().limits
@@ -113,7 +115,9 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
         sink_audio_track=create_audio_sink_track(relay.on_browser_frame, key="koe-mic",
                                                  on_ended=lambda: relay.close("the browser disconnected")),
         source_audio_track=relay.to_browser,
-        on_change=functools.partial(_on_change, store, choice.backend_name, visitor),
+        on_change=functools.partial(_on_change, store, choice.backend_name, visitor,
+                                    choice.capabilities.reply_model
+                                    if choice.capabilities and choice.backend_name == LOCAL_BACKEND else None),
         frontend_rtc_configuration={"iceServers": browser_ice},
         server_rtc_configuration={"iceServers": server_ice},
     )

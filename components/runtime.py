@@ -6,12 +6,13 @@ import logging
 import os
 import threading
 
+import httpx
 import streamlit as st
 from streamlit_webrtc.credentials import get_cloudflare_ice_servers, get_hf_ice_servers, get_twilio_ice_servers
 from streamlit_webrtc.eventloop import get_global_event_loop
 
 from koe.access import Backoff, Passes
-from koe.client import Backend, Capabilities, fetch_capabilities
+from koe.client import Backend, Capabilities, count_tokens, fetch_capabilities
 from koe.config import Config, load_config
 from koe.ice import bound_gathering, browser_ice_servers, server_ice_servers
 from koe.limits import Ledger, Limiter
@@ -118,6 +119,20 @@ def local_backend(reply_model: str | None = None) -> Backend:
 def capabilities(backend: Backend) -> Capabilities | None:
     """The local backend's voices, context size and ignored options (None when it does not say)."""
     return fetch_capabilities(backend)
+
+
+@st.cache_data(ttl=3600, max_entries=32, show_spinner=False, hash_funcs={Backend: lambda b: b.base_url})
+def _token_count(backend: Backend, text: str) -> int:
+    return count_tokens(backend, text)  # raises when it cannot say: a failure is not cached
+
+
+def token_count(backend: Backend, text: str) -> int | None:
+    """`text`'s tokens as the local backend's reply model counts them; None when it cannot say in time
+    (its models still loading, or an OpenAI backend)."""
+    try:
+        return _token_count(backend, text)
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def openai_backend() -> Backend | None:

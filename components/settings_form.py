@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from koe.client import Backend, Capabilities, estimate_tokens
+from koe.client import Backend, Capabilities, estimate_tokens, openai_capabilities
 from koe.presets import PRESETS
 from koe.protocol import (
     BETA_MODELS, BETA_VOICES, GA_MODELS, GA_VOICES, REASONING_EFFORTS, SemanticVad, ServerVad, SessionSettings,
@@ -43,7 +43,7 @@ class Choice:
     settings: SessionSettings  # every valid value of the form (refused ones keep their previous value)
     extra_voices: tuple[str, ...] = ()  # voices the backend has beyond OpenAI's
     refused: dict[str, str] = field(default_factory=dict)  # setting → why it was refused, in words
-    capabilities: Capabilities | None = None  # the local backend's own description; None for OpenAI
+    capabilities: Capabilities | None = None  # the local backend's own description; for OpenAI its model page's
 
 
 def model_label(model: str) -> str:
@@ -78,17 +78,19 @@ def _preset_chosen() -> None:
         st.session_state["instructions"] = text
 
 
-def instructions_refusal(text: str, capabilities: Capabilities | None) -> str | None:
-    """Why `text` cannot be the instructions of this backend (too long for its context), or None."""
+def instructions_refusal(text: str, capabilities: Capabilities | None, tokens: int | None = None) -> str | None:
+    """Why `text` cannot be the instructions of this backend (too long for its model's context), or None.
+    `tokens`: the text's tokens as the backend counts them; None to estimate them."""
     if capabilities is None or not capabilities.context_tokens:
         return None
     context = capabilities.context_tokens
     room = context - (capabilities.max_reply_tokens or 0) - TURN_ROOM_TOKENS
-    need = estimate_tokens(text)
+    need = estimate_tokens(text) if tokens is None else tokens
     if need <= room:
         return None
-    return (f"too long for the local reply model: about {need:,} tokens ({len(text.split()):,} words), but its "
-            f"context holds {context:,} tokens in all, so instructions may take about {max(room, 0):,} tokens "
+    model = capabilities.reply_model or "the reply model"
+    return (f"too long for {model}: {'about ' if tokens is None else ''}{need:,} tokens ({len(text.split()):,} words), "
+            f"but its context holds {context:,} tokens in all, so instructions may take about {max(room, 0):,} tokens "
             f"(roughly {max(room, 0) * 3 // 4:,} words) and leave room for your words and the reply. Shorten them.")
 
 
@@ -111,13 +113,25 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
     """
     backend, backend_name, model = backend_choice()
     dialect = dialect_for_model(model)
-    capabilities = runtime.capabilities(backend) if backend_name == LOCAL_BACKEND else None
+    capabilities = runtime.capabilities(backend) if backend_name == LOCAL_BACKEND else openai_capabilities(model)
     remembered = last if last is not None and last.model == model else None
     base = current or remembered or SessionSettings(model=model, instructions=PRESETS[DEFAULT_PRESET], voice="alloy")
     voices, voice_labels = _voices(backend_name, dialect, capabilities)
     extra = tuple(v for v in voices if v not in GA_VOICES)
     st.session_state.setdefault("instructions", base.instructions)
     st.sidebar.subheader("Session")
+    # The local backend's default is semantic VAD: its turn model answers sooner and lets the user pause.
+    local = backend_name == LOCAL_BACKEND
+    kind = (current or remembered).turn_detection if (current or remembered) else None
+    default_kind = ("manual" if kind is None else kind.type) if (current or remembered) \
+        else "semantic_vad" if local else "server_vad"
+    turn = st.sidebar.radio("Turn detection", list(TURNS), key="turn",
+                            index=list(TURNS.values()).index(default_kind),
+                            format_func=lambda t: f"{t} (default here: a turn model)"
+                            if local and t == "Semantic VAD" else t,
+                            help="Push to talk: hold the Talk button (or the space bar) while you speak. "
+                                 "Like every setting here, a change applies when you press Apply.")
+    kind = TURNS[turn]
     st.sidebar.selectbox("Instructions preset", list(PRESETS), key="preset", on_change=_preset_chosen,
                          index=list(PRESETS).index(DEFAULT_PRESET))
     ignored = set(capabilities.ignored) if capabilities else set()
@@ -126,23 +140,22 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
                              format_func=voice_labels.get,
                              help="Fixed once the assistant has spoken: a change then starts a new session.")
-        # The local backend's default is semantic VAD: its turn model answers sooner and lets the user pause.
-        local = backend_name == LOCAL_BACKEND
-        kind = (current or remembered).turn_detection if (current or remembered) else None
-        default_kind = ("manual" if kind is None else kind.type) if (current or remembered) \
-            else "semantic_vad" if local else "server_vad"
-        turn = st.radio("Turn detection", list(TURNS), key="turn",
-                        index=list(TURNS.values()).index(default_kind),
-                        format_func=lambda t: f"{t} (default here: a turn model)"
-                        if local and t == "Semantic VAD" else t,
-                        help="Push to talk: hold the Talk button (or the space bar) while you speak.")
-        eagerness = st.selectbox("Semantic VAD eagerness", ["auto", "low", "medium", "high"],
-                                 help="How long an unfinished-sounding pause is waited through: low 8 s, medium 4 s, "
-                                      "high 2 s (auto = medium). A finished sentence ends the turn at once.")
-        with st.expander("Server VAD details"):
-            threshold = st.slider("VAD threshold", 0.0, 1.0, 0.5, 0.05)
-            padding = st.number_input("Prefix padding (ms)", 0, 5000, 300, 50)
-            silence = st.number_input("Silence duration (ms)", 0, 10000, 500, 50)
+        # Only the chosen turn detection's own controls (the radio is outside the form, so a change redraws them).
+        vad = base.turn_detection
+        eagerness, threshold, padding, silence = "auto", 0.5, 300, 500
+        if kind == "semantic_vad":
+            efforts = ["auto", "low", "medium", "high"]
+            eagerness = st.selectbox("Semantic VAD eagerness", efforts,
+                                     index=efforts.index(vad.eagerness) if isinstance(vad, SemanticVad) else 0,
+                                     help="How long an unfinished-sounding pause is waited through: low 8 s, medium "
+                                          "4 s, high 2 s (auto = medium). A finished sentence ends the turn at once.")
+        elif kind == "server_vad":
+            if isinstance(vad, ServerVad):
+                threshold, padding, silence = vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms
+            with st.expander("Server VAD details"):
+                threshold = st.slider("VAD threshold", 0.0, 1.0, threshold, 0.05)
+                padding = st.number_input("Prefix padding (ms)", 0, 5000, padding, 50)
+                silence = st.number_input("Silence duration (ms)", 0, 10000, silence, 50)
         transcription_model = st.selectbox("Transcription model", TRANSCRIPTION_MODELS,
                                            disabled="transcription.model" in ignored,
                                            help="The local backend always transcribes with Whisper."
@@ -168,7 +181,6 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
         applied = st.form_submit_button("Apply", type="primary", width="stretch")
         # A form sends nothing until submitted: say so, or a change left unapplied looks applied.
         st.caption("Changes take effect when you press Apply: at once during a call, else at the next START.")
-    kind = TURNS[turn]
     values: dict[str, Any] = {
         "instructions": instructions, "voice": voice, "speed": speed,
         "turn_detection": None if kind == "manual" else
@@ -187,7 +199,8 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
         try:
             if name == "max_output_tokens" and value != "inf":
                 value = _int(value, name)
-            if name == "instructions" and (why := instructions_refusal(value, capabilities)):
+            if name == "instructions" and (why := instructions_refusal(value, capabilities, tokens=(
+                    runtime.token_count(backend, value) if backend_name == LOCAL_BACKEND else None))):
                 raise SettingsError(name, why)
             candidate = settings.changed(**{name: value})
             validate_for_dialect(candidate, dialect, extra)

@@ -101,13 +101,17 @@ class PcmQueueTrack(MediaStreamTrack):
 
     It sends silence when empty, so `pts` stays continuous. The queue is bounded: `write()` waits
     for room (a producer faster than real time, such as TTS), `push()` drops the oldest audio
-    (a real-time producer whose clock runs fast must not build up standing delay).
+    (a real-time producer whose clock runs fast must not build up standing delay). With `encode`,
+    `recv` gives Opus packets it encoded itself (koe.opus.PacketOut, ~0.15 ms a frame) rather than
+    frames: aiortc's sender would also measure each frame's level sample by sample in Python.
     """
 
     kind = "audio"
 
-    def __init__(self, capacity_ms: int = 2000, on_drained: Callable[[], None] | None = None) -> None:
+    def __init__(self, capacity_ms: int = 2000, on_drained: Callable[[], None] | None = None,
+                 encode: bool = False) -> None:
         super().__init__()
+        self.packets = PacketOut() if encode else None
         self._capacity = capacity_ms * RATE // 1000
         self._chunks: deque[np.ndarray] = deque()
         self._queued = 0
@@ -170,7 +174,7 @@ class PcmQueueTrack(MediaStreamTrack):
         self._queued -= filled
         return out, filled
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -192,7 +196,8 @@ class PcmQueueTrack(MediaStreamTrack):
             self.on_drained()
         frame = mono_to_frame(samples, self._pts)
         self._pts += FRAME_SAMPLES
-        return frame
+        packet = self.packets.packet(frame, frame.pts) if self.packets is not None else None
+        return packet if packet is not None else frame  # (a 20 ms frame always makes one packet)
 
 
 class FrameQueueTrack(MediaStreamTrack):

@@ -136,6 +136,8 @@ class Transcript:
             case InputAudioBufferSpeechStopped():
                 self._speech_stopped_at = at
             case InputAudioBufferCommitted(item_id=item_id, previous_item_id=previous):
+                if self._speech_stopped_at is None:  # a manual (push-to-talk) turn: no speech_stopped, the commit ends it
+                    self._speech_stopped_at = at
                 return self._place(item_id, previous, "user", at)
             case ConversationItemAdded() | ConversationItemCreated() | ConversationItemDone():
                 return self._on_item(event, at)

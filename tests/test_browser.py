@@ -22,6 +22,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"  # ignored by git: for a person to look at
 WEBRTC_IFRAME = 'iframe[title="streamlit_webrtc.component.webrtc_streamer"]'
 # Keep every RTCPeerConnection the page makes, so the test can read its stats.
 RECORD_PEERS = """
@@ -119,9 +120,10 @@ def app(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def chromium(profile: Path, mic_wav: Path, **options):
-    """Debian's Chromium, headless, its microphone playing `mic_wav` once; the page's peers recorded.
-    `options` go to Playwright's launch_persistent_context (timezone_id, locale...)."""
+def chromium(profile: Path, mic_wav: Path | None, **options):
+    """Debian's Chromium, headless, its microphone playing `mic_wav` once (None: the browser refuses the
+    microphone, as when a person blocks it); the page's peers recorded. `options` go to Playwright's
+    launch_persistent_context (timezone_id, locale...)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -130,13 +132,49 @@ def chromium(profile: Path, mic_wav: Path, **options):
             ignore_default_args=["--mute-audio"],
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                  f"--use-file-for-fake-audio-capture={mic_wav}%noloop", "--autoplay-policy=no-user-gesture-required"],
+                  "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+                  *(["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}%noloop"]
+                    if mic_wav is not None else ["--deny-permission-prompts"])],
             **options,
         )
         context.add_init_script(RECORD_PEERS)
         yield context
         context.close()
+
+
+def shoot(page, name: str) -> None:
+    """A full-page screenshot, tests/screenshots/`name`.png."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def start_talking(page, data: Path | None = None, live: str | None = "Listening") -> float:
+    """Press START once, as a person would, and wait for the call: the button turns to Stop, then (unless
+    `live` is None) the page shows the `live` status line. With `data` (the app's data dir), first wait for
+    the local models to be warm, since the fake microphone plays its file once, from START. A press that
+    does not take fails the test, with what the page showed saved (failed-start.png, .html). Returns when
+    (monotonic) the button turned to Stop: the microphone is playing by then."""
+    webrtc = page.frame_locator(WEBRTC_IFRAME)
+    try:
+        webrtc.get_by_role("button", name="Start").wait_for(timeout=120_000)
+        if data is not None:
+            wait_for_models(data)
+        webrtc.get_by_role("button", name="Start").click()
+        webrtc.get_by_role("button", name="Stop").wait_for(timeout=15_000)
+        began = time.monotonic()
+        if live is not None:
+            page.get_by_text(live).first.wait_for(timeout=90_000)
+    except Exception:
+        shoot(page, "failed-start")
+        (SCREENSHOTS / "failed-start.html").write_text(page.content())
+        raise
+    return began
+
+
+def stop_talking(page) -> None:
+    """Press STOP once; returns when the page says the user ended the call."""
+    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
+    page.get_by_text("Ended: stopped by the user").first.wait_for(timeout=20_000)
 
 
 @pytest.fixture
@@ -150,11 +188,7 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     page = browser.new_page()
     page.set_default_timeout(60_000)
     page.goto(url)
-    webrtc = page.frame_locator(WEBRTC_IFRAME)
-    webrtc.get_by_role("button", name="Start").wait_for()
-    wait_for_models(data)
-    webrtc.get_by_role("button", name="Start").click()
-    page.get_by_text("Listening").first.wait_for(timeout=90_000)
+    start_talking(page, data)
 
     # The user's words, then the AI's reply, appear in the live transcript.
     table = page.locator('[data-testid="stMarkdown"] table')
@@ -182,8 +216,7 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     sidebar.get_by_text("session.updated").wait_for(timeout=20_000)
 
     # STOP ends cleanly.
-    webrtc.get_by_role("button", name="Stop").click()
-    page.get_by_text("Ended: stopped by the user").wait_for(timeout=20_000)
+    stop_talking(page)
 
     # After a reload, History holds the conversation.
     page.goto(url + "/History")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from chat_stub import ChatStub, Reply, ToolCalls
-from test_browser import WEBRTC_IFRAME, chromium, serve, wait_for_models, write_wav
+from test_browser import chromium, serve, start_talking, write_wav
 
 
 def _answer(body: dict) -> str:
@@ -46,11 +46,7 @@ def test_a_tool_chosen_in_the_sidebar_is_called_and_shown(tmp_path, stub, two_qu
             page = browser.new_page()
             page.set_default_timeout(60_000)
             page.goto(url)
-            webrtc = page.frame_locator(WEBRTC_IFRAME)
-            webrtc.get_by_role("button", name="Start").wait_for()
-            wait_for_models(data)
-            webrtc.get_by_role("button", name="Start").click()
-            page.get_by_text("Listening").first.wait_for(timeout=90_000)
+            start_talking(page, data)
             sidebar = page.locator('[data-testid="stSidebar"]')
             picker = sidebar.locator('[data-testid="stMultiSelect"] input')
             picker.click()

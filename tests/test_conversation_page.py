@@ -21,9 +21,13 @@ import av
 import numpy as np
 import pytest
 
-from test_browser import CHROMIUM, WEBRTC_IFRAME, chromium, serve, write_wav
+from koe.local.stages.llm import PROFILES
 
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+from conftest import LOCAL_KEY
+from test_browser import (
+    CHROMIUM, SCREENSHOTS, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, stop_talking, write_wav,
+)
+
 STORYTELLER = "You are a storyteller. Always answer with a long story of at least ten sentences."
 TABLE_ROWS = '[data-testid="stMarkdown"] table tbody tr'
 
@@ -43,15 +47,25 @@ def mic(tmp_path: Path, speech, *parts) -> Path:
 
 
 @contextlib.contextmanager
-def opened(tmp_path: Path, wav: Path, url: str):
-    """The app in Chromium with `wav` as its microphone; what the page showed is saved if the test fails."""
+def opened(tmp_path: Path, wav: Path | None, url: str):
+    """The app in Chromium with `wav` as its microphone (None: one the browser refuses); what the page
+    showed (screenshot, HTML, and the page's console errors, uncaught exceptions, crashes and closed
+    websockets, in order) is saved if the test fails."""
     with chromium(tmp_path / "profile", wav) as context:
+        seen: list[str] = []
+        context.on("console", lambda m: seen.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        context.on("page", lambda p: (p.on("websocket", lambda ws: ws.on("close", lambda w: seen.append(
+            f"websocket closed: {w.url}"))), p.on("crash", lambda _: seen.append("the page crashed")),
+            p.on("pageerror", lambda e: seen.append(f"page error: {e}"))))
         page = open_app(context, url)
         try:
             yield page
         except BaseException:
+            name = f"failed-{os.environ.get('PYTEST_CURRENT_TEST', 'test').split('::')[-1].split(' ')[0]}"
             with contextlib.suppress(Exception):
-                shoot(page, f"failed-{os.environ.get('PYTEST_CURRENT_TEST', 'test').split('::')[-1].split(' ')[0]}")
+                shoot(page, name)
+                (SCREENSHOTS / f"{name}.html").write_text(page.content())
+                (SCREENSHOTS / f"{name}.log").write_text("\n".join(seen))
             raise
 
 
@@ -68,42 +82,21 @@ def sidebar(page):
 
 
 def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the sidebar selectbox labelled `label`."""
-    for attempt in range(5):  # a rerun of the page can close the list before the pick: open it again, as a person would
-        sidebar(page).get_by_label(label, exact=True).click()
-        try:
-            page.get_by_role("option", name=option).click(timeout=5_000)
-            return
-        except Exception:
-            if attempt == 4:
-                raise
+    """Pick `option` in the sidebar selectbox labelled `label`: one click to open it, one on the option.
+
+    The box is scrolled into view first and the scroll let settle, as a person scrolls, then clicks: the
+    list (a React Aria non-modal popover) closes on any scroll of the sidebar, and Playwright's own
+    scroll-into-view dispatches its scroll event a frame after the click it makes, which closed the list
+    it had just opened (the "lost" first click)."""
+    box = sidebar(page).get_by_label(label, exact=True)
+    box.scroll_into_view_if_needed()
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
 
 
 def apply(page) -> None:
     sidebar(page).get_by_role("button", name="Apply").click()
-
-
-def start(page) -> float:
-    """Press START; returns when (monotonic) the microphone began playing."""
-    webrtc = page.frame_locator(WEBRTC_IFRAME)
-    try:
-        for _ in range(3):  # a click while the page reruns (just after Apply) can land on a frame being replaced:
-            webrtc.get_by_role("button", name="Start").click(timeout=120_000)  # press again, as a person would
-            try:
-                webrtc.get_by_role("button", name="Stop").wait_for(timeout=15_000)
-                break
-            except Exception:
-                continue
-    except Exception:  # what the page showed instead, for a person to look at
-        shoot(page, "failed-start")
-        (SCREENSHOTS / "failed-start.html").write_text(page.content())
-        raise
-    return time.monotonic()
-
-
-def stop(page) -> None:
-    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
-    page.get_by_text("Ended: stopped by the user").first.wait_for(timeout=20_000)
 
 
 def rows(page) -> list[list[str]]:
@@ -143,11 +136,6 @@ def settle(page, seconds: float) -> None:
     page.wait_for_timeout(seconds * 1000)
 
 
-def shoot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def type_message(page, text: str) -> None:
     page.get_by_placeholder("Type instead of speaking…").fill(text)
     page.get_by_role("button", name="Send").click()
@@ -165,8 +153,7 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
     with opened(tmp_path, wav, url) as page:
         set_instructions(page, STORYTELLER)
         apply(page)
-        start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        start_talking(page)
         type_message(page, "Please tell me a story about a dragon.")
         page.get_by_text("Speaking").first.wait_for(timeout=90_000)
         choose(page, "Voice", "jf_alpha (Japanese sessions)")
@@ -181,7 +168,7 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
         assert [r[1] for r in found] == ["You", "AI", "You", "AI"], found
         assert "sky" in found[2][2].lower(), found
         assert page.get_by_text("item_id not found").count() == 0
-        stop(page)
+        stop_talking(page)
         assert [r[1] for r in rows(page)] == ["You", "AI", "You", "AI"]
         log = events(data)
         # The history was copied into the new session under the items' own ids.
@@ -209,7 +196,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         sidebar(page).get_by_text("Push to talk (manual)").click()
         apply(page)
         sidebar(page).get_by_text("apply when you press START").wait_for()
-        began = start(page)
+        began = start_talking(page, live="Push to talk")
         button = page.get_by_text("Hold to talk")
         button.wait_for(timeout=60_000)
         assert time.monotonic() - began < 9, "connected too late for this recording"
@@ -221,6 +208,8 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         found = wait_rows(page, lambda r: len(r) >= 2 and r[1][1] == "AI" and r[0][2] != "…", "the reply")
         assert found[0][1] == "You" and "japan" in found[0][2].lower(), found
         page.get_by_text("Speaking").first.wait_for(timeout=60_000)
+        # A manual turn has its reply latency too (no speech_stopped: counted from the release).
+        wait_rows(page, lambda r: len(r) >= 2 and r[1][4].replace(",", "").isdigit(), "the reply latency", 30)
         log = events(data)
         committed = index(log, "server", "input_audio_buffer.committed")
         user_item = log[committed][2]["item_id"]
@@ -250,7 +239,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
                     if t == "error" and p["error"]["code"] == "conversation_already_has_active_response"]
         assert index(log, "client", "input_audio_buffer.commit", after=after) == -1, "silence was sent as a turn"
         assert len(rows(page)) == 2, rows(page)
-        stop(page)
+        stop_talking(page)
 
 
 def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tmp_path, speech):
@@ -269,8 +258,7 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
         apply(page)
         sidebar(page).get_by_text("Not applied — max output tokens").wait_for()
         sidebar(page).get_by_text("Saved (instructions)").wait_for()
-        start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        start_talking(page)
         first = next(p for d, t, p in events(data) if d == "server" and t == "session.updated")
         assert first["session"]["instructions"] == edited  # what the box showed, confirmed by the server
         assert first["session"]["max_output_tokens"] == "inf"
@@ -280,12 +268,14 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
         apply(page)
         refusal = sidebar(page).get_by_text("Not applied — instructions")
         refusal.wait_for()
-        assert "2,048 tokens" in refusal.inner_text() or "tokens in all" in refusal.inner_text()
+        assert "holds 2,048 tokens in all" in refusal.inner_text()  # the fast reply model's context
+        assert f"too long for {PROFILES['fast'].model}: " in refusal.inner_text()
+        assert ": about " not in refusal.inner_text()  # counted by the backend's tokenizer, not estimated
         sidebar(page).get_by_text("the server confirmed max output tokens").wait_for()
         updates = [p for d, t, p in events(data) if d == "client" and t == "session.update"]
         assert updates[-1]["session"] == {"type": "realtime", "max_output_tokens": 300}
         assert all(len(u["session"].get("instructions", "")) < 1000 for u in updates)
-        stop(page)
+        stop_talking(page)
 
 
 def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech):
@@ -298,8 +288,7 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
         shoot(page, "first-screen")
         set_instructions(page, STORYTELLER)
         apply(page)
-        began = start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        began = start_talking(page)
         page.get_by_text("Mute microphone").click()
         page.get_by_text("microphone muted").first.wait_for(timeout=10_000)
         assert time.monotonic() - began < 20, "connected too late for this recording"
@@ -326,7 +315,7 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
         assert index(log, "client", "response.cancel", after=typed) > -1 or \
             index(log, "client", "output_audio_buffer.clear", after=typed) > -1
         shoot(page, "conversation")
-        stop(page)
+        stop_talking(page)
 
         page.reload()  # a new browser session: the page points to the conversation just had
         page.get_by_text("Your last conversation").wait_for(timeout=30_000)
@@ -337,6 +326,8 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
                 break
         download = page.get_by_role("button", name="Download audio")
         download.wait_for(timeout=30_000)
+        # The header names the model that answered (the local reply model), not the protocol's model name.
+        page.get_by_text(f"local · {PROFILES['fast'].model} · stopped by the user").wait_for()
         shoot(page, "history")
         with page.expect_download() as caught:
             download.click()
@@ -353,15 +344,15 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
 
 @pytest.fixture(scope="module")
 def short_app(tmp_path_factory):
-    """An app whose sessions end after 20 s without speech."""
-    yield from serve(tmp_path_factory.mktemp("short"), KOE_REPLY_MODEL="fast", KOE_IDLE_TIMEOUT_S="20")
+    """An app whose sessions end after 20 s without speech, or after 45 s in all."""
+    yield from serve(tmp_path_factory.mktemp("short"), KOE_REPLY_MODEL="fast", KOE_IDLE_TIMEOUT_S="20",
+                     KOE_MAX_SESSION_MINUTES="0.75")
 
 
 def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, tmp_path, speech):
     url, _ = short_app
     with opened(tmp_path, mic(tmp_path, speech, 90.0), url) as page:
-        start(page)
-        page.get_by_text("Listening").first.wait_for(timeout=90_000)
+        start_talking(page)
         page.get_by_text("The session ends in").first.wait_for(timeout=30_000)
         page.get_by_text("Ended: no speech for 20 seconds").first.wait_for(timeout=60_000)
         # The browser's call stopped with it: the button offers START again, and the clock stands still.
@@ -372,17 +363,65 @@ def test_an_idle_end_is_counted_down_then_the_button_and_clock_stop(short_app, t
         assert clock.inner_text() == first
 
 
-def test_a_refused_microphone_is_explained(app, tmp_path):
-    """Without the fake permission prompt, headless Chromium refuses the microphone."""
-    from playwright.sync_api import sync_playwright
+def test_the_session_minutes_are_counted_down_then_end_the_call(short_app, tmp_path, speech):
+    """Kept busy (a typed message every few seconds: no idle end), the session meets its time limit: the
+    page counts down to it, naming it, then ends the call and says why."""
+    url, data = short_app
+    with opened(tmp_path, mic(tmp_path, speech, 120.0), url) as page:
+        start_talking(page)
+        countdown = page.get_by_text("the 0.75-minute limit", exact=False)
+        deadline = time.monotonic() + 60
+        while not countdown.count():  # the idle countdown is the nearer one until ~25 s have passed
+            assert time.monotonic() < deadline, "no countdown to the session's time limit"
+            type_message(page, "Say yes.")
+            settle(page, 4)
+        assert "The session ends in" in countdown.first.inner_text()
+        page.get_by_text("Ended: the session reached its 0.75-minute limit").first.wait_for(timeout=60_000)
+        page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").wait_for(timeout=30_000)
+    with sqlite3.connect(data / "koe.sqlite3") as db:
+        reason = db.execute("SELECT end_reason FROM conversations ORDER BY started_at DESC LIMIT 1").fetchone()[0]
+    assert "0.75-minute limit" in reason
 
+
+@pytest.fixture(scope="module")
+def openai_like_app(tmp_path_factory, local_server):
+    """The app offering OpenAI's models (its OpenAI base URL is the tests' local server, which speaks the
+    same protocol and accepts the same model names) and the local backend (that server too)."""
+    yield from serve(tmp_path_factory.mktemp("openai"), OPENAI_API_KEY=LOCAL_KEY, OPENAI_BASE_URL=local_server.url,
+                     KOE_LOCAL_URL=local_server.url, KOE_LOCAL_API_KEY=LOCAL_KEY)
+
+
+def test_reasoning_effort_is_offered_for_reasoning_models_only_and_sent(openai_like_app, tmp_path, speech):
+    url, data = openai_like_app
+    with opened(tmp_path, mic(tmp_path, speech, 60.0), url) as page:
+        reasoning = sidebar(page).get_by_label("Reasoning effort", exact=True)
+        sidebar(page).get_by_text("Local (offline)").click()
+        sidebar(page).get_by_text("Koe's own offline backend").wait_for()
+        assert reasoning.count() == 0  # the local backend: no reasoning
+        sidebar(page).get_by_text("OpenAI", exact=True).click()
+        choose(page, "Model", "gpt-realtime")
+        sidebar(page).get_by_label("Voice", exact=True).wait_for()
+        assert reasoning.count() == 0  # gpt-realtime does not reason
+        choose(page, "Model", "gpt-realtime-2")
+        reasoning.wait_for()
+        start_talking(page)
+        choose(page, "Reasoning effort", "high")
+        apply(page)
+        sidebar(page).get_by_text("the server confirmed reasoning effort").wait_for(timeout=30_000)
+        stop_talking(page)
+    log = events(data)
+    updates = [p["session"] for d, t, p in log if d == "client" and t == "session.update"]
+    assert updates[-1] == {"type": "realtime", "reasoning": {"effort": "high"}}, updates
+    confirmed = [p["session"] for d, t, p in log if d == "server" and t == "session.updated"]
+    assert confirmed[-1]["reasoning"] == {"effort": "high"}, confirmed[-1]
+    with sqlite3.connect(data / "koe.sqlite3") as db:
+        assert db.execute("SELECT model FROM conversations").fetchone()[0] == "gpt-realtime-2"
+
+
+def test_a_refused_microphone_is_explained(app, tmp_path):
+    """When the browser refuses the microphone, the page says so in words."""
     url, _ = app
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--deny-permission-prompts"])
-        page = open_app(context, url)
-        # One press, as a person would; the refusal comes at once, so Stop never shows (start() waits for it).
+    with opened(tmp_path, None, url) as page:
+        # One press, as a person would; the refusal comes at once, so Stop never shows.
         page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click(timeout=120_000)
         page.get_by_text("the browser blocked the microphone").wait_for(timeout=30_000)
-        context.close()

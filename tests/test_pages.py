@@ -294,3 +294,55 @@ def test_the_sidebar_starts_from_the_last_sessions_settings(monkeypatch, local_s
     at.run()
     assert not at.exception and at.radio(key="turn").value == "Push to talk (manual)"
     assert "voice=mei turns=None" in texts(at)
+
+
+def _sidebar_app():
+    import streamlit as st
+    from components.settings_form import sidebar
+    choice = sidebar(None)
+    st.write(f"turns={choice.settings.turn_detection} refused={sorted(choice.refused)}")
+    for name, why in choice.refused.items():
+        st.error(f"{name}: {why}")
+
+
+def test_the_sidebar_shows_only_the_chosen_turn_detections_controls(monkeypatch, local_server):
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
+    st.cache_resource.clear()
+    at = AppTest.from_function(_sidebar_app, default_timeout=30).run()
+
+    def shown() -> set[str]:
+        return {w.label for kind in ("selectbox", "slider", "number_input") for w in getattr(at, kind)}
+
+    assert at.radio(key="turn").value == "Semantic VAD"  # the local backend's default
+    assert "Semantic VAD eagerness" in shown() and "VAD threshold" not in shown()
+    at.radio(key="turn").set_value("Server VAD").run()
+    assert {"VAD threshold", "Prefix padding (ms)", "Silence duration (ms)"} <= shown()
+    assert "Semantic VAD eagerness" not in shown()
+    at.button[0].click().run()  # Apply
+    assert not at.exception and "type='server_vad'" in texts(at)
+    at.radio(key="turn").set_value("Push to talk (manual)").run()
+    assert not {"Semantic VAD eagerness", "VAD threshold"} & shown()
+
+
+def test_instructions_are_counted_by_the_local_backends_tokenizer(monkeypatch, local_server, models):
+    """Text the four-characters-a-token estimate lets through, but the reply model's tokenizer counts past
+    the room its context leaves, is refused, with the real count."""
+    from koe.client import Backend, count_tokens, estimate_tokens, fetch_capabilities
+    from components.settings_form import TURN_ROOM_TOKENS
+
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    backend = Backend(local_server.url, api_key=LOCAL_KEY)
+    found = fetch_capabilities(backend)
+    room = found.context_tokens - found.max_reply_tokens - TURN_ROOM_TOKENS
+    text = "7 " * (room * 3 // 4)
+    real = count_tokens(backend, text)
+    assert estimate_tokens(text) <= room < real, (estimate_tokens(text), room, real)  # the estimate would pass it
+    at = AppTest.from_function(_sidebar_app, default_timeout=30).run()
+    at.text_area(key="instructions").input(text)
+    at = at.button[0].click().run()
+    assert not at.exception and "refused=['instructions']" in texts(at)
+    assert f"{real:,} tokens" in texts(at) and f"holds {found.context_tokens:,} tokens in all" in texts(at)

@@ -124,6 +124,41 @@ async def test_a_conversation_through_the_relay(local_server, backend, speech, l
     assert relay.status.state == "ended"
 
 
+async def test_stop_while_connecting_ends_as_stopped_not_failed(backend, loop_thread):
+    """STOP pressed right after START: the page says the user stopped it, not that connecting failed."""
+    for delay_s in (0.0, 0.3):  # before the call is asked for, and while it is being negotiated
+        relay = Relay(backend, SETTINGS, loop_thread)
+        started_call = relay.start()
+        await asyncio.sleep(delay_s)
+        relay.stop()
+        await asyncio.wrap_future(started_call)
+        assert relay.status.state == "ended" and relay.status.message == "Ended: stopped by the user.", relay.status
+
+
+async def test_a_push_to_talk_turn_gets_a_reply_latency(backend, speech, loop_thread):
+    """Hold, speak, release: no speech_stopped comes (manual turns), yet the reply's latency is measured
+    from the release, as a VAD turn's is from speech_stopped."""
+    relay = started(Relay(backend, SETTINGS.changed(turn_detection=None), loop_thread), loop_thread)
+    latencies: list[tuple[str, int]] = []
+    relay.on_latency = lambda item_id, ms: latencies.append((item_id, ms))
+    browser = FakeBrowser(relay)
+    try:
+        relay.begin_turn()
+        question = speech("What is the capital of Japan?")
+        browser.say(question, silence_s=0.3)
+        await asyncio.sleep(question.size / RATE + 0.3)
+        released = time.monotonic()
+        relay.end_turn()
+        await wait_until(lambda: latencies, 60, "the reply's first voiced frame")
+        reply = next(e["item"]["id"] for d, e in relay.events if e["type"] == "response.output_item.added")
+        assert latencies[0][0] == reply
+        assert 0 < latencies[0][1] <= round(1000 * (time.monotonic() - released)), latencies
+        assert "input_audio_buffer.speech_stopped" not in types(relay)
+    finally:
+        await browser.close()
+        relay.stop()
+
+
 async def test_barge_in_drops_held_audio_and_truncates_at_what_was_played(backend, speech, loop_thread):
     story = SETTINGS.changed(instructions="You tell long, detailed stories. Never stop early.", max_output_tokens=400)
     relay = started(Relay(backend, story, loop_thread), loop_thread)
@@ -285,3 +320,17 @@ async def test_real_peers_through_the_passthrough_relay_carry_both_ways_and_reco
         audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
     voiced = lambda channel: float(np.sqrt(np.mean(np.square(channel)))) > 0.01  # noqa: E731 (float samples)
     assert audio.shape[0] == 2 and voiced(audio[0]) and voiced(audio[1])  # the user left, the AI right
+
+
+def test_an_encoding_pcm_track_gives_continuous_valid_opus_packets():
+    track = PcmQueueTrack(capacity_ms=1000, encode=True)
+    track.push((np.sin(np.arange(3 * FRAME_SAMPLES) / 8) * 12000).astype(np.int16))
+    decoder = OpusDecoder()
+
+    async def three():
+        return [await track.recv() for _ in range(3)]
+
+    packets = asyncio.run(three())
+    assert all(isinstance(p, av.Packet) for p in packets) and [p.pts for p in packets] == [0, 960, 1920]
+    decoded = decoder.decode(JitterFrame(bytes(packets[2]), packets[2].pts))[0]
+    assert rms_dbfs(decoded.to_ndarray()) > -30  # the tone, through a real Opus decoder

@@ -4,10 +4,12 @@ recording's two channels, and the local backend's capabilities endpoint."""
 from __future__ import annotations
 
 import av
+import httpx
 import numpy as np
+import pytest
 
 from koe.audio import RATE
-from koe.client import Backend, estimate_tokens, fetch_capabilities
+from koe.client import Backend, count_tokens, estimate_tokens, fetch_capabilities, openai_capabilities
 from koe.recording import Recorder
 from koe.relay import heard_prefix, silent_like
 from conftest import LOCAL_KEY
@@ -57,3 +59,21 @@ def test_the_local_backend_says_what_it_offers(local_server) -> None:
     assert found.voices["en"] and "noise_reduction" in found.ignored
     assert fetch_capabilities(Backend("http://127.0.0.1:9")) is None  # nobody there: OpenAI-like, no extras
     assert estimate_tokens("word " * 400) >= 400
+
+
+def test_the_local_backend_counts_tokens_with_its_reply_models_tokenizer(local_server, models) -> None:
+    backend = Backend(local_server.url, api_key=LOCAL_KEY)
+    found = fetch_capabilities(backend)
+    assert found is not None and found.reply_model == models.llm.profile.model  # the model that answers, by name
+    for text in ("Tell me everything. " * 50, "こんにちは、元気ですか。" * 20, "7 " * 300):
+        assert count_tokens(backend, text) == models.llm.count_tokens(text)  # llama.cpp's own tokenizer
+    assert count_tokens(backend, "7 " * 300) > 1.5 * estimate_tokens("7 " * 300)  # where the estimate falls short
+    with pytest.raises(httpx.HTTPStatusError):  # the key is needed: counting loads and runs the model's tokenizer
+        count_tokens(Backend(local_server.url, api_key="sk-wrong"), "hello")
+
+
+def test_openai_models_are_checked_against_their_documented_context() -> None:
+    assert openai_capabilities("gpt-realtime-2025-08-28").context_tokens == 32_000  # a dated snapshot: its base
+    assert openai_capabilities("gpt-realtime-2.1").context_tokens == 128_000
+    assert openai_capabilities("gpt-realtime-2.1").max_reply_tokens == 32_000
+    assert openai_capabilities("gpt-realtime-unknown").context_tokens is None  # not read: not checked

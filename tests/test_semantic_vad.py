@@ -60,6 +60,20 @@ def check_both_kinds(models: LocalModels, complete: np.ndarray, unfinished: np.n
     assert len(stops) == 1 and stops[0].audio_end_ms > 500 + 1000 * resumes_s
 
 
+def test_the_turn_model_hears_the_silence_pipecat_shows_it(models):
+    # pipecat's analyzer asks when its VAD reports the user stopped: stop_secs = 0.2 s after the voice. Asked at
+    # the first quiet chunk instead (0-120 ms after the voice), the model's answers on TTS speech swing.
+    speech = trim_silence(models.tts.synthesize("What is the capital of France?"))
+    audio = np.concatenate([np.zeros(RATE // 2, np.int16), speech, np.zeros(RATE, np.int16)])
+    detector, questions = SemanticVadDetector("low"), []
+    for chunk, prob in VadStream(models.vad).chunks(to_float32(resample(audio, RATE, 16_000))):
+        questions += [e for e in detector.feed(chunk, prob) if isinstance(e, TurnQuestion)]
+    assert questions
+    voiced = np.flatnonzero(questions[0].audio)
+    silence_after_s = (questions[0].audio.size - 1 - voiced[-1]) / 16_000
+    assert 0.2 <= silence_after_s <= 0.35
+
+
 def test_english_complete_question_ends_sooner_and_a_paused_sentence_is_heard_out(models):
     complete = trim_silence(models.tts.synthesize("What is the capital of France?"))
     unfinished = trim_silence(models.tts.synthesize("So what I was thinking, is that we could go to the park."))

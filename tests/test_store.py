@@ -208,6 +208,16 @@ def test_reply_without_new_speech_gets_no_latency() -> None:
     assert [r.latency_ms for r in t.rows()] == [None, 800, None]
 
 
+def test_a_push_to_talk_turn_gets_its_latency_from_the_commit() -> None:
+    """Manual turns have no speech_stopped: the commit (the button released) ends the user's speech."""
+    t = Transcript()
+    manual = [(e, at) for e, at in reply_events("ga", "item_U", "item_A", "resp_1", None, T0)
+              if not e["type"].startswith("input_audio_buffer.speech_")]
+    for event, at in manual:
+        t.apply(parse_server_event(event), at)
+    assert [r.latency_ms for r in t.rows()] == [None, 700]  # committed at +1.1 s, audio at +1.8 s
+
+
 # -- usage and cost ----------------------------------------------------------------------------------
 def test_prices() -> None:
     assert cost_usd("gpt-realtime", USAGE) == pytest.approx(USAGE_COST)

@@ -168,6 +168,7 @@ class LocalServer:
             WebSocketRoute("/v1/realtime", self.realtime_socket),
             Route("/healthz", lambda request: JSONResponse({"ok": True, **self.admission.load()})),
             Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
+            Route("/v1/koe/tokens", self.count_tokens, methods=["POST"]),
         ], exception_handlers={HttpError: lambda request, exc: exc.response, HTTPException: http_exception,
                                Exception: server_error}, middleware=[
             Middleware(CORSMiddleware, allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
@@ -203,6 +204,22 @@ class LocalServer:
                 "max_reply_tokens": DEFAULT_REPLY_TOKENS,
                 "ignored": ["noise_reduction", "transcription.model", "transcription.prompt", "temperature",
                             "reasoning"]}
+
+    async def count_tokens(self, request: Request) -> Response:
+        """`POST /v1/koe/tokens` {"text"} → {"tokens", "model", "context_tokens"}: the text's tokens as the
+        reply model counts them (its own tokenizer; a chat endpoint's estimate), so a client can check
+        instructions against the context before sending them. Needs the server's key (401 otherwise);
+        400 when "text" is not a string."""
+        self._authorize(request, ephemeral=False)
+        text = (await self._json(request)).get("text")
+        if not isinstance(text, str):
+            raise HttpError(error(400, "Expected a JSON object with a string 'text'.", "invalid_value", param="text"))
+        if self.chat is not None:
+            replies, model, context = self.chat, self.chat.endpoint.model, None
+        else:
+            replies, model, context = (await self.models()).llm, self.reply_profile.model, self.reply_profile.context_tokens
+        tokens = await asyncio.to_thread(replies.count_tokens, text)
+        return JSONResponse({"tokens": tokens, "model": model, "context_tokens": context})
 
     # -- running -------------------------------------------------------------------------------
     async def serve(self) -> None:

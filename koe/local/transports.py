@@ -47,7 +47,8 @@ class DataChannelTransport:
     """WebRTC: events on the `oai-events` channel once the client opened it; reply audio on a track."""
 
     def __init__(self) -> None:
-        self.playback: PcmQueueTrack | None = PcmQueueTrack(capacity_ms=REPLY_TRACK_MS)
+        # Encoded here: aiortc's sender would measure every frame's level in Python on the loop (koe.opus).
+        self.playback: PcmQueueTrack | None = PcmQueueTrack(capacity_ms=REPLY_TRACK_MS, encode=True)
         self._channel = None
 
     def open(self, channel) -> None:

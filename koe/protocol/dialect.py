@@ -3,8 +3,9 @@
 import re
 from typing import Literal
 
-__all__ = ["BETA_MODELS", "BETA_VOICES", "GA_MODELS", "GA_VOICES", "REASONING_EFFORTS", "REASONING_MODELS", "Dialect",
-           "ReasoningEffort", "dialect_for_model", "is_reasoning_model", "served_model"]
+__all__ = ["BETA_MODELS", "BETA_VOICES", "CONTEXT_WINDOWS", "GA_MODELS", "GA_VOICES", "REASONING_EFFORTS",
+           "REASONING_MODELS", "Dialect", "ReasoningEffort", "context_window", "dialect_for_model", "is_reasoning_model",
+           "served_model"]
 
 Dialect = Literal["ga", "beta"]
 
@@ -30,6 +31,17 @@ REASONING_MODELS: tuple[str, ...] = ("gpt-realtime-2", "gpt-realtime-2.1", "gpt-
 ReasoningEffort = Literal["minimal", "low", "medium", "high", "xhigh"]
 REASONING_EFFORTS: tuple[str, ...] = ("minimal", "low", "medium", "high", "xhigh")
 
+# (context window, max output tokens) as OpenAI's model pages give them (developers.openai.com/api/docs/models/…).
+# A model not listed here is not checked: a guessed limit would refuse instructions the model takes.
+CONTEXT_WINDOWS: dict[str, tuple[int, int]] = {
+    "gpt-realtime": (32_000, 4_096),
+    "gpt-realtime-1.5": (32_000, 4_096),
+    "gpt-realtime-2": (128_000, 32_000),
+    "gpt-realtime-2.1": (128_000, 32_000),
+    "gpt-realtime-2.1-mini": (128_000, 32_000),
+    "gpt-4o-realtime-preview-2024-12-17": (32_000, 4_096),
+}
+
 BETA_VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse")
 GA_VOICES: tuple[str, ...] = (*BETA_VOICES, "marin", "cedar")
 
@@ -50,3 +62,9 @@ def served_model(model: str) -> bool:
 def is_reasoning_model(model: str) -> bool:
     """Whether `model` (or the base model of a dated snapshot) takes `reasoning.effort`."""
     return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model) in REASONING_MODELS
+
+
+def context_window(model: str) -> tuple[int, int] | None:
+    """(context window, max output tokens) in tokens of `model` (or of the base model of a dated snapshot),
+    None when OpenAI's pages were not read for it."""
+    return CONTEXT_WINDOWS.get(model) or CONTEXT_WINDOWS.get(re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model))

@@ -49,14 +49,14 @@ class Transcriber:
     """One Whisper model shared by all sessions, computing with `model_threads()`; a lock serialises calls
     (two would halve each; koe.local's scheduler runs one at a time anyway).
 
-    `window_s`: the least audio Whisper's encoder reads, in seconds (the turn plus WINDOW_MARGIN_S when
-    longer, at most Whisper's 30 s); None reads the full 30 s window, as Whisper was trained.
+    `window_s` (settable): the least audio Whisper's encoder reads, in seconds (the turn plus WINDOW_MARGIN_S
+    when longer, at most Whisper's 30 s); None reads the full 30 s window, as Whisper was trained.
     """
 
     def __init__(self, model_dir: Path | None = None, window_s: float | None = None) -> None:
         self._model = _WindowedWhisper(str(model_dir or whisper_tiny_en_dir()), device="cpu",
                                        compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
-        self._window_s = window_s
+        self.window_s = window_s
         self._lock = threading.Lock()
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = "en") -> str:
@@ -68,7 +68,7 @@ class Transcriber:
             language = "en"  # an English-only model: skip detection and faster-whisper's warning
         seconds = audio.size / 16_000
         with self._lock:
-            self._model.frames = _window_frames(seconds, self._window_s)
+            self._model.frames = _window_frames(seconds, self.window_s)
             segments, _ = self._model.transcribe(
                 audio, language=language, beam_size=1, temperature=0.0,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
