@@ -56,7 +56,8 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-TIMINGS_LINE = re.compile(r"koe\.local INFO reply \S+: (.*)$")
+TIMINGS_LINE = re.compile(r"koe\.local INFO reply resp_\w+: (.*)$")  # session.py's _log_timings
+TIMING = re.compile(r"(\w+) ([+-]\d+) ms")
 
 
 class LocalBackendProcess:
@@ -84,9 +85,9 @@ class LocalBackendProcess:
     def _read_log(self) -> None:
         for line in self.process.stderr:  # read to the end, or the process blocks on a full pipe
             found = TIMINGS_LINE.search(line.strip())
-            if found:
-                self.timings.turns.append({name: int(value) for name, value in
-                                           (part.rsplit(" ", 2)[:2] for part in found.group(1).split(", "))})
+            marks = {name: int(value) for name, value in TIMING.findall(found.group(1))} if found else {}
+            if marks:
+                self.timings.turns.append(marks)
 
     def __enter__(self) -> "LocalBackendProcess":
         for _ in range(600):

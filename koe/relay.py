@@ -366,6 +366,12 @@ class Relay:
         self.on_event("app", {"type": "koe.limit_reached", "reason": reason}, time.time())
         await self._stop(reason)
 
+    def _not_started(self, message: str) -> None:
+        """The call did not come up: say why, unless STOP (or a limit) ended it first, which is why it failed."""
+        self._connection = None
+        if self.status.state != "ended":
+            self.status.state, self.status.message = "failed", message
+
     def _release(self) -> None:
         if self.guard is not None:
             self.guard.release()
@@ -397,17 +403,18 @@ class Relay:
         except RateLimitError as exc:  # a full backend refused before any media: say when to come back
             wait = f" in {exc.retry_after_s:.0f} s" if exc.retry_after_s else " later"
             told = exc.message if "try again" in exc.message.lower() else f"{exc.message} Try again{wait}."
-            self.status.state, self.status.message = "failed", f"Not started: {told}"
-            self._connection = None
+            self._not_started(f"Not started: {told}")
             return
         except (RealtimeError, SettingsError) as exc:
-            self.status.state, self.status.message = "failed", f"Could not connect: {exc}"
-            self._connection = None
+            self._not_started(f"Could not connect: {exc}")
             return
         except Exception as exc:  # anything else still ends as a message, never a traceback in the UI
             log.exception("upstream connect failed")
-            self.status.state, self.status.message = "failed", f"Could not connect: {exc}"
+            self._not_started(f"Could not connect: {exc}")
+            return
+        if self.status.state == "ended":  # STOP came while connecting, before the call existed: end it now
             self._connection = None
+            await connection.close("stopped while connecting")
             return
         self.settings = connection.settings or self.settings
         self.status.state, self.status.message = "live", "Connected: speak now."

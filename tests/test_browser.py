@@ -120,9 +120,10 @@ def app(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def chromium(profile: Path, mic_wav: Path, **options):
-    """Debian's Chromium, headless, its microphone playing `mic_wav` once; the page's peers recorded.
-    `options` go to Playwright's launch_persistent_context (timezone_id, locale...)."""
+def chromium(profile: Path, mic_wav: Path | None, **options):
+    """Debian's Chromium, headless, its microphone playing `mic_wav` once (None: the browser refuses the
+    microphone, as when a person blocks it); the page's peers recorded. `options` go to Playwright's
+    launch_persistent_context (timezone_id, locale...)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -131,8 +132,9 @@ def chromium(profile: Path, mic_wav: Path, **options):
             ignore_default_args=["--mute-audio"],
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                  f"--use-file-for-fake-audio-capture={mic_wav}%noloop", "--autoplay-policy=no-user-gesture-required"],
+                  "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+                  *(["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}%noloop"]
+                    if mic_wav is not None else ["--deny-permission-prompts"])],
             **options,
         )
         context.add_init_script(RECORD_PEERS)
@@ -169,6 +171,12 @@ def start_talking(page, data: Path | None = None, live: str | None = "Listening"
     return began
 
 
+def stop_talking(page) -> None:
+    """Press STOP once; returns when the page says the user ended the call."""
+    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
+    page.get_by_text("Ended: stopped by the user").first.wait_for(timeout=20_000)
+
+
 @pytest.fixture
 def browser(tmp_path, mic_wav):
     with chromium(tmp_path / "profile", mic_wav) as context:
@@ -180,7 +188,6 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     page = browser.new_page()
     page.set_default_timeout(60_000)
     page.goto(url)
-    webrtc = page.frame_locator(WEBRTC_IFRAME)
     start_talking(page, data)
 
     # The user's words, then the AI's reply, appear in the live transcript.
@@ -209,8 +216,7 @@ def test_talk_in_the_browser_then_find_it_in_history(app, browser):
     sidebar.get_by_text("session.updated").wait_for(timeout=20_000)
 
     # STOP ends cleanly.
-    webrtc.get_by_role("button", name="Stop").click()
-    page.get_by_text("Ended: stopped by the user").wait_for(timeout=20_000)
+    stop_talking(page)
 
     # After a reload, History holds the conversation.
     page.goto(url + "/History")

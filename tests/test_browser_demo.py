@@ -17,7 +17,9 @@ import pytest
 
 from koe.local import LocalServer
 
-from test_browser import WEBRTC_IFRAME, browser, mic_wav, pytestmark, serve  # noqa: F401  (fixtures, skip)
+from test_browser import (  # noqa: F401  (fixtures, skip)
+    WEBRTC_IFRAME, browser, mic_wav, pytestmark, serve, start_talking, stop_talking,
+)
 
 ACCESS_CODE = "let-me-talk"
 KEY = f"sk-test-{secrets.token_hex(16)}"
@@ -80,14 +82,12 @@ def test_the_openai_key_never_reaches_the_browser_the_log_or_an_export(demo, bro
                                      ws.on("framesent", lambda frame: frames.append(frame))))
     page.goto(url)
     enter_code(page, ACCESS_CODE)
-    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click()
-    page.get_by_text("Listening").first.wait_for(timeout=90_000)
+    start_talking(page)
     # Two rows, the reply's with words in it ("…" marks a row still waiting for them).
     page.wait_for_function("() => { const rows = document.querySelectorAll('[data-testid=\"stMarkdown\"] table tbody tr');"
                            " return rows.length >= 2 && !rows[1].innerText.includes('…'); }", timeout=90_000)
     page.get_by_text("This session:", exact=False).wait_for(timeout=10_000)  # the live cost meter
-    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
-    page.get_by_text("Ended: stopped by the user").wait_for(timeout=20_000)
+    stop_talking(page)
     assert keyed_server.call_count == 0  # the call really went through the keyed server, and ended
 
     pass_token = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["pass"][0]

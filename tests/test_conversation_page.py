@@ -24,7 +24,9 @@ import pytest
 from koe.local.stages.llm import PROFILES
 
 from conftest import LOCAL_KEY
-from test_browser import CHROMIUM, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, write_wav
+from test_browser import (
+    CHROMIUM, SCREENSHOTS, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, stop_talking, write_wav,
+)
 
 STORYTELLER = "You are a storyteller. Always answer with a long story of at least ten sentences."
 TABLE_ROWS = '[data-testid="stMarkdown"] table tbody tr'
@@ -45,15 +47,25 @@ def mic(tmp_path: Path, speech, *parts) -> Path:
 
 
 @contextlib.contextmanager
-def opened(tmp_path: Path, wav: Path, url: str):
-    """The app in Chromium with `wav` as its microphone; what the page showed is saved if the test fails."""
+def opened(tmp_path: Path, wav: Path | None, url: str):
+    """The app in Chromium with `wav` as its microphone (None: one the browser refuses); what the page
+    showed (screenshot, HTML, and the page's console errors, uncaught exceptions, crashes and closed
+    websockets, in order) is saved if the test fails."""
     with chromium(tmp_path / "profile", wav) as context:
+        seen: list[str] = []
+        context.on("console", lambda m: seen.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        context.on("page", lambda p: (p.on("websocket", lambda ws: ws.on("close", lambda w: seen.append(
+            f"websocket closed: {w.url}"))), p.on("crash", lambda _: seen.append("the page crashed")),
+            p.on("pageerror", lambda e: seen.append(f"page error: {e}"))))
         page = open_app(context, url)
         try:
             yield page
         except BaseException:
+            name = f"failed-{os.environ.get('PYTEST_CURRENT_TEST', 'test').split('::')[-1].split(' ')[0]}"
             with contextlib.suppress(Exception):
-                shoot(page, f"failed-{os.environ.get('PYTEST_CURRENT_TEST', 'test').split('::')[-1].split(' ')[0]}")
+                shoot(page, name)
+                (SCREENSHOTS / f"{name}.html").write_text(page.content())
+                (SCREENSHOTS / f"{name}.log").write_text("\n".join(seen))
             raise
 
 
@@ -85,11 +97,6 @@ def choose(page, label: str, option: str) -> None:
 
 def apply(page) -> None:
     sidebar(page).get_by_role("button", name="Apply").click()
-
-
-def stop(page) -> None:
-    page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Stop").click()
-    page.get_by_text("Ended: stopped by the user").first.wait_for(timeout=20_000)
 
 
 def rows(page) -> list[list[str]]:
@@ -161,7 +168,7 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
         assert [r[1] for r in found] == ["You", "AI", "You", "AI"], found
         assert "sky" in found[2][2].lower(), found
         assert page.get_by_text("item_id not found").count() == 0
-        stop(page)
+        stop_talking(page)
         assert [r[1] for r in rows(page)] == ["You", "AI", "You", "AI"]
         log = events(data)
         # The history was copied into the new session under the items' own ids.
@@ -232,7 +239,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
                     if t == "error" and p["error"]["code"] == "conversation_already_has_active_response"]
         assert index(log, "client", "input_audio_buffer.commit", after=after) == -1, "silence was sent as a turn"
         assert len(rows(page)) == 2, rows(page)
-        stop(page)
+        stop_talking(page)
 
 
 def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tmp_path, speech):
@@ -261,12 +268,14 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
         apply(page)
         refusal = sidebar(page).get_by_text("Not applied — instructions")
         refusal.wait_for()
-        assert "2,048 tokens" in refusal.inner_text() or "tokens in all" in refusal.inner_text()
+        assert "holds 2,048 tokens in all" in refusal.inner_text()  # the fast reply model's context
+        assert f"too long for {PROFILES['fast'].model}: " in refusal.inner_text()
+        assert ": about " not in refusal.inner_text()  # counted by the backend's tokenizer, not estimated
         sidebar(page).get_by_text("the server confirmed max output tokens").wait_for()
         updates = [p for d, t, p in events(data) if d == "client" and t == "session.update"]
         assert updates[-1]["session"] == {"type": "realtime", "max_output_tokens": 300}
         assert all(len(u["session"].get("instructions", "")) < 1000 for u in updates)
-        stop(page)
+        stop_talking(page)
 
 
 def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech):
@@ -306,7 +315,7 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
         assert index(log, "client", "response.cancel", after=typed) > -1 or \
             index(log, "client", "output_audio_buffer.clear", after=typed) > -1
         shoot(page, "conversation")
-        stop(page)
+        stop_talking(page)
 
         page.reload()  # a new browser session: the page points to the conversation just had
         page.get_by_text("Your last conversation").wait_for(timeout=30_000)
@@ -399,7 +408,7 @@ def test_reasoning_effort_is_offered_for_reasoning_models_only_and_sent(openai_l
         choose(page, "Reasoning effort", "high")
         apply(page)
         sidebar(page).get_by_text("the server confirmed reasoning effort").wait_for(timeout=30_000)
-        stop(page)
+        stop_talking(page)
     log = events(data)
     updates = [p["session"] for d, t, p in log if d == "client" and t == "session.update"]
     assert updates[-1] == {"type": "realtime", "reasoning": {"effort": "high"}}, updates
@@ -410,16 +419,9 @@ def test_reasoning_effort_is_offered_for_reasoning_models_only_and_sent(openai_l
 
 
 def test_a_refused_microphone_is_explained(app, tmp_path):
-    """Without the fake permission prompt, headless Chromium refuses the microphone."""
-    from playwright.sync_api import sync_playwright
-
+    """When the browser refuses the microphone, the page says so in words."""
     url, _ = app
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--deny-permission-prompts"])
-        page = open_app(context, url)
-        # One press, as a person would; the refusal comes at once, so Stop never shows (start() waits for it).
+    with opened(tmp_path, None, url) as page:
+        # One press, as a person would; the refusal comes at once, so Stop never shows.
         page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click(timeout=120_000)
         page.get_by_text("the browser blocked the microphone").wait_for(timeout=30_000)
-        context.close()

@@ -124,6 +124,17 @@ async def test_a_conversation_through_the_relay(local_server, backend, speech, l
     assert relay.status.state == "ended"
 
 
+async def test_stop_while_connecting_ends_as_stopped_not_failed(backend, loop_thread):
+    """STOP pressed right after START: the page says the user stopped it, not that connecting failed."""
+    for delay_s in (0.0, 0.3):  # before the call is asked for, and while it is being negotiated
+        relay = Relay(backend, SETTINGS, loop_thread)
+        started_call = relay.start()
+        await asyncio.sleep(delay_s)
+        relay.stop()
+        await asyncio.wrap_future(started_call)
+        assert relay.status.state == "ended" and relay.status.message == "Ended: stopped by the user.", relay.status
+
+
 async def test_a_push_to_talk_turn_gets_a_reply_latency(backend, speech, loop_thread):
     """Hold, speak, release: no speech_stopped comes (manual turns), yet the reply's latency is measured
     from the release, as a VAD turn's is from speech_stopped."""
