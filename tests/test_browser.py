@@ -120,9 +120,10 @@ def app(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def chromium(profile: Path, mic_wav: Path, **options):
-    """Debian's Chromium, headless, its microphone playing `mic_wav` once; the page's peers recorded.
-    `options` go to Playwright's launch_persistent_context (timezone_id, locale...)."""
+def chromium(profile: Path, mic_wav: Path | None, **options):
+    """Debian's Chromium, headless, its microphone playing `mic_wav` once (None: the browser refuses the
+    microphone, as when a person blocks it); the page's peers recorded. `options` go to Playwright's
+    launch_persistent_context (timezone_id, locale...)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -131,8 +132,9 @@ def chromium(profile: Path, mic_wav: Path, **options):
             ignore_default_args=["--mute-audio"],
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                  f"--use-file-for-fake-audio-capture={mic_wav}%noloop", "--autoplay-policy=no-user-gesture-required"],
+                  "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+                  *(["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}%noloop"]
+                    if mic_wav is not None else ["--deny-permission-prompts"])],
             **options,
         )
         context.add_init_script(RECORD_PEERS)

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from test_browser import CHROMIUM, INBOUND_AUDIO, chromium, write_wav
 
 AGENTS_REALTIME = "@openai/agents-realtime@0.20.0"
 MODEL = "gpt-realtime"
+AUDIBLE = 0.01  # totalAudioEnergy of a second of speech at -20 dBFS (squared amplitude times seconds)
 PAGE = Path(__file__).parent / "agents_page"
 NPM = shutil.which("npm")
 
@@ -86,11 +88,16 @@ def test_agents_realtime_holds_a_spoken_turn(local_server, page_origin, question
                       {"transport": transport, "key": secret, "server": local_server.url, "model": MODEL})
         page.wait_for_function("window.result.agentEnd.length > 0 || window.result.errors.length > 0", timeout=90_000)
         result = page.evaluate("window.result")
-        audio = page.evaluate(INBOUND_AUDIO) if transport == "webrtc" else result["audio"]
+        audio = result.get("audio")
+        deadline = time.monotonic() + 20  # the reply's text can be done before its audio has played
+        while transport == "webrtc" and time.monotonic() < deadline:
+            audio = page.evaluate(INBOUND_AUDIO)
+            if audio["energy"] > AUDIBLE:
+                break
+            time.sleep(0.5)
         page.evaluate("window.session.close()")
     assert not result["errors"], result
     assert any("count" in t.lower() for t in result["userTranscripts"]), result
     assert result["agentEnd"][0].strip(), result  # the reply's text: content typed as the SDK expects
-    # Audible: as much energy as a second of speech at -20 dBFS (squared amplitude times seconds).
-    assert audio["samples"] > 0 and audio["energy"] > 0.01, audio
+    assert audio["samples"] > 0 and audio["energy"] > AUDIBLE, audio
     assert "response.done" in result["events"]

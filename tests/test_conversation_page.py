@@ -47,14 +47,16 @@ def mic(tmp_path: Path, speech, *parts) -> Path:
 
 
 @contextlib.contextmanager
-def opened(tmp_path: Path, wav: Path, url: str):
-    """The app in Chromium with `wav` as its microphone; what the page showed (screenshot, HTML, and the
-    page's console errors and closed websockets, in order) is saved if the test fails."""
+def opened(tmp_path: Path, wav: Path | None, url: str):
+    """The app in Chromium with `wav` as its microphone (None: one the browser refuses); what the page
+    showed (screenshot, HTML, and the page's console errors, uncaught exceptions, crashes and closed
+    websockets, in order) is saved if the test fails."""
     with chromium(tmp_path / "profile", wav) as context:
         seen: list[str] = []
         context.on("console", lambda m: seen.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        context.on("page", lambda p: p.on("websocket", lambda ws: ws.on("close", lambda w: seen.append(
-            f"websocket closed: {w.url}"))))
+        context.on("page", lambda p: (p.on("websocket", lambda ws: ws.on("close", lambda w: seen.append(
+            f"websocket closed: {w.url}"))), p.on("crash", lambda _: seen.append("the page crashed")),
+            p.on("pageerror", lambda e: seen.append(f"page error: {e}"))))
         page = open_app(context, url)
         try:
             yield page
@@ -417,16 +419,9 @@ def test_reasoning_effort_is_offered_for_reasoning_models_only_and_sent(openai_l
 
 
 def test_a_refused_microphone_is_explained(app, tmp_path):
-    """Without the fake permission prompt, headless Chromium refuses the microphone."""
-    from playwright.sync_api import sync_playwright
-
+    """When the browser refuses the microphone, the page says so in words."""
     url, _ = app
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--deny-permission-prompts"])
-        page = open_app(context, url)
-        # One press, as a person would; the refusal comes at once, so Stop never shows (start() waits for it).
+    with opened(tmp_path, None, url) as page:
+        # One press, as a person would; the refusal comes at once, so Stop never shows.
         page.frame_locator(WEBRTC_IFRAME).get_by_role("button", name="Start").click(timeout=120_000)
         page.get_by_text("the browser blocked the microphone").wait_for(timeout=30_000)
-        context.close()
