@@ -12,6 +12,7 @@ from components import runtime
 from components.settings_form import LABELS, Choice
 
 # Hold to talk: pointer down/up on the button, or the space bar held anywhere outside a text field.
+RESTART_NOTICE = "restart_notice"  # session state: why a new session started, shown until the next Apply or the end
 _PTT_HTML = '<button class="ptt" type="button">🎙️ Hold to talk <kbd>Space</kbd></button>'
 _PTT_CSS = """
 .ptt { width: 100%; padding: 0.6rem; border-radius: 0.5rem; border: 1px solid #ff4b4b; background: #fff;
@@ -59,8 +60,14 @@ def _names(fields) -> str:
 def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None) -> None:
     """On Apply, send every valid change with `session.update`, show the server's answer, and name
     each refused value with its reason. `before`: the settings START would have used until now."""
+    if relay.status.state not in ("live", "connecting"):
+        st.session_state.pop(RESTART_NOTICE, None)
     if not st.session_state.get("settings_applied"):
+        # Kept across the reruns that follow the restart (the status fragment reruns the page as it connects).
+        if notice := st.session_state.get(RESTART_NOTICE):
+            st.sidebar.warning(notice)
         return
+    st.session_state.pop(RESTART_NOTICE, None)
     for name, why in choice.refused.items():
         st.sidebar.error(f"Not applied — {LABELS.get(name, name)}: {why}")
     if relay.status.state != "live":
@@ -80,8 +87,10 @@ def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None)
         history = [{"id": row.item_id, "role": "user" if row.speaker == "You" else "assistant", "text": row.text}
                    for row in rows.itertuples() if row.text and row.speaker in ("You", "AI")]  # not tool rows
         relay.restart(choice.settings, history)
-        st.sidebar.warning("The voice cannot change once the AI has spoken: a new session starts with the new "
-                           "voice. The transcript is kept, and the AI is given the conversation so far.")
+        st.session_state[RESTART_NOTICE] = ("The voice cannot change once the AI has spoken: a new session "
+                                            "starts with the new voice. The transcript is kept, and the AI is "
+                                            "given the conversation so far.")
+        st.sidebar.warning(st.session_state[RESTART_NOTICE])
         return
     try:
         confirmed = relay.update(choice.settings, only=changed)

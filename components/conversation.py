@@ -138,7 +138,8 @@ export default function (component) {
       try { win = frame.contentWindow; } catch (e) { continue; }
       const devices = win && win.navigator && win.navigator.mediaDevices;
       // Marked on the document: the iframe's first window object can outlive its initial blank document.
-      if (!devices || win.document.__koeMicWatched) continue;
+      // Not yet: a document still being made has no head (the next round hooks it).
+      if (!devices || !win.document.head || win.document.__koeMicWatched) continue;
       const style = win.document.createElement('style');
       style.textContent = '.MuiPaper-elevation0:not(.MuiAlert-root) { display: none !important; }';
       win.document.head.appendChild(style);

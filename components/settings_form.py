@@ -199,6 +199,11 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
         try:
             if name == "max_output_tokens" and value != "inf":
                 value = _int(value, name)
+            if name == "voice" and local and capabilities is not None \
+                    and value in capabilities.voices.get("ja", []) and LANGUAGES[language] != "ja":
+                # Otherwise it would be accepted and joe would go on speaking: a change nobody can hear.
+                raise SettingsError(name, f"{value} speaks in Japanese sessions only: choose Transcription "
+                                          "language Japanese with it (English is spoken by joe)")
             if name == "instructions" and (why := instructions_refusal(value, capabilities, tokens=(
                     runtime.token_count(backend, value) if backend_name == LOCAL_BACKEND else None))):
                 raise SettingsError(name, why)

@@ -152,16 +152,20 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
     wav = mic(tmp_path, speech, 120.0)  # typed turns: the machine's speed cannot make them early or late
     with opened(tmp_path, wav, url) as page:
         set_instructions(page, STORYTELLER)
+        # A Japanese session: the local backend's English has one voice, its Japanese several.
+        choose(page, "Transcription language", "Japanese")
+        choose(page, "Voice", "mei (Japanese sessions)")
         apply(page)
         start_talking(page)
         type_message(page, "Please tell me a story about a dragon.")
-        page.get_by_text("Speaking").first.wait_for(timeout=90_000)
+        page.get_by_text("Speaking…").first.wait_for(timeout=90_000)
         choose(page, "Voice", "jf_alpha (Japanese sessions)")
         apply(page)
         # The cut-off reply is closed at once, as interrupted, with the words that were played.
         first = wait_rows(page, lambda r: len(r) >= 2 and "interrupted" in r[1][3], "the cut reply")
         assert first[0][1] == "You" and "dragon" in first[0][2].lower(), first
         page.get_by_text("Listening").first.wait_for(timeout=90_000)  # the new session is live
+        sidebar(page).get_by_text("a new session starts with the new voice").wait_for(timeout=10_000)
         type_message(page, "What color is the sky?")
         # The second question is answered in the new session.
         found = wait_rows(page, lambda r: len(r) >= 4 and r[3][3] == "final", "the second answer", 120)
@@ -207,7 +211,7 @@ def test_push_to_talk_chosen_before_start(app, tmp_path, speech):
         page.keyboard.up("Space")
         found = wait_rows(page, lambda r: len(r) >= 2 and r[1][1] == "AI" and r[0][2] != "…", "the reply")
         assert found[0][1] == "You" and "japan" in found[0][2].lower(), found
-        page.get_by_text("Speaking").first.wait_for(timeout=60_000)
+        page.get_by_text("Speaking…").first.wait_for(timeout=60_000)
         # A manual turn has its reply latency too (no speech_stopped: counted from the release).
         wait_rows(page, lambda r: len(r) >= 2 and r[1][4].replace(",", "").isdigit(), "the reply latency", 30)
         log = events(data)
@@ -297,7 +301,7 @@ def test_mute_typed_message_stop_the_ai_and_the_recording(app, tmp_path, speech)
         page.get_by_text("Mute microphone").click()
 
         type_message(page, "Tell me a story about a brave dragon.")
-        page.get_by_text("Speaking").first.wait_for(timeout=60_000)
+        page.get_by_text("Speaking…").first.wait_for(timeout=60_000)
         settle(page, 2)
         page.get_by_role("button", name="Stop the AI").click()
         found = wait_rows(page, lambda r: len(r) >= 2 and "interrupted" in r[1][3], "the stopped reply", 20)

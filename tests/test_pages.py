@@ -325,6 +325,26 @@ def test_the_sidebar_shows_only_the_chosen_turn_detections_controls(monkeypatch,
     assert not {"Semantic VAD eagerness", "VAD threshold"} & shown()
 
 
+def test_a_japanese_voice_is_refused_for_an_english_session(monkeypatch, local_server):
+    """joe speaks every English session: a Japanese voice chosen for one would be a change nobody hears."""
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
+    st.cache_resource.clear()
+    at = AppTest.from_function(_sidebar_app, default_timeout=30).run()
+
+    def pick(label: str, value: str) -> None:
+        next(box for box in at.selectbox if box.label == label).set_value(value)
+
+    pick("Voice", "jf_alpha")
+    pick("Transcription language", "English")
+    at.button[0].click().run()  # Apply
+    assert not at.exception and "refused=['voice']" in texts(at)
+    assert "jf_alpha speaks in Japanese sessions only" in texts(at)
+    pick("Transcription language", "Japanese")
+    at.button[0].click().run()
+    assert not at.exception and "refused=[]" in texts(at)
+
+
 def test_instructions_are_counted_by_the_local_backends_tokenizer(monkeypatch, local_server, models):
     """Text the four-characters-a-token estimate lets through, but the reply model's tokenizer counts past
     the room its context leaves, is refused, with the real count."""
