@@ -124,6 +124,17 @@ def events(data: Path) -> list[tuple[str, str, dict]]:
     return [(d, t, json.loads(p)) for d, t, p in found]
 
 
+def stored(data: Path, check, what: str, timeout_s: float = 15) -> list[tuple[str, str, dict]]:
+    """events(data) once check(events) holds: the store writes events on its own thread, a moment after
+    the page showed their effect."""
+    deadline = time.monotonic() + timeout_s
+    while not check(log := events(data)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} in the stored events")
+        time.sleep(0.2)
+    return log
+
+
 def index(log, direction: str, kind: str, after: int = -1, **fields) -> int:
     """The position of the first matching event after `after`; -1 when none."""
     for i, (d, t, payload) in enumerate(log):
@@ -276,7 +287,8 @@ def test_one_apply_applies_every_valid_change_and_names_each_refused_one(app, tm
         assert f"too long for {PROFILES['fast'].model}: " in refusal.inner_text()
         assert ": about " not in refusal.inner_text()  # counted by the backend's tokenizer, not estimated
         sidebar(page).get_by_text("the server confirmed max output tokens").wait_for()
-        updates = [p for d, t, p in events(data) if d == "client" and t == "session.update"]
+        log = stored(data, lambda log: index(log, "client", "session.update") > -1, "the session.update")
+        updates = [p for d, t, p in log if d == "client" and t == "session.update"]
         assert updates[-1]["session"] == {"type": "realtime", "max_output_tokens": 300}
         assert all(len(u["session"].get("instructions", "")) < 1000 for u in updates)
         stop_talking(page)
