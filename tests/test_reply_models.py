@@ -286,7 +286,9 @@ async def test_what_time_is_it_is_answered_by_the_default_model_through_the_tool
         "response.function_call_arguments.done"
     said = json.loads(ran[0].output)
     answer = next(e["transcript"] for e in server if e["type"] == "response.output_audio_transcript.done")
-    times = {f"{t:%H:%M}" for t in (before, after)} | {f"{t:%I:%M}".lstrip("0") for t in (before, after)}
+    zone = ZoneInfo(said["timezone"])  # the visitor's (Tokyo) unless the model named one, as it may ("UTC")
+    moments = [t.astimezone(zone) for t in (before, after)]
+    times = {f"{t:%H:%M}" for t in moments} | {f"{t:%I:%M}".lstrip("0") for t in moments}
     assert said["time"] in times and any(t in answer for t in times), (said, answer)
 # -- models assembled from chunk packages ----------------------------------------------------------
 def part(path, data: bytes) -> PackageFile:
