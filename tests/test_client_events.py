@@ -69,6 +69,13 @@ def outcome(data, dialect):
     return None
 
 
+def valid_event(data, dialect) -> dict:
+    """A generated client event of `dialect` (as JSON) that Koe accepts as it is: the base a test mutates."""
+    event = jsonable(data.draw(EVENTS[dialect]))
+    assume(outcome(event, dialect) is None)
+    return event
+
+
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
 @FUZZ
 @given(data=st.data())
@@ -84,8 +91,7 @@ def test_every_key_openai_defines_is_known(dialect, data):
 @FUZZ
 @given(data=st.data())
 def test_an_unknown_key_is_refused_by_its_path(dialect, data):
-    event = jsonable(data.draw(EVENTS[dialect]))
-    assume(outcome(event, dialect) is None)
+    event = valid_event(data, dialect)
     objects = [path for path, value in nodes(event) if isinstance(value, dict)]
     where = data.draw(st.sampled_from(objects))
     param = f"{where}.zz_typo" if where else "zz_typo"
@@ -102,8 +108,7 @@ WRONG = {str: 12345, int: "12", float: "0.5", bool: "true", list: "[]", dict: 7}
 @FUZZ
 @given(data=st.data())
 def test_a_value_of_the_wrong_type_is_refused_by_its_path(dialect, data):
-    event = jsonable(data.draw(EVENTS[dialect]))
-    assume(outcome(event, dialect) is None)
+    event = valid_event(data, dialect)
     leaves = [(path, value) for path, value in nodes(event) if path and value is not None]
     path, value = data.draw(st.sampled_from(leaves))
     wrong = WRONG[bool if isinstance(value, bool) else type(value)]

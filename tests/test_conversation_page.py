@@ -104,15 +104,18 @@ def rows(page) -> list[list[str]]:
     return [[cell.strip() for cell in row.split("\t")] for row in page.locator(TABLE_ROWS).all_inner_texts()]
 
 
-def wait_rows(page, check, what: str, timeout_s: float = 90) -> list[list[str]]:
+def poll(read, check, what: str, timeout_s: float, every_s: float = 0.5):
+    """read() once check(read()) holds; AssertionError naming `what` (and what was read last) after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        found = rows(page)
-        if check(found):
-            return found
+    while not check(found := read()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {found}")
-        time.sleep(0.5)
+        time.sleep(every_s)
+    return found
+
+
+def wait_rows(page, check, what: str, timeout_s: float = 90) -> list[list[str]]:
+    return poll(lambda: rows(page), check, what, timeout_s)
 
 
 def events(data: Path) -> list[tuple[str, str, dict]]:
@@ -127,12 +130,7 @@ def events(data: Path) -> list[tuple[str, str, dict]]:
 def stored(data: Path, check, what: str, timeout_s: float = 15) -> list[tuple[str, str, dict]]:
     """events(data) once check(events) holds: the store writes events on its own thread, a moment after
     the page showed their effect."""
-    deadline = time.monotonic() + timeout_s
-    while not check(log := events(data)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} in the stored events")
-        time.sleep(0.2)
-    return log
+    return poll(lambda: events(data), check, f"{what} in the stored events", timeout_s, every_s=0.2)
 
 
 def index(log, direction: str, kind: str, after: int = -1, **fields) -> int:
