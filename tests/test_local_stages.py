@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from koe.local.stages.models import LocalModels, get_models
+from koe.local.stages.models import LocalModels
 from koe.audio import resample, to_float32
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (ASK_AT_MS, FALLBACK_MS, AudioBuffer, SemanticVadDetector, ServerVadDetector,
@@ -271,8 +271,8 @@ def test_audio_buffer_for_manual_commits():
 
 # -- real models -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def loaded() -> LocalModels:
-    return get_models()
+def loaded(models) -> LocalModels:
+    return models
 
 
 @pytest.fixture(scope="module")
