@@ -64,9 +64,7 @@ def japanese_caller(japanese) -> Callable[[str], np.ndarray]:
 
 async def conversation(server: LocalServer, settings: SessionSettings, utterances: list[str],
                        speak: Callable[[str], np.ndarray], timings: TimingsCollector, turns: int) -> list[tuple]:
-    """One call of `turns` turns; per turn (client ms, transcribed, first token, first audio as the server saw
-    them, what the server heard, the reply's transcript, the utterance, reply prompt tokens evaluated / in all);
-    turns without reply audio are left out."""
+    """One call of `turns` turns; per turn its `turn_row`; turns without reply audio are left out."""
     rows = []
     user = SimulatedUser(Backend(server.url), settings)
     user.connection.extra_voices = JAPANESE_VOICES  # the local backend's own voices
@@ -87,12 +85,23 @@ async def conversation(server: LocalServer, settings: SessionSettings, utterance
             heard = next((e.transcript for _, e in turn
                           if e.type == "conversation.item.input_audio_transcription.completed"), "")
             reply = next((e.transcript for _, e in turn if e.type == "response.output_audio_transcript.done"), "")
-            rows.append((1000 * (first_audio - stopped), stages["transcribed"], stages["first_token"],
-                         stages["first_audio"], heard, reply, text, prompt_evaluated(timings, prompts)))
-            print(f"turn {n + 1}: {rows[-1][0]:5.0f} ms at the client  (server: transcript +{rows[-1][1]}, "
-                  f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms; prompt {rows[-1][7]})  {text}")
+            piece = next((e.delta for _, e in turn if e.type == "response.output_audio_transcript.delta"), "")
+            rows.append(turn_row(n, 1000 * (first_audio - stopped), stages, heard, reply, piece, text,
+                                 prompt_evaluated(timings, prompts)))
             await asyncio.sleep(0.5)
     return rows
+
+
+def turn_row(n: int, client_ms: float, stages: dict[str, int], heard: str, reply: str, piece: str, utterance: str,
+             prompt: str) -> tuple:
+    """One turn's row, printed: (client ms, transcribed, first token, first audio as the server saw them, what the
+    server heard, the reply's transcript, the utterance, reply prompt tokens evaluated / in all, first piece's
+    words in), server times in ms from speech_stopped. `piece`: the reply's first spoken piece."""
+    row = (client_ms, stages["transcribed"], stages["first_token"], stages["first_audio"], heard, reply, utterance,
+           prompt, stages.get("first_piece", stages["first_audio"]))
+    print(f"turn {n + 1}: {client_ms:5.0f} ms at the client  (server: transcript +{row[1]}, first token +{row[2]}, "
+          f"first piece +{row[8]}, first audio +{row[3]} ms; prompt {prompt})  {utterance} -> {piece!r}")
+    return row
 
 
 def prompt_evaluated(timings: TimingsCollector, before: int) -> str:
@@ -184,10 +193,9 @@ async def socket_conversation(server: LocalServer, settings: SessionSettings, ut
                 heard = next((e["transcript"] for _, e in turn
                               if e["type"] == "conversation.item.input_audio_transcription.completed"), "")
                 reply = next((e["transcript"] for _, e in turn if e["type"] == "response.output_audio_transcript.done"), "")
-                rows.append((1000 * (first_audio - stopped), stages["transcribed"], stages["first_token"],
-                             stages["first_audio"], heard, reply, text, prompt_evaluated(timings, prompts)))
-                print(f"turn {n + 1}: {rows[-1][0]:5.0f} ms at the client  (server: transcript +{rows[-1][1]}, "
-                      f"first token +{rows[-1][2]}, first audio +{rows[-1][3]} ms; prompt {rows[-1][7]})  {text}")
+                piece = next((e["delta"] for _, e in turn if e["type"] == "response.output_audio_transcript.delta"), "")
+                rows.append(turn_row(n, 1000 * (first_audio - stopped), stages, heard, reply, piece, text,
+                                     prompt_evaluated(timings, prompts)))
                 # The client plays the reply before speaking again, as a person would.
                 played_s = sum(len(pcm) for _, pcm in audio) / 2 / 24_000
                 loop = asyncio.get_running_loop()
@@ -220,7 +228,8 @@ def report(language: str, rows: list[tuple]) -> None:
     print(f"{language}: end of speech -> first reply audio at the client over {len(rows)} turns: "
           f"p50 {statistics.median(total):.0f} ms, p95 {percentile(total, 0.95):.0f} ms")
     print("  split, measured in the server from speech_stopped:")
-    for label, index in (("speech to text done", 1), ("first LLM token", 2), ("first audio queued", 3)):
+    for label, index in (("speech to text done", 1), ("first LLM token", 2), ("first piece's words in", 8),
+                         ("first audio queued", 3)):
         values = [r[index] for r in rows]
         print(f"    {label:26s} p50 {statistics.median(values):5.0f} ms  p95 {percentile(values, 0.95):5.0f} ms")
     # What the transport itself adds, model time taken out: robust to the machine's load, unlike the total.

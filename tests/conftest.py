@@ -59,7 +59,10 @@ def conforming_events():
 
 @pytest.fixture(scope="session")
 def models() -> LocalModels:
-    return get_models()
+    """The shared models, their English voice steady: a test hears the same speech on every run."""
+    loaded = get_models()
+    loaded.tts.variation = False
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -176,8 +176,9 @@ def test_voice_change_during_a_reply_keeps_one_row_per_turn(app, tmp_path, speec
         page.get_by_text("Listening").first.wait_for(timeout=90_000)  # the new session is live
         sidebar(page).get_by_text("a new session starts with the new voice").wait_for(timeout=10_000)
         type_message(page, "What color is the sky?")
-        # The second question is answered in the new session.
-        found = wait_rows(page, lambda r: len(r) >= 4 and r[3][3] == "final", "the second answer", 120)
+        # The second question is answered in the new session (the storyteller's answer is long: its start will do).
+        found = wait_rows(page, lambda r: len(r) >= 4 and r[3][1] == "AI" and any(c.isalnum() for c in r[3][2]),  # not "…"
+                           "the second answer")
         assert [r[1] for r in found] == ["You", "AI", "You", "AI"], found
         assert "sky" in found[2][2].lower(), found
         assert page.get_by_text("item_id not found").count() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from koe.local.stages.models import LocalModels, get_models
+from koe.local.stages.models import LocalModels
 from koe.audio import resample, to_float32
 from koe.local.stages.sentences import ClauseSplitter
 from koe.local.stages.turns import (ASK_AT_MS, FALLBACK_MS, AudioBuffer, SemanticVadDetector, ServerVadDetector,
@@ -32,6 +32,19 @@ def test_first_clause_goes_out_early():
     assert first == "Well, of course,"  # "Well," alone is too short
     assert first_at <= text.index("I can") + 3  # out as soon as the space after the comma arrived
     assert [p for _, p in pieces[1:]] == ["I can count for you."]
+
+
+def test_an_english_first_piece_may_end_where_a_phrase_begins():
+    pieces = stream(ClauseSplitter(), "Cats are known for their playful and curious nature. They nap a lot.")
+    assert [p for _, p in pieces] == ["Cats are known", "for their playful and curious nature."]
+    # "of" binds to the word before it; with no phrase start or comma, the first piece ends after 8 words.
+    splitter = ClauseSplitter()
+    assert splitter.push("The capital of France is Paris. ") == ["The capital of France is Paris."]
+    assert ClauseSplitter().push("one two three four five six seven eight nine ten") == \
+        ["one two three four five six seven eight"]
+    # Too few words before the phrase start ("I went | to"), or Japanese: no phrase cut.
+    assert ClauseSplitter().push("I went with them to the") == []
+    assert ClauseSplitter().push("東京と大阪") == []
 
 
 def test_later_pieces_are_sentences_and_abbreviations_decimals_hold():
@@ -258,8 +271,8 @@ def test_audio_buffer_for_manual_commits():
 
 # -- real models -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def loaded() -> LocalModels:
-    return get_models()
+def loaded(models) -> LocalModels:
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -332,12 +345,12 @@ def test_llm_trims_old_history_to_fit(loaded):
     assert "".join(loaded.llm.stream(chat, max_tokens=8, temperature=0.0)).strip()
 
 
-def test_the_first_piece_goes_out_without_a_boundary_after_a_dozen_words():
+def test_the_first_piece_goes_out_without_a_boundary_after_a_few_words():
     splitter = ClauseSplitter()
     japanese = "今日はとてもいい天気なので公園に散歩に行きましょう"
     pieces = [piece for ch in japanese for piece in splitter.push(ch)]
     assert pieces == [japanese[:12]]  # each Japanese character counts as a word
     assert splitter.flush() == [japanese[12:]]
-    words = "well I think that the answer you are looking for is probably around here".split()
+    words = "well I guess the answer you are looking up is probably right here".split()  # no comma, no phrase start
     pieces = [piece for word in words for piece in splitter.push(word + " ")]
-    assert pieces == [" ".join(words[:12])]
+    assert pieces == [" ".join(words[:8])]

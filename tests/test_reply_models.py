@@ -11,6 +11,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import httpx
+import llama_cpp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,9 +23,10 @@ from koe.local import LocalServer
 from koe.local.stages import hermes
 from koe.local.stages.hermes import CallParser
 from koe.local.stages.joined import PackageFile, joined
-from koe.local.stages.llm import PROFILES, ContextOverflow, reply_profile
+from koe.local.stages.llm import PROFILES, ContextOverflow, DecodeThreads, reply_profile
 from koe.local.stages.models import get_models
 from koe.presets import PRESETS
+from koe.local.scheduler import cores, model_threads
 from koe.local.stages.replies import ToolCallDelta
 from koe.protocol import SessionSettings
 from koe.tools import ToolContext, default_registry
@@ -75,6 +77,36 @@ def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast, caplog):
     "".join(fast.stream(cut, max_tokens=8))
     later, _ = fast._prompt(cut + [{"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Ok"}], 24)
     assert later[: len(first)] == first
+
+
+def test_tokens_are_decoded_with_every_core_only_while_wide_says_so(fast, monkeypatch):
+    """The scheduler lends a reply's first words every core (wide); the model's share comes back after."""
+    wide, narrow = cores(), model_threads()
+    decode = DecodeThreads(narrow, wide)
+    decode.seconds = {narrow: 10.0, wide: 0.0}  # every core has been the faster lately
+    monkeypatch.setattr(fast, "_decode", decode)
+    seen, asks = [], iter([True, True, False, True])
+    threads = lambda: llama_cpp.llama_n_threads(fast._llm._ctx.ctx)  # noqa: E731
+    for _ in fast.stream([SYSTEM, {"role": "user", "content": "Count to ten."}], max_tokens=6,
+                         wide=lambda: next(asks, False)):
+        seen.append(threads())
+    assert seen[:5] == [narrow, wide, wide, narrow, wide]  # each token decoded as asked before it
+    assert threads() == narrow
+    assert set(decode.seconds) == {narrow, wide} and decode.seconds[wide] > 0  # its tokens were timed
+
+
+def test_the_faster_thread_count_is_picked_and_the_other_tried_now_and_then():
+    decode = DecodeThreads(1, 2)
+    assert decode.pick() == 2  # untried counts as fastest; a tie goes to every core
+    decode.record(2, 0.5)  # under load two threads wait on each other
+    assert decode.pick() == 1
+    decode.record(1, 0.05)
+    picks = [decode.pick() for _ in range(DecodeThreads.PROBE_EVERY * 2)]
+    assert picks.count(2) == 2  # tried again every PROBE_EVERY-th token
+    for _ in range(10):
+        decode.record(2, 0.02)  # the load went away
+    assert decode.pick() == 2
+    assert DecodeThreads(1, 1).pick() == 1
 
 
 def test_an_overflowing_conversation_loses_its_oldest_turns_and_keeps_the_instructions(fast):

@@ -346,15 +346,20 @@ class LocalSession:
         deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
         temperature = self.settings.temperature  # None (GA has none): the reply model's recommended sampling
 
+        def first_words_alone() -> bool:
+            """Whether the bundled model may decode with every core: the words of the first piece to speak
+            are what the caller waits on, and no other model work runs or waits."""
+            return response.audio and "first_piece" not in response.marks and self._scheduler.alone()
+
         def produce() -> None:
             try:
                 for delta in self.replies.stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                                 cancelled=lambda: response.status != "in_progress", **tools):
+                                                 cancelled=lambda: response.status != "in_progress", **options):
                     loop.call_soon_threadsafe(deltas.put_nowait, delta)
             finally:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
-        tools = tools or {}
+        options = dict(tools or {}, **({"wide": first_words_alone} if self._bundled_replies else {}))
         response.input_tokens = sum(
             self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
         # The bundled model is model work; a chat endpoint's stream is network I/O and waits on no lane.
@@ -434,6 +439,7 @@ class LocalSession:
                       delta=delta.arguments)
 
     async def _speak(self, response: Response, clause: str) -> None:
+        response.marks.setdefault("first_piece", time.monotonic())  # the words the first audio waits on are in
         track = self._playback
         if response.audio_started:  # the caller is hearing this reply: due when what it holds runs out
             held_s = track.queued_ms / 1000 if track is not None else 0.0

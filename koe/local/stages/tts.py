@@ -19,9 +19,15 @@ VOICE = "joe"
 
 
 class Speaker:
-    """One Piper voice shared by all sessions; a lock guards espeak-ng's global phonemizer state."""
+    """One Piper voice shared by all sessions; a lock guards espeak-ng's global phonemizer state.
+
+    `variation` (default True) keeps Piper's sampled noise, which gives each rendition its own natural
+    prosody; False turns it off so that the same text always gives the same samples, which makes what
+    tests and benchmarks hear repeatable (a test that fails once fails again, on any machine).
+    """
 
     def __init__(self) -> None:
+        self.variation = True
         onnx, config = piper_joe_paths()
         options = ort.SessionOptions()  # Piper's own load would take every core
         options.intra_op_num_threads, options.inter_op_num_threads = model_threads(), 1
@@ -38,7 +44,9 @@ class Speaker:
         if not any(ch.isalnum() for ch in text):
             return np.zeros(0, np.int16)  # blank or punctuation only: piper would say nothing or fail
         # The voice's own pace scaled by the speed: higher speed, shorter phonemes.
-        config = SynthesisConfig(length_scale=self._voice.config.length_scale / speed)
+        steady = None if self.variation else 0.0  # None: the voice's own noise scales
+        config = SynthesisConfig(length_scale=self._voice.config.length_scale / speed, noise_scale=steady,
+                                 noise_w_scale=steady)
         with self._lock:
             chunks = list(self._voice.synthesize(text, syn_config=config))
         if not chunks:
