@@ -121,6 +121,19 @@ def test_the_short_window_hears_what_the_full_one_hears(japanese):
         assert japanese.stt.transcribe(audio, "ja").rstrip("?？。") == full.transcribe(audio, "ja").rstrip("?？。")
 
 
+def test_whisper_does_not_loop_on_a_sentence_greedy_decoding_repeats(japanese):
+    # Greedy decoding alone wrote this question, as mei says it, as 大きい大きい大きい… up to the token budget;
+    # Whisper's temperature fallback decodes a text that repeats itself again.
+    asked = "太陽系で一番大きい惑星は何ですか？"
+    # As server_vad hands a turn over: its 300 ms of prefix padding, the speech, the 500 ms silence window.
+    audio = np.concatenate([np.zeros(4_800, np.float32), to_16k(japanese.tts.synthesize(asked, voice="mei")),
+                            np.zeros(8_000, np.float32)])
+    heard = japanese.stt.transcribe(audio, "ja")
+    words = "".join(ch for ch in heard if ch.isalnum())
+    assert 0 < len(words) <= 1.5 * len(asked), heard
+    assert not any(words.count(words[i:i + 3]) >= 3 for i in range(len(words) - 2)), heard
+
+
 def test_the_fast_japanese_voice_speaks_at_once(japanese):
     assert DEFAULT_JAPANESE_VOICE == "mei"
     pcm = japanese.tts.synthesize("今日の天気はどうですか？")

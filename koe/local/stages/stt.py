@@ -29,6 +29,11 @@ WINDOW_MARGIN_S = 2.0
 # Whisper base in Japanese sessions: 15 s kept its text (10 s began to repeat words in English) and made the
 # transcript of a short question 3-10x cheaper, so it is ready before the silence window ends.
 JAPANESE_WINDOW_S = 15.0
+# Whisper's own fallback (openai-whisper's and faster-whisper's defaults): a greedy text that repeats itself
+# (gzip ratio > 2.4) or is unsure (mean log-probability < -1) is decoded again, sampling at rising
+# temperatures, from the same encoder output. Greedy alone looped on OpenJTalk's "mei" asking
+# 太陽系で一番大きい惑星は何ですか (大きい大きい大きい…); the fallback costs nothing on the turns that pass.
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 # faster-whisper logs every call at INFO ("Processing audio with duration ..."): once per turn is noise.
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -70,7 +75,7 @@ class Transcriber:
         with self._lock:
             self._model.frames = _window_frames(seconds, self.window_s)
             segments, _ = self._model.transcribe(
-                audio, language=language, beam_size=1, temperature=0.0,
+                audio, language=language, beam_size=1, temperature=FALLBACK_TEMPERATURES,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
                 max_new_tokens=_token_budget(seconds))
             # Segments are generated lazily: decode while holding the lock.
