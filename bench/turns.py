@@ -1,6 +1,7 @@
 """Turn detection: how soon the reply starts, and how often a pausing speaker is cut off.
 
     .venv/bin/python bench/turns.py [--languages en,ja] [--modes server_vad,high,medium,low] [--rounds 1]
+        [--reply-models default,fast]
 
 A simulated caller speaks over a real WebRTC call to the local server, once per turn detection
 mode, in the same run: `server_vad` as OpenAI documents it (500 ms of silence) and `semantic_vad`
@@ -13,7 +14,8 @@ Per mode it prints the time from the end of the user's audio (the last voiced sa
 caller) to the first voiced reply frame at the caller, p50/p95 over all turns and per kind; the share
 of paused sentences cut off (the server ended the turn before the speaker finished); and the silence
 the server waited through after the user fell silent (its own `user_stopped` timing). Figures from a
-shared, loaded machine are noisy: compare modes within one run.
+shared, loaded machine are noisy: compare modes within one run. With several `--reply-models` (the
+bundled profiles), every mode runs with each, one server per profile, and a table is printed per profile.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from koe.audio import RATE  # noqa: E402
 from koe.client import Backend  # noqa: E402
 from koe.client.simulated_user import QUESTIONS, SimulatedUser, trim_silence, with_pause  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
+from koe.local.stages.llm import PROFILES  # noqa: E402
 from koe.local.stages.models import get_japanese_models, warm  # noqa: E402
 from koe.local.voices import JAPANESE_VOICES  # noqa: E402
 from koe.protocol import SemanticVad, ServerVad, SessionSettings, TranscriptionSettings  # noqa: E402
@@ -177,44 +180,47 @@ def report(language: str, results: dict[str, list[Turn]]) -> None:
               f"{sum(t.latency_ms is None for t in turns)}")
 
 
-async def run(languages: list[str], modes: list[str], rounds: int) -> None:
-    models = warm(japanese="ja" in languages)
+async def run(languages: list[str], modes: list[str], rounds: int, profiles: list[str]) -> None:
     timings = TimingsCollector()
     server_log = logging.getLogger("koe.local")
     server_log.setLevel(logging.INFO)
     server_log.addHandler(timings)
     server_log.propagate = False
-    server = LocalServer(port=0, models=models).start()
-    print(f"reply model: {models.llm.profile.model}; "
-          "turn model: Smart Turn v3.2 (pipecat-ai wheel); figures from a shared 2-core machine are noisy")
-    plans = []
-    if "en" in languages:
-        plans.append(("English (Piper speaks, Whisper tiny.en hears)",
-                      SessionSettings(instructions="Answer in one short sentence.", voice="alloy",
-                                      max_output_tokens=24),
-                      utterances(models.tts.synthesize, QUESTIONS, ENGLISH_PAUSED)))
-    if "ja" in languages:
-        tts = get_japanese_models().tts
-        tts.prepare(JAPANESE_CALLER)
-        plans.append(("Japanese (Kokoro speaks, Whisper base hears, mei answers)",
-                      SessionSettings(instructions="日本語で、一文で短く答えてください。", voice="mei",
-                                      max_output_tokens=24,
-                                      transcription=TranscriptionSettings(language="ja")),
-                      utterances(lambda text: tts.synthesize(text, voice=JAPANESE_CALLER), JAPANESE_UTTERANCES,
-                                 JAPANESE_PAUSED)))
     results: dict[str, dict[str, list[Turn]]] = {}
-    try:
-        for language, settings, said in plans:
-            results[language] = {}
-            for mode in modes:
-                started = time.monotonic()
-                turns = await call(server, settings.changed(turn_detection=turn_detection(mode)), said, rounds, timings)
-                results[language][mode] = turns
-                print(f"{language}, {label(mode)}: {len(turns)} turns in {time.monotonic() - started:.0f} s")
-    finally:
-        server.stop()
-    for language, by_mode in results.items():
-        report(language, by_mode)
+    for profile in profiles:
+        models = warm(japanese="ja" in languages, reply_model=profile)
+        print(f"reply model: {models.llm.profile.model} (profile {profile}); "
+              "turn model: Smart Turn v3.2 (pipecat-ai wheel); figures from a shared 2-core machine are noisy")
+        plans = []
+        if "en" in languages:
+            plans.append(("English (Piper speaks, Whisper tiny.en hears)",
+                          SessionSettings(instructions="Answer in one short sentence.", voice="alloy",
+                                          max_output_tokens=24),
+                          utterances(models.tts.synthesize, QUESTIONS, ENGLISH_PAUSED)))
+        if "ja" in languages:
+            tts = get_japanese_models().tts
+            tts.prepare(JAPANESE_CALLER)
+            plans.append(("Japanese (Kokoro speaks, Whisper base hears, mei answers)",
+                          SessionSettings(instructions="日本語で、一文で短く答えてください。", voice="mei",
+                                          max_output_tokens=24,
+                                          transcription=TranscriptionSettings(language="ja")),
+                          utterances(lambda text: tts.synthesize(text, voice=JAPANESE_CALLER), JAPANESE_UTTERANCES,
+                                     JAPANESE_PAUSED)))
+        server = LocalServer(port=0, models=models).start()
+        try:
+            for language, settings, said in plans:
+                table = f"{language}, reply model {profile}"
+                results[table] = {}
+                for mode in modes:
+                    started = time.monotonic()
+                    turns = await call(server, settings.changed(turn_detection=turn_detection(mode)), said, rounds,
+                                       timings)
+                    results[table][mode] = turns
+                    print(f"{table}, {label(mode)}: {len(turns)} turns in {time.monotonic() - started:.0f} s")
+        finally:
+            server.stop()
+    for table, by_mode in results.items():
+        report(table, by_mode)
 
 
 def main() -> None:
@@ -223,9 +229,14 @@ def main() -> None:
     parser.add_argument("--modes", default="server_vad,high,medium,low",
                         help="server_vad and semantic_vad eagernesses (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=1, help="times each utterance is spoken per mode")
+    parser.add_argument("--reply-models", default="default",
+                        help=f"comma-separated bundled reply model profiles: {', '.join(PROFILES)} (default: %(default)s)")
     args = parser.parse_args()
+    profiles = args.reply_models.split(",")
+    if not set(profiles) <= set(PROFILES):
+        parser.error(f"--reply-models: choose from {', '.join(PROFILES)}")
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run(args.languages.split(","), args.modes.split(","), args.rounds))
+    asyncio.run(run(args.languages.split(","), args.modes.split(","), args.rounds, profiles))
 
 
 if __name__ == "__main__":

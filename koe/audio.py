@@ -49,6 +49,17 @@ def rms_dbfs(samples: np.ndarray) -> float:
     return max(-100.0, 20.0 * np.log10(rms)) if rms > 0 else -100.0
 
 
+def trimmed(pcm: np.ndarray, level: int, lead: int, tail: int | None = None) -> np.ndarray:
+    """int16 `pcm` from `lead` samples before its first sample louder than `level` (peak), to `tail` samples
+    after its last such sample (None: to the end); empty when no sample is that loud. For speech that a
+    voice starts or ends with silence: the listener hears the first sound sooner."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > level)
+    if loud.size == 0:
+        return np.zeros(0, np.int16)
+    end = pcm.size if tail is None else min(pcm.size, loud[-1] + tail)
+    return pcm[max(0, loud[0] - lead):end]
+
+
 class Resampler:
     """Streaming resampler (swresample through PyAV) of int16 mono samples, 48 kHz in by default."""
 

@@ -11,7 +11,6 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import httpx
-import llama_cpp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,10 +22,9 @@ from koe.local import LocalServer
 from koe.local.stages import hermes
 from koe.local.stages.hermes import CallParser
 from koe.local.stages.joined import PackageFile, joined
-from koe.local.stages.llm import PROFILES, ContextOverflow, DecodeThreads, reply_profile
+from koe.local.stages.llm import PROFILES, ContextOverflow, reply_profile
 from koe.local.stages.models import get_models
 from koe.presets import PRESETS
-from koe.local.scheduler import cores, model_threads
 from koe.local.stages.replies import ToolCallDelta
 from koe.protocol import SessionSettings
 from koe.tools import ToolContext, default_registry
@@ -79,34 +77,21 @@ def test_each_turn_extends_the_prompt_the_model_already_evaluated(fast, caplog):
     assert later[: len(first)] == first
 
 
-def test_tokens_are_decoded_with_every_core_only_while_wide_says_so(fast, monkeypatch):
-    """The scheduler lends a reply's first words every core (wide); the model's share comes back after."""
-    wide, narrow = cores(), model_threads()
-    decode = DecodeThreads(narrow, wide)
-    decode.seconds = {narrow: 10.0, wide: 0.0}  # every core has been the faster lately
-    monkeypatch.setattr(fast, "_decode", decode)
-    seen, asks = [], iter([True, True, False, True])
-    threads = lambda: llama_cpp.llama_n_threads(fast._llm._ctx.ctx)  # noqa: E731
-    for _ in fast.stream([SYSTEM, {"role": "user", "content": "Count to ten."}], max_tokens=6,
-                         wide=lambda: next(asks, False)):
-        seen.append(threads())
-    assert seen[:5] == [narrow, wide, wide, narrow, wide]  # each token decoded as asked before it
-    assert threads() == narrow
-    assert set(decode.seconds) == {narrow, wide} and decode.seconds[wide] > 0  # its tokens were timed
-
-
-def test_the_faster_thread_count_is_picked_and_the_other_tried_now_and_then():
-    decode = DecodeThreads(1, 2)
-    assert decode.pick() == 2  # untried counts as fastest; a tie goes to every core
-    decode.record(2, 0.5)  # under load two threads wait on each other
-    assert decode.pick() == 1
-    decode.record(1, 0.05)
-    picks = [decode.pick() for _ in range(DecodeThreads.PROBE_EVERY * 2)]
-    assert picks.count(2) == 2  # tried again every PROBE_EVERY-th token
-    for _ in range(10):
-        decode.record(2, 0.02)  # the load went away
-    assert decode.pick() == 2
-    assert DecodeThreads(1, 1).pick() == 1
+def test_a_prefilled_prompt_leaves_the_reply_nothing_to_evaluate(fast, caplog):
+    """The session evaluates a turn's reply prompt while the turn may still be ending (koe.local's prefill)."""
+    history = [SYSTEM, {"role": "user", "content": "Name a fruit."}]
+    fast.prefill(history, max_tokens=24)
+    prompt, _ = fast._prompt(history, 24)
+    assert evaluated(fast) == prompt
+    with caplog.at_level(logging.INFO, "koe.local"):
+        reply = "".join(fast.stream(history, max_tokens=8, temperature=0.0))
+    assert reply.strip()
+    assert [r.prompt_tokens for r in caplog.records if hasattr(r, "prompt_tokens")] == \
+        [{"prompt": len(prompt), "cached": len(prompt) - 1}]  # all cached (the log counts the last token as evaluated)
+    # The user went on: the longer turn's prompt shares everything before their words.
+    longer = [SYSTEM, {"role": "user", "content": "Name a fruit that is red."}]
+    fast.prefill(longer, max_tokens=24)
+    assert evaluated(fast) == fast._prompt(longer, 24)[0]
 
 
 def test_an_overflowing_conversation_loses_its_oldest_turns_and_keeps_the_instructions(fast):

@@ -45,21 +45,6 @@ def test_one_job_per_model_and_a_free_lane_takes_other_work_meanwhile() -> None:
     scheduler.shutdown()
 
 
-def test_a_job_is_alone_only_while_nothing_else_runs_or_waits() -> None:
-    scheduler = ModelScheduler(workers=1)
-    assert scheduler.submit(Urgency.REPLY, "llm", scheduler.alone).result(5)
-    release = _gate(scheduler, "tts")  # the one lane is busy: a job now waits behind it
-    seen = scheduler.submit(Urgency.REPLY, "llm", scheduler.alone)
-    release.set()
-    assert seen.result(5)  # alone once the gate is gone, as it ran after it
-    scheduler.shutdown()
-    scheduler = ModelScheduler(workers=2)
-    release = _gate(scheduler, "tts")  # audio being made for a caller in the other lane
-    assert not scheduler.submit(Urgency.REPLY, "llm", scheduler.alone).result(5)
-    release.set()
-    scheduler.shutdown()
-
-
 def test_a_queued_job_can_be_cancelled_and_errors_reach_the_caller() -> None:
     scheduler = ModelScheduler(workers=1)
     release = _gate(scheduler)

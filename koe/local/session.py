@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -56,6 +57,11 @@ JAPANESE_REPLY_NOTE = "日本語で、一文か二文で短く、答えを最初
 # What OpenAI's Realtime API offers and this server does not: asked for, it answers with an `error`
 # (code `unsupported_feature`) instead of silently doing something else.
 TEXT_PARTS = ("input_text", "text", "output_text")
+
+
+def reply_tokens(limit: int | str) -> int:
+    """A reply's token budget from its max_output_tokens (validated: 1..4096 or "inf")."""
+    return DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)
 
 
 def unsupported(where: str, body: dict, dialect: Dialect = "ga") -> tuple[str, str] | None:
@@ -138,6 +144,7 @@ class LocalSession:
         self._speech_starts = 0  # speech_started events so far: a turn's reply waits on its words, the user may go on
         self._early: asyncio.Future | None = None  # transcript started when the silence began
         self._early_job: concurrent.futures.Future | None = None
+        self._prefill_job: concurrent.futures.Future | None = None  # the reply prompt, evaluated speculatively
         self._response: Response | None = None
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
@@ -231,20 +238,40 @@ class LocalSession:
                 self._early_job = self._scheduler.submit(Urgency.LISTEN, self._stt_name(), self._transcribe,
                                                          event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
+                self._early.add_done_callback(self._prefill)
         elif isinstance(event, SpeechResumed):
             self._early = None
-            if self._early_job is not None:
-                self._early_job.cancel()  # drops it unless it already started
+            for job in (self._early_job, self._prefill_job):
+                if job is not None:
+                    job.cancel()  # drops it unless it already started
         elif isinstance(event, SpeechStopped):
             item_id = self._user_item or new_id("item")
             self._user_item = None
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
             create = vad is not None and vad.create_response
             early, self._early = self._early, None
+            if self._prefill_job is not None:
+                self._prefill_job.cancel()  # still queued: the reply evaluates its prompt itself, sooner
             if early is not None and self._early_job is not None and self._early_job.cancel():
                 early = None  # still queued as listening work: the turn's end makes it a reply's, asked anew
             self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic(),
                          waited_ms=event.waited_ms)
+
+    def _prefill(self, early: asyncio.Future) -> None:
+        """The early transcript is in while the turn may still be ending: have the bundled reply model evaluate
+        the prompt this turn's reply would get, as listening work. Only llama.cpp's cache changes (no event, no
+        item): if the user goes on, the next prompt still shares the history, and the reply itself evaluates
+        only what differs. Skipped when no reply follows by itself, or one is under way."""
+        vad = self.settings.turn_detection
+        if early is not self._early or early.cancelled() or early.exception() is not None or not early.result().strip() \
+                or not self._bundled_replies or vad is None or not vad.create_response or self._response is not None:
+            return
+        calls = self.replies.calls_functions
+        messages = self._conversation.chat_messages(self._reply_instructions(self.settings.instructions), tools=calls)
+        messages.append({"role": "user", "content": early.result()})  # as the turn's item will read
+        self._prefill_job = self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(
+            self.models.llm.prefill, messages, max_tokens=reply_tokens(self.settings.max_output_tokens),
+            **(self._chat_tools({}) if calls else {})))
 
     def _ask_turn_model(self, detector: SemanticVadDetector, question: TurnQuestion) -> None:
         """semantic_vad: has the user finished? The model runs in the executor; its answer may end the turn."""
@@ -312,7 +339,7 @@ class LocalSession:
         self.emit("response.created", response=self._response_object(response))
         limit = overrides.get("max_output_tokens" if self.dialect == "ga" else "max_response_output_tokens",
                               self.settings.max_output_tokens)
-        max_tokens = DEFAULT_REPLY_TOKENS if limit == "inf" else int(limit)  # validated: 1..4096 or "inf"
+        max_tokens = reply_tokens(limit)
         try:  # whatever happens from here, response.done follows response.created exactly once
             if self._transcribing:  # a reply asked for right after a commit waits for the user's words
                 await asyncio.wait(set(self._transcribing))
@@ -346,20 +373,15 @@ class LocalSession:
         deltas: asyncio.Queue[str | None] = asyncio.Queue(max_tokens + 2)  # bounded by the token budget
         temperature = self.settings.temperature  # None (GA has none): the reply model's recommended sampling
 
-        def first_words_alone() -> bool:
-            """Whether the bundled model may decode with every core: the words of the first piece to speak
-            are what the caller waits on, and no other model work runs or waits."""
-            return response.audio and "first_piece" not in response.marks and self._scheduler.alone()
-
         def produce() -> None:
             try:
                 for delta in self.replies.stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                                 cancelled=lambda: response.status != "in_progress", **options):
+                                                 cancelled=lambda: response.status != "in_progress", **tools):
                     loop.call_soon_threadsafe(deltas.put_nowait, delta)
             finally:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
-        options = dict(tools or {}, **({"wide": first_words_alone} if self._bundled_replies else {}))
+        tools = tools or {}
         response.input_tokens = sum(
             self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
         # The bundled model is model work; a chat endpoint's stream is network I/O and waits on no lane.

@@ -18,7 +18,6 @@ import codecs
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
-from koe.local.scheduler import cores, model_threads
+from koe.local.scheduler import model_threads
 from koe.local.stages import hermes
 from koe.local.stages.assets import qwen_1_5b_gguf_path, smollm2_gguf_path
 from koe.local.stages.replies import ToolCallDelta
@@ -85,37 +84,6 @@ def reply_profile(name: str | None = None) -> ReplyProfile:
     return PROFILES[name]
 
 
-class DecodeThreads:
-    """How many threads decode the next token of a reply that may use every core: of the model's share
-    (`narrow`) and every core (`wide`), the one that decoded such tokens faster lately (moving averages);
-    the other is tried every PROBE_EVERY-th such token, as the machine's load changes. Wide is not always
-    faster: when other processes want the cores, llama.cpp's threads wait on each other at every step and
-    two threads were seen ten times slower than one. Not thread-safe: used under the model's lock."""
-
-    PROBE_EVERY = 8
-    WEIGHT = 0.3  # of the newest token in the moving average
-
-    def __init__(self, narrow: int, wide: int) -> None:
-        self.narrow, self.wide = narrow, wide
-        self.seconds: dict[int, float] = {}  # threads -> moving average of a token's decoding time
-        self._picked = 0
-
-    def pick(self) -> int:
-        """The thread count for the next token (an untried count counts as fastest)."""
-        if self.wide == self.narrow:
-            return self.narrow
-        self._picked += 1
-        best = min((self.wide, self.narrow), key=lambda n: self.seconds.get(n, 0.0))  # ties: wide
-        if self._picked % self.PROBE_EVERY == 0:
-            return self.narrow if best == self.wide else self.wide
-        return best
-
-    def record(self, threads: int, seconds: float) -> None:
-        """A token picked with `threads` took `seconds` to decode."""
-        old = self.seconds.get(threads)
-        self.seconds[threads] = seconds if old is None else old + self.WEIGHT * (seconds - old)
-
-
 class ContextOverflow(ValueError):
     """The instructions and the newest message alone do not fit the model's context."""
 
@@ -136,7 +104,6 @@ class ReplyModel:
         self._start = self._llm.tokenize(b"", add_bos=True, special=True)  # BOS where the model wants one
         self._stops = {self._llm.token_eos(), *self._special("<|im_end|>"), *self._special("<|endoftext|>")}
         self._said: OrderedDict[str, list[int]] = OrderedDict()  # reply text (no spaces) -> its sampled tokens
-        self._decode = DecodeThreads(model_threads(), cores())
 
     @property
     def context_tokens(self) -> int:
@@ -156,15 +123,11 @@ class ReplyModel:
 
     def stream(self, messages: list[dict], *, max_tokens: int = 200, temperature: float | None = None,
                cancelled: Callable[[], bool] = lambda: False, tools: list[dict] | None = None,
-               tool_choice: str | dict | None = None, wide: Callable[[], bool] = lambda: False
-               ) -> Iterator[str | ToolCallDelta]:
+               tool_choice: str | dict | None = None) -> Iterator[str | ToolCallDelta]:
         """Text deltas of the reply, and one ToolCallDelta (name and whole arguments) per function call
         when `tools` are offered (chat completions' `[{"type": "function", "function": {name, description,
         parameters}}]`, `tool_choice` "auto" | "none" | "required" | {"type": "function", "function":
         {"name"}}; ignored by a profile without tools); stops (releasing the model) once cancelled().
-        `wide()`, asked before each token, lets that token's decoding use every core rather than the model's
-        share, when that has been faster lately (DecodeThreads); the session passes the scheduler's `alone()`
-        while a listener waits on these words.
 
         `temperature` None uses the profile's. Raises ContextOverflow when the instructions and the
         newest message cannot fit with room for a reply.
@@ -183,12 +146,8 @@ class ReplyModel:
             tokens = self._llm.generate(prompt, temp=profile.temperature if temperature is None else temperature,
                                         top_p=profile.top_p, top_k=profile.top_k, min_p=0.0,
                                         repeat_penalty=profile.repeat_penalty)
-            threads = self._threads(model_threads())
-            picked, asked_at = None, 0.0  # the thread count DecodeThreads picked for this token, and when
             try:
                 for token in tokens:
-                    if picked is not None:
-                        self._decode.record(picked, time.monotonic() - asked_at)
                     if token in self._stops or cancelled():
                         break
                     sampled.append(token)
@@ -198,16 +157,11 @@ class ReplyModel:
                         yield piece
                     if len(sampled) >= max_tokens:
                         break
-                    # The next token is decoded when the loop asks for it: with every core if it may and that helps.
-                    picked = self._decode.pick() if wide() else None
-                    threads = self._threads(picked or model_threads(), threads)
-                    asked_at = time.monotonic()
                 for piece in parser.close() if parser and not cancelled() else ():
                     said.append(piece)
                     yield piece
             finally:
                 tokens.close()  # ends llama's generator, so no more tokens are computed
-                self._threads(model_threads(), threads)
                 key = _reply_key("".join(p for p in said if isinstance(p, str)),
                                  [(p.name or "", p.arguments) for p in said if isinstance(p, ToolCallDelta)])
                 # Calls written another way than the template's (a ```json block) go back in the template's
@@ -215,11 +169,22 @@ class ReplyModel:
                 if "".join(self._llm.detokenize(sampled).decode("utf-8", "replace").split()) == key:
                     self._remember(key, sampled)
 
-    def _threads(self, n: int, now: int | None = None) -> int:
-        """Decode single tokens with `n` threads (prompts are evaluated with all cores); returns n."""
-        if n != now:
-            self._llm._ctx.set_n_threads(n, self._llm.n_threads_batch)
-        return n
+    def prefill(self, messages: list[dict], *, max_tokens: int = 200, tools: list[dict] | None = None,
+                tool_choice: str | dict | None = None) -> None:
+        """Evaluate the prompt that `stream` would build from the same arguments into llama.cpp's KV cache,
+        without replying, so that a `stream` whose prompt starts the same evaluates only the rest (a
+        speculative start: a prompt that turns out different still shares the part before the difference).
+        Raises ContextOverflow as `stream` does."""
+        offered = tools if self.profile.tools and tool_choice != "none" else None
+        with self._lock:
+            prompt, _ = self._prompt(messages, max_tokens, offered, tool_choice)
+            if list(self._llm.input_ids[:self._llm.n_tokens]) == prompt:
+                return
+            tokens = self._llm.generate(prompt, temp=0.0)
+            try:
+                next(tokens)  # evaluates the prompt; the token it samples is dropped
+            finally:
+                tokens.close()
 
     def _log_cache(self, prompt: list[int]) -> None:
         """Log how much of `prompt` llama.cpp's KV cache already holds (its longest common prefix with what

