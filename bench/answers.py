@@ -1,7 +1,7 @@
 """Whether the bundled reply models answer right, and how fast, through the running local server.
 
     .venv/bin/python bench/answers.py [--profiles fast,default] [--languages en,ja] [--japanese-voice mei]
-        [--japanese-stt-windows 15,full]
+        [--japanese-stt-windows 15,full] [--caller-voices jf_alpha,jm_kumo]
 
 A simulated caller asks a fixed set of short factual and conversational questions aloud, over a real
 WebRTC call to the local server (VAD → Whisper → reply model → TTS), once per reply-model profile, in
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jiwer  # noqa: E402
 
-from bench.engine_latency import JAPANESE_INSTRUCTIONS, conversation, japanese_caller  # noqa: E402
+from bench.engine_latency import CALLER_VOICE, JAPANESE_INSTRUCTIONS, conversation, japanese_caller  # noqa: E402
 from bench.figures import TimingsCollector, percentile  # noqa: E402
 from bench.voices import normalized, reading  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
@@ -123,7 +123,8 @@ def summary(profile: str, language: str, asked: int, rows: list[tuple[float, flo
             f"{statistics.median(audio):.0f} / {percentile(audio, 0.95):.0f} ms | {evaluated} |")
 
 
-async def run(profiles: list[str], languages: list[str], japanese_voice: str, windows: list[str]) -> None:
+async def run(profiles: list[str], languages: list[str], japanese_voice: str, windows: list[str],
+              callers: list[str]) -> None:
     timings = TimingsCollector()
     server_log = logging.getLogger("koe.local")
     server_log.setLevel(logging.INFO)
@@ -141,13 +142,14 @@ async def run(profiles: list[str], languages: list[str], japanese_voice: str, wi
                 settings = SessionSettings(instructions=PRESETS["Helpful assistant"], voice="alloy", max_output_tokens=60)
                 rows = await ask(server, settings, ENGLISH, models.tts.synthesize, timings)
                 lines.append(summary(name, "English", len(ENGLISH), rows))
-            for window in windows if japanese is not None else ():
+            for window, voice in ((w, v) for w in windows for v in callers) if japanese is not None else ():
                 japanese.stt.window_s = None if window == "full" else float(window)
-                label = f"Japanese ({japanese_voice}, STT window {'30' if window == 'full' else window} s)"
+                label = f"Japanese ({japanese_voice}, STT window {'30' if window == 'full' else window} s" \
+                        + (f", asked by {voice})" if callers != [CALLER_VOICE] else ")")
                 print(f"  {label}, Whisper base:")
                 settings = SessionSettings(instructions=JAPANESE_INSTRUCTIONS, voice=japanese_voice, max_output_tokens=60,
                                            transcription=TranscriptionSettings(language="ja"))
-                caller = japanese_caller(japanese)
+                caller = japanese_caller(japanese, voice)
                 rows = await ask(server, settings, JAPANESE, lambda text: caller(SPOKEN.get(text, text)), timings)
                 lines.append(summary(name, label, len(JAPANESE), rows))
         finally:
@@ -169,12 +171,18 @@ def main() -> None:
     parser.add_argument("--japanese-stt-windows", default=f"{JAPANESE_WINDOW_S:g}",
                         help="Whisper base's encoder window, seconds or 'full' (30 s); several, comma-separated, are "
                              "asked in turn in the same run (default: the shipped %(default)s)")
+    parser.add_argument("--caller-voices", default=CALLER_VOICE,
+                        help="the voice(s) that ask the Japanese questions, comma-separated, each in its own "
+                             "call (default: %(default)s, the one Whisper base mishears most; see bench/voices.py)")
     args = parser.parse_args()
+    callers = args.caller_voices.split(",")
+    if unknown := [v for v in callers if v not in JAPANESE_VOICES]:
+        parser.error(f"unknown caller voice(s) {unknown}: choose from {', '.join(JAPANESE_VOICES)}")
     profiles = args.profiles.split(",")
     if unknown := [p for p in profiles if p not in PROFILES]:
         parser.error(f"unknown profile(s) {unknown}: choose from {', '.join(PROFILES)}")
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run(profiles, args.languages.split(","), args.japanese_voice, args.japanese_stt_windows.split(",")))
+    asyncio.run(run(profiles, args.languages.split(","), args.japanese_voice, args.japanese_stt_windows.split(","), callers))
 
 
 if __name__ == "__main__":

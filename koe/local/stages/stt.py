@@ -56,12 +56,15 @@ class Transcriber:
 
     `window_s` (settable): the least audio Whisper's encoder reads, in seconds (the turn plus WINDOW_MARGIN_S
     when longer, at most Whisper's 30 s); None reads the full 30 s window, as Whisper was trained.
+    `temperatures`: the decoding temperatures tried in turn (FALLBACK_TEMPERATURES; (0.0,) decodes greedily only).
     """
 
-    def __init__(self, model_dir: Path | None = None, window_s: float | None = None) -> None:
+    def __init__(self, model_dir: Path | None = None, window_s: float | None = None,
+                 temperatures: tuple[float, ...] = FALLBACK_TEMPERATURES) -> None:
         self._model = _WindowedWhisper(str(model_dir or whisper_tiny_en_dir()), device="cpu",
                                        compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
         self.window_s = window_s
+        self.temperatures = temperatures
         self._lock = threading.Lock()
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = "en") -> str:
@@ -75,7 +78,7 @@ class Transcriber:
         with self._lock:
             self._model.frames = _window_frames(seconds, self.window_s)
             segments, _ = self._model.transcribe(
-                audio, language=language, beam_size=1, temperature=FALLBACK_TEMPERATURES,
+                audio, language=language, beam_size=1, temperature=self.temperatures,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
                 max_new_tokens=_token_budget(seconds))
             # Segments are generated lazily: decode while holding the lock.
