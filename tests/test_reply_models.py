@@ -11,6 +11,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import httpx
+import llama_cpp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from koe.local.stages.joined import PackageFile, joined
 from koe.local.stages.llm import PROFILES, ContextOverflow, reply_profile
 from koe.local.stages.models import get_models
 from koe.presets import PRESETS
+from koe.local.scheduler import cores, model_threads
 from koe.local.stages.replies import ToolCallDelta
 from koe.protocol import SessionSettings
 from koe.tools import ToolContext, default_registry
@@ -92,6 +94,16 @@ def test_a_prefilled_prompt_leaves_the_reply_nothing_to_evaluate(fast, caplog):
     longer = [SYSTEM, {"role": "user", "content": "Name a fruit that is red."}]
     fast.prefill(longer, max_tokens=24)
     assert evaluated(fast) == fast._prompt(longer, 24)[0]
+
+
+def test_a_prompt_is_evaluated_with_every_core_only_when_nothing_else_runs(fast):
+    threads = lambda: llama_cpp.llama_n_threads_batch(fast._llm._ctx.ctx)  # noqa: E731
+    history = [SYSTEM, {"role": "user", "content": "Name a bird."}]
+    "".join(fast.stream(history, max_tokens=2, alone=lambda: True))
+    assert threads() == cores()
+    fast.prefill(history + [{"role": "assistant", "content": "Owl."}, {"role": "user", "content": "Another?"}],
+                 alone=lambda: False)
+    assert threads() == model_threads()
 
 
 def test_an_overflowing_conversation_loses_its_oldest_turns_and_keeps_the_instructions(fast):

@@ -45,6 +45,22 @@ def test_one_job_per_model_and_a_free_lane_takes_other_work_meanwhile() -> None:
     scheduler.shutdown()
 
 
+def test_a_job_is_alone_only_while_nothing_else_runs_or_waits() -> None:
+    scheduler = ModelScheduler(workers=2)
+    assert scheduler.submit(Urgency.REPLY, "llm", scheduler.alone).result(5)
+    release = _gate(scheduler, "tts")  # audio being made for a caller in the other lane
+    assert not scheduler.submit(Urgency.REPLY, "llm", scheduler.alone).result(5)
+    release.set()
+    scheduler.shutdown()
+    scheduler = ModelScheduler(workers=1)
+    release = _gate(scheduler)
+    scheduler.submit(Urgency.LISTEN, "stt", lambda: None)  # waits behind the gate
+    asked = scheduler.submit(Urgency.SPEAK, None, scheduler.alone)  # runs first once the gate goes: stt still waits
+    release.set()
+    assert asked.result(5) is False
+    scheduler.shutdown()
+
+
 def test_a_queued_job_can_be_cancelled_and_errors_reach_the_caller() -> None:
     scheduler = ModelScheduler(workers=1)
     release = _gate(scheduler)

@@ -16,6 +16,8 @@ work is ready. Jobs are not pre-empted: a reply model streaming a long reply kee
 
 Threads: `lanes()` jobs run at once, and each model is built with `model_threads()` threads of its own
 (llama.cpp, CTranslate2, ONNX Runtime), so that together they use the cores without oversubscribing them.
+A job that finds itself `alone()` (no other job running or waiting) may use every core for a step: the reply
+model evaluates a prompt so.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class ModelScheduler:
         self.workers = workers or lanes()
         self._queue: list[_Job] = []
         self._busy: set[str] = set()  # models running a job now
+        self._running = 0  # jobs running now, with or without a model
         self._ready = threading.Condition()
         self._seq = itertools.count()
         self._closed = False
@@ -115,6 +118,12 @@ class ModelScheduler:
     def queued(self) -> int:
         return len(self._queue)
 
+    def alone(self) -> bool:
+        """Called from a running job: whether it is the only job running and none waits, so that it may use
+        every core for its next step. Ask again before each step: a job queued a moment later takes a lane."""
+        with self._ready:
+            return self._running <= 1 and not self._queue
+
     def shutdown(self) -> None:
         """Stop taking jobs; queued ones are cancelled, running ones finish."""
         with self._ready:
@@ -142,6 +151,7 @@ class ModelScheduler:
                     self._ready.wait()
                 if job.model is not None:
                     self._busy.add(job.model)
+                self._running += 1
             try:
                 if job.future.set_running_or_notify_cancel():
                     if job.urgency == Urgency.SPEAK and time.monotonic() > job.deadline:
@@ -154,4 +164,5 @@ class ModelScheduler:
                 with self._ready:
                     if job.model is not None:
                         self._busy.discard(job.model)
+                    self._running -= 1
                     self._ready.notify_all()

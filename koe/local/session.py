@@ -271,7 +271,7 @@ class LocalSession:
         messages.append({"role": "user", "content": early.result()})  # as the turn's item will read
         self._prefill_job = self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(
             self.models.llm.prefill, messages, max_tokens=reply_tokens(self.settings.max_output_tokens),
-            **(self._chat_tools({}) if calls else {})))
+            alone=self._scheduler.alone, **(self._chat_tools({}) if calls else {})))
 
     def _ask_turn_model(self, detector: SemanticVadDetector, question: TurnQuestion) -> None:
         """semantic_vad: has the user finished? The model runs in the executor; its answer may end the turn."""
@@ -376,12 +376,13 @@ class LocalSession:
         def produce() -> None:
             try:
                 for delta in self.replies.stream(messages, max_tokens=max_tokens, temperature=temperature,
-                                                 cancelled=lambda: response.status != "in_progress", **tools):
+                                                 cancelled=lambda: response.status != "in_progress", **options):
                     loop.call_soon_threadsafe(deltas.put_nowait, delta)
             finally:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
-        tools = tools or {}
+        # The bundled model evaluates the prompt with every core when the scheduler runs nothing else.
+        options = dict(tools or {}, **({"alone": self._scheduler.alone} if self._bundled_replies else {}))
         response.input_tokens = sum(
             self.replies.count_tokens(json.dumps(m) if m.get("tool_calls") else m["content"]) + 4 for m in messages)
         # The bundled model is model work; a chat endpoint's stream is network I/O and waits on no lane.
