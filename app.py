@@ -9,7 +9,7 @@ from components import runtime
 from components.controls import apply_settings, conversation_controls
 from components.conversation import current_relay, last_conversation_pointer, microphone_watch, talk
 from components.gate import require_access
-from components.live import cost_meter, drawn_for, status_and_meters, transcript
+from components.live import cost_meter, drawn_for, page_drawn, status_and_meters, transcript
 from components.settings_form import sidebar
 
 
@@ -50,6 +50,7 @@ def talk_page() -> None:
     cost_meter(relay, store, visitor)
     st.subheader("Transcript")
     transcript(store)
+    page_drawn()
 
 
 st.navigation([

@@ -1,7 +1,7 @@
 """Whether the bundled reply models answer right, and how fast, through the running local server.
 
     .venv/bin/python bench/answers.py [--profiles fast,default] [--languages en,ja] [--japanese-voice mei]
-        [--japanese-stt-windows 15,full] [--caller-voices jf_alpha,jm_kumo]
+        [--japanese-stt-windows 15,full] [--japanese-stt-decodings fallback,greedy] [--caller-voices jf_alpha,jm_kumo]
 
 A simulated caller asks a fixed set of short factual and conversational questions aloud, over a real
 WebRTC call to the local server (VAD → Whisper → reply model → TTS), once per reply-model profile, in
@@ -34,7 +34,7 @@ from bench.voices import normalized, reading  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
 from koe.local.stages.llm import PROFILES  # noqa: E402
 from koe.local.stages.models import get_japanese_models, warm  # noqa: E402
-from koe.local.stages.stt import JAPANESE_WINDOW_S  # noqa: E402
+from koe.local.stages.stt import FALLBACK_TEMPERATURES, JAPANESE_WINDOW_S  # noqa: E402
 from koe.local.voices import DEFAULT_JAPANESE_VOICE, JAPANESE_VOICES  # noqa: E402
 from koe.presets import PRESETS  # noqa: E402
 from koe.protocol import SessionSettings, TranscriptionSettings  # noqa: E402
@@ -67,6 +67,9 @@ JAPANESE = [
                                    "ブルーベリー", "グレープフルーツ", "パイナップル", "柿")),
 ]
 
+
+# Whisper's decodings a run can compare: its temperature fallback (shipped) and greedy decoding alone.
+DECODINGS = {"fallback": FALLBACK_TEMPERATURES, "greedy": (0.0,)}
 
 # What the caller says where OpenJTalk, which reads its Japanese, would misread the question (何色: なんしょく).
 SPOKEN = {"空は何色ですか？": "空はなにいろですか？"}
@@ -124,7 +127,7 @@ def summary(profile: str, language: str, asked: int, rows: list[tuple[float, flo
 
 
 async def run(profiles: list[str], languages: list[str], japanese_voice: str, windows: list[str],
-              callers: list[str]) -> None:
+              callers: list[str], decodings: list[str]) -> None:
     timings = TimingsCollector()
     server_log = logging.getLogger("koe.local")
     server_log.setLevel(logging.INFO)
@@ -142,9 +145,12 @@ async def run(profiles: list[str], languages: list[str], japanese_voice: str, wi
                 settings = SessionSettings(instructions=PRESETS["Helpful assistant"], voice="alloy", max_output_tokens=60)
                 rows = await ask(server, settings, ENGLISH, models.tts.synthesize, timings)
                 lines.append(summary(name, "English", len(ENGLISH), rows))
-            for window, voice in ((w, v) for w in windows for v in callers) if japanese is not None else ():
+            variants = [(w, d, v) for w in windows for d in decodings for v in callers]
+            for window, decoding, voice in variants if japanese is not None else ():
                 japanese.stt.window_s = None if window == "full" else float(window)
+                japanese.stt.temperatures = DECODINGS[decoding]
                 label = f"Japanese ({japanese_voice}, STT window {'30' if window == 'full' else window} s" \
+                        + (f", {decoding}" if len(decodings) > 1 else "") \
                         + (f", asked by {voice})" if callers != [CALLER_VOICE] else ")")
                 print(f"  {label}, Whisper base:")
                 settings = SessionSettings(instructions=JAPANESE_INSTRUCTIONS, voice=japanese_voice, max_output_tokens=60,
@@ -155,7 +161,7 @@ async def run(profiles: list[str], languages: list[str], japanese_voice: str, wi
         finally:
             server.stop()
             if japanese is not None:
-                japanese.stt.window_s = JAPANESE_WINDOW_S
+                japanese.stt.window_s, japanese.stt.temperatures = JAPANESE_WINDOW_S, FALLBACK_TEMPERATURES
     print("\n| profile | language | answered right | right where heard right | first token p50 / p95 | "
           "first audio at the client p50 / p95 | prompt tokens evaluated per later turn, p50 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -171,6 +177,9 @@ def main() -> None:
     parser.add_argument("--japanese-stt-windows", default=f"{JAPANESE_WINDOW_S:g}",
                         help="Whisper base's encoder window, seconds or 'full' (30 s); several, comma-separated, are "
                              "asked in turn in the same run (default: the shipped %(default)s)")
+    parser.add_argument("--japanese-stt-decodings", default="fallback",
+                        help=f"Whisper base's decoding, comma-separated: {', '.join(DECODINGS)}, asked in turn in the "
+                             "same run (default: the shipped %(default)s)")
     parser.add_argument("--caller-voices", default=CALLER_VOICE,
                         help="the voice(s) that ask the Japanese questions, comma-separated, each in its own "
                              "call (default: %(default)s, the one Whisper base mishears most; see bench/voices.py)")
@@ -178,11 +187,15 @@ def main() -> None:
     callers = args.caller_voices.split(",")
     if unknown := [v for v in callers if v not in JAPANESE_VOICES]:
         parser.error(f"unknown caller voice(s) {unknown}: choose from {', '.join(JAPANESE_VOICES)}")
+    decodings = args.japanese_stt_decodings.split(",")
+    if unknown := [d for d in decodings if d not in DECODINGS]:
+        parser.error(f"unknown decoding(s) {unknown}: choose from {', '.join(DECODINGS)}")
     profiles = args.profiles.split(",")
     if unknown := [p for p in profiles if p not in PROFILES]:
         parser.error(f"unknown profile(s) {unknown}: choose from {', '.join(PROFILES)}")
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run(profiles, args.languages.split(","), args.japanese_voice, args.japanese_stt_windows.split(","), callers))
+    asyncio.run(run(profiles, args.languages.split(","), args.japanese_voice, args.japanese_stt_windows.split(","), callers,
+                    decodings))
 
 
 if __name__ == "__main__":

@@ -27,18 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jiwer  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.answers import ENGLISH, JAPANESE  # noqa: E402
+from bench.answers import DECODINGS, ENGLISH, JAPANESE  # noqa: E402
 from bench.engine_latency import JAPANESE_UTTERANCES  # noqa: E402
 from bench.voices import normalized, reading  # noqa: E402
 from koe.audio import resample, to_float32  # noqa: E402
 from koe.client.simulated_user import QUESTIONS  # noqa: E402
 from koe.local.stages.assets import whisper_base_dir, whisper_tiny_en_dir  # noqa: E402
 from koe.local.stages.models import get_japanese_models, get_models  # noqa: E402
-from koe.local.stages.stt import FALLBACK_TEMPERATURES, Transcriber  # noqa: E402
+from koe.local.stages.stt import Transcriber  # noqa: E402
 from koe.local.stages.tts import OUTPUT_RATE  # noqa: E402
-
-
-DECODINGS = {"fallback": FALLBACK_TEMPERATURES, "greedy": (0.0,)}
 
 
 def window(name: str) -> float | None:

@@ -12,7 +12,7 @@ from components import runtime
 from components.settings_form import LABELS, Choice
 
 # Hold to talk: pointer down/up on the button, or the space bar held anywhere outside a text field.
-RESTART_NOTICE = "restart_notice"  # session state: why a new session started, shown until the next Apply or the end
+APPLY_RESULT = "apply_result"  # session state: (relay id, whether live, what the last Apply said)
 _PTT_HTML = '<button class="ptt" type="button">🎙️ Hold to talk <kbd>Space</kbd></button>'
 _PTT_CSS = """
 .ptt { width: 100%; padding: 0.6rem; border-radius: 0.5rem; border: 1px solid #ff4b4b; background: #fff;
@@ -59,48 +59,48 @@ def _names(fields) -> str:
 
 def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None) -> None:
     """On Apply, send every valid change with `session.update`, show the server's answer, and name
-    each refused value with its reason. `before`: the settings START would have used until now."""
-    if relay.status.state not in ("live", "connecting"):
-        st.session_state.pop(RESTART_NOTICE, None)
-    if not st.session_state.get("settings_applied"):
-        # Kept across the reruns that follow the restart (the status fragment reruns the page as it connects).
-        if notice := st.session_state.get(RESTART_NOTICE):
-            st.sidebar.warning(notice)
+    each refused value with its reason. `before`: the settings START would have used until now.
+
+    The outcome stays in the sidebar until the next Apply, or until a session starts or ends: the page's
+    other reruns (the browser's component, a state change) keep it, so it never flashes by unread."""
+    live = relay.status.state in ("live", "connecting")
+    if st.session_state.get("settings_applied"):
+        st.session_state[APPLY_RESULT] = (id(relay), live, _apply(relay, choice, before))
+    result = st.session_state.get(APPLY_RESULT)
+    if result is None or result[:2] != (id(relay), live):
+        st.session_state.pop(APPLY_RESULT, None)
         return
-    st.session_state.pop(RESTART_NOTICE, None)
-    for name, why in choice.refused.items():
-        st.sidebar.error(f"Not applied — {LABELS.get(name, name)}: {why}")
+    for level, text in result[2]:
+        getattr(st.sidebar, level)(text)
+
+
+def _apply(relay: Relay, choice: Choice, before: SessionSettings | None) -> list[tuple[str, str]]:
+    """Apply `choice`; returns what to say, as (st.sidebar method name, text) pairs."""
+    said = [("error", f"Not applied — {LABELS.get(name, name)}: {why}") for name, why in choice.refused.items()]
+    nothing = [] if choice.refused else [("info", "Nothing changed.")]
     if relay.status.state != "live":
         changed = changed_fields(before or relay.settings, choice.settings) - {"model"}
-        if changed:
-            st.sidebar.info(f"Saved ({_names(changed)}): these settings apply when you press START.")
-        elif not choice.refused:
-            st.sidebar.info("Nothing changed.")
-        return
+        if not changed:
+            return said + nothing
+        return said + [("info", f"Saved ({_names(changed)}): these settings apply when you press START.")]
     changed = changed_fields(relay.settings, choice.settings) - {"model"}
     if not changed:
-        if not choice.refused:
-            st.sidebar.info("Nothing changed.")
-        return
+        return said + nothing
     if "voice" in changed and relay.assistant_spoke:
         rows = runtime.store().transcript(st.session_state["conversation_id"])
         history = [{"id": row.item_id, "role": "user" if row.speaker == "You" else "assistant", "text": row.text}
                    for row in rows.itertuples() if row.text and row.speaker in ("You", "AI")]  # not tool rows
         relay.restart(choice.settings, history)
-        st.session_state[RESTART_NOTICE] = ("The voice cannot change once the AI has spoken: a new session "
-                                            "starts with the new voice. The transcript is kept, and the AI is "
-                                            "given the conversation so far.")
-        st.sidebar.warning(st.session_state[RESTART_NOTICE])
-        return
+        return said + [("warning", "The voice cannot change once the AI has spoken: a new session starts with the "
+                                   "new voice. The transcript is kept, and the AI is given the conversation so far.")]
     try:
         confirmed = relay.update(choice.settings, only=changed)
     except (SettingsError, RealtimeError) as exc:
-        st.sidebar.error(f"Not applied: {exc}")
+        return said + [("error", f"Not applied: {exc}")]
     except TimeoutError:
-        st.sidebar.error("Not applied: the backend did not confirm in time.")
-    else:
-        st.sidebar.success(f"session.updated: the server confirmed {_names(changed)}.")
-        st.session_state["confirmed"] = confirmed
+        return said + [("error", "Not applied: the backend did not confirm in time.")]
+    st.session_state["confirmed"] = confirmed
+    return said + [("success", f"session.updated: the server confirmed {_names(changed)}.")]
 
 
 def _act(action) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from koe.access import Visitor
 from koe.export import escape_markdown
@@ -26,11 +27,19 @@ PHASES = {"listening": "🟢 Listening: speak when you like.", "hearing you": "�
           "thinking": "💭 Thinking…", "speaking": "🔊 Speaking… (talk over it, or Stop the AI, to interrupt)"}
 COUNTDOWN_S = 30  # warn this long before a time limit ends the session
 DRAWN_STATE = "koe_drawn_state"  # (relay id, state) the page's last full run was drawn for
+PAGE_DRAWN = "koe_page_drawn"  # the DRAWN_STATE of the last full run that got to the end of the page
 
 
 def drawn_for(relay: Relay, state: str) -> None:
     """Note, in a full run of the page (before the status fragment), the session state it draws for."""
     st.session_state[DRAWN_STATE] = (id(relay), state)
+
+
+def page_drawn() -> None:
+    """Note, at the end of a full run, that the whole page was drawn for its DRAWN_STATE. A full run cut
+    short (a click or the browser's component asking for another run while it draws) leaves the parts after
+    the cut as an earlier run drew them, the controls among them; the status fragment then asks again."""
+    st.session_state[PAGE_DRAWN] = st.session_state.get(DRAWN_STATE)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -58,7 +67,10 @@ def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None
     """`loop_watch` (for the owner): how late the loop that carries the audio runs, a gap in the sound."""
     status = relay.status
     drawn = st.session_state.get(DRAWN_STATE)
-    if drawn is not None and drawn != (id(relay), status.state):
+    # While the page's full run draws this fragment, the run has not reached the end yet; in the fragment's
+    # own reruns it has, unless it was cut short.
+    cut_short = bool(get_script_run_ctx().fragment_ids_this_run) and st.session_state.get(PAGE_DRAWN) != drawn
+    if drawn is not None and (drawn != (id(relay), status.state) or cut_short):
         st.rerun(scope="app")  # controls and the START/STOP button follow the new state (again, if one was lost)
     text = _status_line(relay)
     if status.state == "failed" or status.message.startswith("Could not connect"):

@@ -76,6 +76,9 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
     return path
 
 
+SERVER_LOGS: dict[str, Path] = {}  # url -> the log of the app serving it, for a failed test to save
+
+
 def serve(data: Path, **settings: str):
     """`streamlit run app.py` with `settings` in its environment; yields (url, data dir), log in data/streamlit.log."""
     port = free_port()
@@ -86,6 +89,7 @@ def serve(data: Path, **settings: str):
                                 "--server.address", "127.0.0.1", "--server.headless", "true"],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
+    SERVER_LOGS[url] = data / "streamlit.log"
     deadline = time.monotonic() + 60
     while True:
         try:

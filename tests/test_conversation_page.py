@@ -25,7 +25,8 @@ from koe.local.stages.llm import PROFILES
 
 from conftest import LOCAL_KEY
 from test_browser import (
-    CHROMIUM, SCREENSHOTS, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, stop_talking, write_wav,
+    CHROMIUM, SCREENSHOTS, SERVER_LOGS, WEBRTC_IFRAME, chromium, serve, shoot, start_talking, stop_talking,
+    write_wav,
 )
 
 STORYTELLER = "You are a storyteller. Always answer with a long story of at least ten sentences."
@@ -50,7 +51,7 @@ def mic(tmp_path: Path, speech, *parts) -> Path:
 def opened(tmp_path: Path, wav: Path | None, url: str):
     """The app in Chromium with `wav` as its microphone (None: one the browser refuses); what the page
     showed (screenshot, HTML, and the page's console errors, uncaught exceptions, crashes and closed
-    websockets, in order) is saved if the test fails."""
+    websockets, in order) and the end of the app's log are saved if the test fails."""
     with chromium(tmp_path / "profile", wav) as context:
         seen: list[str] = []
         context.on("console", lambda m: seen.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -66,6 +67,8 @@ def opened(tmp_path: Path, wav: Path | None, url: str):
                 shoot(page, name)
                 (SCREENSHOTS / f"{name}.html").write_text(page.content())
                 (SCREENSHOTS / f"{name}.log").write_text("\n".join(seen))
+                # The app's own log (script errors, its warnings) from the same run, the last of it.
+                (SCREENSHOTS / f"{name}.server.log").write_bytes(SERVER_LOGS[url].read_bytes()[-200_000:])
             raise
 
 
