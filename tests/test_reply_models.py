@@ -23,7 +23,7 @@ from koe.local import LocalServer
 from koe.local.stages import hermes
 from koe.local.stages.hermes import CallParser
 from koe.local.stages.joined import PackageFile, joined
-from koe.local.stages.llm import PROFILES, ContextOverflow, reply_profile
+from koe.local.stages.llm import PROFILES, ContextOverflow, ThreadChoice, reply_profile
 from koe.local.stages.models import get_models
 from koe.presets import PRESETS
 from koe.local.scheduler import cores, model_threads
@@ -96,14 +96,34 @@ def test_a_prefilled_prompt_leaves_the_reply_nothing_to_evaluate(fast, caplog):
     assert evaluated(fast) == fast._prompt(longer, 24)[0]
 
 
-def test_a_prompt_is_evaluated_with_every_core_only_when_nothing_else_runs(fast):
+def test_a_prompt_is_evaluated_with_every_core_only_when_nothing_else_runs(fast, monkeypatch):
+    choice = ThreadChoice(model_threads(), cores())
+    choice.seconds = {model_threads(): 1.0}  # every core untried: it counts as the faster
+    monkeypatch.setattr(fast, "_prompt_threads", choice)
     threads = lambda: llama_cpp.llama_n_threads_batch(fast._llm._ctx.ctx)  # noqa: E731
-    history = [SYSTEM, {"role": "user", "content": "Name a bird."}]
+    history = [SYSTEM, {"role": "user", "content": "Name a bird that cannot fly, please."}]
     "".join(fast.stream(history, max_tokens=2, alone=lambda: True))
     assert threads() == cores()
+    assert cores() == model_threads() or choice.seconds[cores()] < 1.0  # its prompt's rate was measured
     fast.prefill(history + [{"role": "assistant", "content": "Owl."}, {"role": "user", "content": "Another?"}],
                  alone=lambda: False)
     assert threads() == model_threads()
+
+
+def test_the_faster_thread_count_is_picked_and_the_other_tried_now_and_then():
+    choice = ThreadChoice(1, 2)
+    assert choice.pick() == 2  # untried counts as fastest; a tie goes to every core
+    choice.record(2, 0.2, 3)  # too few tokens to judge by
+    assert choice.seconds == {}
+    choice.record(2, 2.5, 14)  # under load two threads wait on each other
+    assert choice.pick() == 1
+    choice.record(1, 0.45, 14)
+    picks = [choice.pick() for _ in range(ThreadChoice.PROBE_EVERY * 2)]
+    assert picks.count(2) == 2  # tried again every PROBE_EVERY-th prompt
+    for _ in range(10):
+        choice.record(2, 0.2, 14)  # the load went away
+    assert choice.pick() == 2
+    assert ThreadChoice(1, 1).pick() == 1
 
 
 def test_an_overflowing_conversation_loses_its_oldest_turns_and_keeps_the_instructions(fast):

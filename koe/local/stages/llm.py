@@ -18,6 +18,7 @@ import codecs
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,40 @@ def reply_profile(name: str | None = None) -> ReplyProfile:
     return PROFILES[name]
 
 
+class ThreadChoice:
+    """Of two thread counts for evaluating prompts (the model's share `narrow`, every core `wide`), the one that
+    evaluated a prompt token faster lately (moving averages); the other is tried every PROBE_EVERY-th time, as
+    the machine's load changes. Every core is not always faster: when other processes want the cores,
+    llama.cpp's threads wait on each other at every step (on a loaded 2-core machine 14 prompt tokens took
+    2.5 s with two threads, 0.45 s with one). Not thread-safe: used under the model's lock."""
+
+    PROBE_EVERY = 8
+    WEIGHT = 0.3  # of the newest figure in the moving average
+    MIN_TOKENS = 4  # fewer evaluated tokens say too little about the rate
+
+    def __init__(self, narrow: int, wide: int) -> None:
+        self.narrow, self.wide = narrow, wide
+        self.seconds: dict[int, float] = {}  # threads -> moving average of seconds per prompt token
+        self._picked = 0
+
+    def pick(self) -> int:
+        """The thread count for the next prompt (an untried count counts as fastest; a tie goes to wide)."""
+        if self.wide == self.narrow:
+            return self.narrow
+        self._picked += 1
+        best = min((self.wide, self.narrow), key=lambda n: self.seconds.get(n, 0.0))
+        if self._picked % self.PROBE_EVERY == 0:
+            return self.narrow if best == self.wide else self.wide
+        return best
+
+    def record(self, threads: int, seconds: float, tokens: int) -> None:
+        """A prompt picked with `threads` evaluated `tokens` tokens in `seconds`."""
+        if tokens < self.MIN_TOKENS:
+            return
+        rate, old = seconds / tokens, self.seconds.get(threads)
+        self.seconds[threads] = rate if old is None else old + self.WEIGHT * (rate - old)
+
+
 class ContextOverflow(ValueError):
     """The instructions and the newest message alone do not fit the model's context."""
 
@@ -105,6 +140,7 @@ class ReplyModel:
         self._start = self._llm.tokenize(b"", add_bos=True, special=True)  # BOS where the model wants one
         self._stops = {self._llm.token_eos(), *self._special("<|im_end|>"), *self._special("<|endoftext|>")}
         self._said: OrderedDict[str, list[int]] = OrderedDict()  # reply text (no spaces) -> its sampled tokens
+        self._prompt_threads = ThreadChoice(model_threads(), cores())
 
     @property
     def context_tokens(self) -> int:
@@ -142,8 +178,8 @@ class ReplyModel:
             if cancelled():
                 return
             prompt, max_tokens = self._prompt(messages, max_tokens, offered, tool_choice)
-            self._log_cache(prompt)
-            self._batch_threads(alone)
+            evaluating = len(prompt) - self._log_cache(prompt)
+            picked, started = self._batch_threads(alone), time.monotonic()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             parser = hermes.CallParser([t["function"]["name"] for t in offered]) if offered else None
             sampled: list[int] = []
@@ -154,6 +190,10 @@ class ReplyModel:
                                         repeat_penalty=profile.repeat_penalty)
             try:
                 for token in tokens:
+                    if started is not None:  # the prompt is evaluated: how fast, with the threads picked
+                        if picked is not None:
+                            self._prompt_threads.record(picked, time.monotonic() - started, evaluating)
+                        started = None
                     if token in self._stops or cancelled():
                         break
                     sampled.append(token)
@@ -186,28 +226,38 @@ class ReplyModel:
             prompt, _ = self._prompt(messages, max_tokens, offered, tool_choice)
             if list(self._llm.input_ids[:self._llm.n_tokens]) == prompt:
                 return
-            self._batch_threads(alone)
+            evaluating = len(prompt) - self._cached(prompt)
+            picked, started = self._batch_threads(alone), time.monotonic()
             tokens = self._llm.generate(prompt, temp=0.0)
             try:
                 next(tokens)  # evaluates the prompt; the token it samples is dropped
+                if picked is not None:
+                    self._prompt_threads.record(picked, time.monotonic() - started, evaluating)
             finally:
                 tokens.close()
 
-    def _batch_threads(self, alone: Callable[[], bool]) -> None:
-        """Evaluate the coming prompt with every core if nothing else runs, else with the model's share: two
-        threads that share a core with other work wait on each other at every step (on a loaded 2-core
-        machine 14 prompt tokens took 2.5 s with two threads, 0.45 s with one)."""
-        self._llm._ctx.set_n_threads(model_threads(), cores() if alone() else model_threads())
+    def _batch_threads(self, alone: Callable[[], bool]) -> int | None:
+        """Evaluate the coming prompt with the model's share of the cores, or, when nothing else runs (`alone()`),
+        with what ThreadChoice picks (two threads that share a core with other work wait on each other at every
+        step). Returns the count ThreadChoice picked, None when it was not asked."""
+        picked = self._prompt_threads.pick() if alone() else None
+        self._llm._ctx.set_n_threads(model_threads(), picked or model_threads())
+        return picked
 
-    def _log_cache(self, prompt: list[int]) -> None:
-        """Log how much of `prompt` llama.cpp's KV cache already holds (its longest common prefix with what
-        was evaluated last; at least the last token is always evaluated again): the rest is evaluated now."""
+    def _cached(self, prompt: list[int]) -> int:
+        """How much of `prompt` llama.cpp's KV cache already holds (its longest common prefix with what was
+        evaluated last; at least the last token is always evaluated again): the rest is evaluated now."""
         evaluated = self._llm.input_ids[:self._llm.n_tokens]
         limit = min(len(evaluated), len(prompt) - 1)
         differs = [i for i in range(limit) if evaluated[i] != prompt[i]]
-        cached = differs[0] if differs else limit
+        return differs[0] if differs else limit
+
+    def _log_cache(self, prompt: list[int]) -> int:
+        """Log how much of `prompt` llama.cpp's KV cache already holds (`_cached`), and return it."""
+        cached = self._cached(prompt)
         log.info("reply prompt: %d tokens, %d cached, %d to evaluate", len(prompt), cached, len(prompt) - cached,
                  extra={"prompt_tokens": {"prompt": len(prompt), "cached": cached}})
+        return cached
 
     # -- the prompt, as tokens -----------------------------------------------------------------
     def _prompt(self, messages: list[dict], max_tokens: int, tools: list[dict] | None = None,
