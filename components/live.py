@@ -69,7 +69,8 @@ def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None
     drawn = st.session_state.get(DRAWN_STATE)
     # While the page's full run draws this fragment, the run has not reached the end yet; in the fragment's
     # own reruns it has, unless it was cut short.
-    cut_short = bool(get_script_run_ctx().fragment_ids_this_run) and st.session_state.get(PAGE_DRAWN) != drawn
+    ctx = get_script_run_ctx()
+    cut_short = ctx is not None and bool(ctx.fragment_ids_this_run) and st.session_state.get(PAGE_DRAWN) != drawn
     if drawn is not None and (drawn != (id(relay), status.state) or cut_short):
         st.rerun(scope="app")  # controls and the START/STOP button follow the new state (again, if one was lost)
     text = _status_line(relay)
