@@ -262,9 +262,10 @@ class Transcript:
         row, new = self._ensure(item_id, role, at)
         if not new and row.final and row.text == text:
             return set()
-        if row.heard is not None and row.text.startswith(text):
+        if (row.heard is not None or row.interrupted) and row.text.startswith(text):
             # A cut reply whose server kept only whole clauses: the words already shown stay, the part
-            # not heard struck through, rather than vanishing with the clause they were in.
+            # not heard struck through (once the relay says how much was heard: its koe.reply_cut may
+            # come after the server's truncated transcript), rather than vanishing with the clause they were in.
             return set()
         row.text, row.final = text, True
         return {item_id}

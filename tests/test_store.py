@@ -485,3 +485,17 @@ def test_a_cut_reply_keeps_its_words_when_the_server_keeps_only_whole_clauses(st
                                   "heard_chars": 5}, T0 + 2.2)
     record(store, c, reply_done("ga", "item_A", "resp_1", "", T0 + 2.5, status="cancelled"))
     assert table(store, c)[1] == ("AI", "Hello there", "interrupted")
+
+
+def test_a_cut_reply_keeps_its_words_when_the_truncated_transcript_comes_before_the_cut(store) -> None:
+    """Push to talk over a reply: the server truncates and closes the reply (its transcript cut to the
+    clauses played whole: none) before the relay records how much was heard."""
+    c = new_conversation(store)
+    record(store, c, reply_events("ga", "item_U", "item_A", "resp_1", None, T0))
+    record(store, c, [(ev("conversation.item.truncated", item_id="item_A", content_index=0, audio_end_ms=400),
+                       T0 + 2.2)])
+    record(store, c, reply_done("ga", "item_A", "resp_1", "", T0 + 2.2, status="cancelled"))
+    store.record_event(c, "app", {"type": "koe.reply_cut", "item_id": "item_A", "audio_end_ms": 400,
+                                  "heard_chars": 5}, T0 + 2.3)
+    assert table(store, c)[1] == ("AI", "Hello there", "interrupted")
+    assert store.transcript(c).iloc[1]["heard"] == 5
