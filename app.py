@@ -35,13 +35,12 @@ def talk_page() -> None:
                        "talk) apply while you talk; **History** keeps every conversation with its audio.")
         with intro:
             last_conversation_pointer(store, visitor)
-    before = relay.settings if relay is not None else None  # what START would have used until this Apply
     relay = talk(choice, store, visitor)
     drawn = relay.status.state  # read once: if it changes while the page is drawn, the status fragment sees it
     drawn_for(relay, drawn)
     with st.container():
         microphone_watch()
-    apply_settings(relay, choice, before)
+    apply_settings(relay, choice)
     diagnostics = visitor.owner and st.sidebar.toggle("Show diagnostics", key="diagnostics",
                                                      help="How late the loop that carries the audio runs.")
     status_and_meters(relay, runtime.media_loop_watch() if diagnostics else None)

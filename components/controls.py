@@ -13,6 +13,7 @@ from components.settings_form import LABELS, Choice
 
 # Hold to talk: pointer down/up on the button, or the space bar held anywhere outside a text field.
 APPLY_RESULT = "apply_result"  # session state: (relay id, whether live, what the last Apply said)
+SAVED_SETTINGS = "koe_saved_settings"  # session state: the settings the last Apply or session settled
 _PTT_HTML = '<button class="ptt" type="button">🎙️ Hold to talk <kbd>Space</kbd></button>'
 _PTT_CSS = """
 .ptt { width: 100%; padding: 0.6rem; border-radius: 0.5rem; border: 1px solid #ff4b4b; background: #fff;
@@ -57,15 +58,21 @@ def _names(fields) -> str:
     return ", ".join(LABELS.get(f, f) for f in sorted(fields))
 
 
-def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None) -> None:
+def apply_settings(relay: Relay, choice: Choice) -> None:
     """On Apply, send every valid change with `session.update`, show the server's answer, and name
-    each refused value with its reason. `before`: the settings START would have used until now.
+    each refused value with its reason.
 
     The outcome stays in the sidebar until the next Apply, or until a session starts or ends: the page's
     other reruns (the browser's component, a state change) keep it, so it never flashes by unread."""
     live = relay.status.state in ("live", "connecting")
+    # What the last Apply (or the session that ran last) settled, for an Apply before START to say what it
+    # changes: the widgets outside the form (turn detection, preset, tools) change the choice at once.
+    if relay.status.state == "live" or SAVED_SETTINGS not in st.session_state:
+        st.session_state[SAVED_SETTINGS] = relay.settings
     if st.session_state.get("settings_applied"):
-        st.session_state[APPLY_RESULT] = (id(relay), live, _apply(relay, choice, before))
+        st.session_state[APPLY_RESULT] = (id(relay), live, _apply(relay, choice, st.session_state[SAVED_SETTINGS]))
+        if relay.status.state != "live":
+            st.session_state[SAVED_SETTINGS] = choice.settings
     result = st.session_state.get(APPLY_RESULT)
     if result is None or result[:2] != (id(relay), live):
         st.session_state.pop(APPLY_RESULT, None)
@@ -74,12 +81,13 @@ def apply_settings(relay: Relay, choice: Choice, before: SessionSettings | None)
         getattr(st.sidebar, level)(text)
 
 
-def _apply(relay: Relay, choice: Choice, before: SessionSettings | None) -> list[tuple[str, str]]:
-    """Apply `choice`; returns what to say, as (st.sidebar method name, text) pairs."""
+def _apply(relay: Relay, choice: Choice, saved: SessionSettings) -> list[tuple[str, str]]:
+    """Apply `choice` (`saved`: what the last Apply settled); returns what to say, as (st.sidebar method
+    name, text) pairs."""
     said = [("error", f"Not applied — {LABELS.get(name, name)}: {why}") for name, why in choice.refused.items()]
     nothing = [] if choice.refused else [("info", "Nothing changed.")]
     if relay.status.state != "live":
-        changed = changed_fields(before or relay.settings, choice.settings) - {"model"}
+        changed = changed_fields(saved, choice.settings) - {"model"}
         if not changed:
             return said + nothing
         return said + [("info", f"Saved ({_names(changed)}): these settings apply when you press START.")]

@@ -135,6 +135,7 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
     st.sidebar.selectbox("Instructions preset", list(PRESETS), key="preset", on_change=_preset_chosen,
                          index=list(PRESETS).index(DEFAULT_PRESET))
     ignored = set(capabilities.ignored) if capabilities else set()
+    tools = tool_picker(base)
     with st.sidebar.form("session-settings"):
         instructions = st.text_area("Instructions", height=120, key="instructions")
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
@@ -173,7 +174,6 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
             effort = st.selectbox("Reasoning effort", [None, *REASONING_EFFORTS], key="reasoning_effort",
                                   format_func=lambda e: "server default (low)" if e is None else e,
                                   help="How long the model reasons before it answers: more effort, slower replies.")
-        tools = tool_picker(base)
         if ignored:
             st.caption("The local backend does not use: "
                        + ", ".join(sorted(LABELS.get(i.split(".")[0], i) + (" model" if i.endswith(".model") else "")
@@ -199,11 +199,15 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
         try:
             if name == "max_output_tokens" and value != "inf":
                 value = _int(value, name)
-            if name == "voice" and local and capabilities is not None \
-                    and value in capabilities.voices.get("ja", []) and LANGUAGES[language] != "ja":
+            japanese_only = capabilities.voices.get("ja", []) if local and capabilities is not None else []
+            if name == "voice" and value != settings.voice and value in japanese_only \
+                    and LANGUAGES[language] != "ja":
                 # Otherwise it would be accepted and joe would go on speaking: a change nobody can hear.
                 raise SettingsError(name, f"{value} speaks in Japanese sessions only: choose Transcription "
                                           "language Japanese with it (English is spoken by joe)")
+            if name == "transcription" and settings.voice in japanese_only and value.language != "ja":
+                raise SettingsError(name, f"the voice {settings.voice} speaks in Japanese sessions only: choose "
+                                          "an English voice with another language")
             if name == "instructions" and (why := instructions_refusal(value, capabilities, tokens=(
                     runtime.token_count(backend, value) if backend_name == LOCAL_BACKEND else None))):
                 raise SettingsError(name, why)

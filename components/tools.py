@@ -21,16 +21,18 @@ def registry() -> ToolRegistry:
 
 
 def tool_picker(base: SessionSettings) -> list:
-    """Inside the settings form: the tools to offer, as the session's `tools` (other kinds, such as
-    MCP servers set elsewhere, are kept)."""
+    """In the sidebar, before the settings form: the tools to offer, as the session's `tools` (other kinds,
+    such as MCP servers set elsewhere, are kept); like every setting, applied by Apply. Outside the form
+    because a multiselect inside one commits its choice only as it loses the focus, and the click on Apply
+    that takes the focus away was lost to that redraw."""
     tools = registry()
     offered = [t.name for t in base.tools if isinstance(t, FunctionTool) and tools.get(t.name)]
-    chosen = st.multiselect("Tools the AI may use", tools.names(), default=offered, key="tools",
+    chosen = st.sidebar.multiselect("Tools the AI may use", tools.names(), default=offered, key="tools",
                             format_func=lambda name: f"{name}: {tools.get(name).description}",
                             help="Functions that run on this server when the AI calls them: the time, arithmetic, "
                                  "a search of your past conversations, and your own modules in KOE_TOOLS_DIR.")
     for path, why in tools.load_errors.items():
-        st.warning(f"Tool module {path} did not load: {why}")
+        st.sidebar.warning(f"Tool module {path} did not load: {why}")
     return [*tools.declarations(chosen), *(t for t in base.tools if not isinstance(t, FunctionTool))]
 
 

@@ -367,10 +367,14 @@ class Relay:
         await self._stop(reason)
 
     def _not_started(self, message: str) -> None:
-        """The call did not come up: say why, unless STOP (or a limit) ended it first, which is why it failed."""
+        """The call did not come up: say why, unless STOP (or a limit) ended it first, which is why it failed.
+        The conversation START stored ends here (History would list it as running for good) and its
+        concurrency slot is given back."""
         self._connection = None
         if self.status.state != "ended":
             self.status.state, self.status.message = "failed", message
+            self.on_end(message)
+        self._release()
 
     def _release(self) -> None:
         if self.guard is not None:

@@ -345,6 +345,34 @@ def test_a_japanese_voice_is_refused_for_an_english_session(monkeypatch, local_s
     assert not at.exception and "refused=[]" in texts(at)
 
 
+def _live_japanese_sidebar_app():
+    import streamlit as st
+    from components.settings_form import sidebar
+    from koe.protocol import SessionSettings, TranscriptionSettings
+    choice = sidebar(SessionSettings(voice="mei", transcription=TranscriptionSettings(language="ja")))
+    st.write(f"refused={sorted(choice.refused)} voice={choice.settings.voice} "
+             f"language={choice.settings.transcription.language}")
+    for name, why in choice.refused.items():
+        st.error(f"{name}: {why}")
+
+
+def test_a_japanese_voice_cannot_be_left_in_a_session_turned_english(monkeypatch, local_server):
+    """The other way round: a live Japanese session on mei whose language alone is changed to English is
+    refused, naming the voice (the voice itself was not changed, so it is not the one refused)."""
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
+    st.cache_resource.clear()
+    at = AppTest.from_function(_live_japanese_sidebar_app, default_timeout=30).run()
+    language = next(box for box in at.selectbox if box.label == "Transcription language")
+    language.set_value("English")
+    at.button[0].click().run()  # Apply
+    assert not at.exception and "refused=['transcription'] voice=mei language=ja" in texts(at)
+    assert "the voice mei speaks in Japanese sessions only" in texts(at)
+    next(box for box in at.selectbox if box.label == "Transcription language").set_value("Japanese")
+    at.button[0].click().run()
+    assert not at.exception and "refused=[] voice=mei language=ja" in texts(at)
+
+
 def test_instructions_are_counted_by_the_local_backends_tokenizer(monkeypatch, local_server, models):
     """Text the four-characters-a-token estimate lets through, but the reply model's tokenizer counts past
     the room its context leaves, is refused, with the real count."""

@@ -183,9 +183,12 @@ async def test_barge_in_drops_held_audio_and_truncates_at_what_was_played(backen
 
 async def test_a_failing_backend_ends_with_a_message(loop_thread):
     relay = Relay(Backend("http://127.0.0.1:9", api_key="x"), SETTINGS, loop_thread)
+    ended: list[str] = []
+    relay.on_end = ended.append  # the conversation START stored ends too (History would say running)
     relay.start().result(timeout=30)
     assert relay.status.state == "failed"
     assert "Could not connect" in relay.status.message and "127.0.0.1:9" in relay.status.message
+    assert ended == [relay.status.message]
 
 
 async def test_start_stop_cycles_leave_nothing_behind(local_server, backend, loop_thread):
