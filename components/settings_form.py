@@ -71,11 +71,23 @@ def backend_choice() -> tuple[Backend, str, str]:
     return runtime.local_backend(reply_model), LOCAL_BACKEND, GA_MODELS[0]
 
 
+PRESET_PENDING = "koe_preset_pending"  # session state: (the box's text before the preset, the preset's text)
+
+
 def _preset_chosen() -> None:
     """A preset fills the instructions box at once (before Apply), so Apply sends what the box shows."""
     text = PRESETS[st.session_state["preset"]]
     if text:  # "Custom" keeps what the box holds
+        st.session_state[PRESET_PENDING] = (st.session_state.get("instructions"), text)
         st.session_state["instructions"] = text
+
+
+def _preset_not_yet_shown() -> None:
+    """An Apply pressed before the preset's rerun reached the browser submits the box's old text: the preset
+    stands (the box had not been edited since; an edited box is what Apply sends)."""
+    pending = st.session_state.get(PRESET_PENDING)
+    if pending is not None and st.session_state.get("instructions") == pending[0]:
+        st.session_state["instructions"] = pending[1]
 
 
 def instructions_refusal(text: str, capabilities: Capabilities | None, tokens: int | None = None) -> str | None:
@@ -136,6 +148,7 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
                          index=list(PRESETS).index(DEFAULT_PRESET))
     ignored = set(capabilities.ignored) if capabilities else set()
     tools = tool_picker(base)
+    _preset_not_yet_shown()
     with st.sidebar.form("session-settings"):
         instructions = st.text_area("Instructions", height=120, key="instructions")
         voice = st.selectbox("Voice", voices, index=voices.index(base.voice) if base.voice in voices else 0,
@@ -217,6 +230,8 @@ def sidebar(current: SessionSettings | None, last: SessionSettings | None = None
         except SettingsError as exc:
             refused[name] = exc.message
     st.session_state["settings_applied"] = applied
+    if applied:
+        st.session_state.pop(PRESET_PENDING, None)
     if backend_name == LOCAL_BACKEND and settings.transcription and settings.transcription.language == "ja" \
             and not runtime.config().backend.chat_base_url and not runtime.config().backend.local_url \
             and not reply_profile(st.session_state.get("reply_model")).japanese:

@@ -345,6 +345,32 @@ def test_a_japanese_voice_is_refused_for_an_english_session(monkeypatch, local_s
     assert not at.exception and "refused=[]" in texts(at)
 
 
+def _instructions_app():
+    import streamlit as st
+    from components.settings_form import sidebar
+    choice = sidebar(None)
+    st.write(f"applied={st.session_state['settings_applied']} instructions={choice.settings.instructions!r}")
+
+
+def test_a_preset_stands_when_apply_beats_the_box_filling_in(monkeypatch, local_server):
+    """A preset chosen and Apply pressed before the preset's rerun reached the browser: the form submits the
+    box's old text, and the preset must still be what is applied (a fresh tester saw "Nothing changed")."""
+    from koe.presets import PRESETS
+    monkeypatch.setenv("KOE_LOCAL_URL", local_server.url)
+    monkeypatch.setenv("KOE_LOCAL_API_KEY", LOCAL_KEY)
+    st.cache_resource.clear()
+    at = AppTest.from_function(_instructions_app, default_timeout=30).run()
+    old = at.text_area(key="instructions").value
+    preset = next(name for name, text in PRESETS.items() if text and text != old)
+    at.selectbox(key="preset").set_value(preset).run()  # the box fills in, on the server
+    at.text_area(key="instructions").set_value(old)  # what a browser that has not redrawn yet submits
+    at.button[0].click().run()  # Apply
+    assert not at.exception and f"applied=True instructions={PRESETS[preset]!r}" in texts(at)
+    at.text_area(key="instructions").set_value("Speak like a pirate.")  # an edit after the preset is what is sent
+    at.button[0].click().run()
+    assert "instructions='Speak like a pirate.'" in texts(at)
+
+
 def _live_japanese_sidebar_app():
     import streamlit as st
     from components.settings_form import sidebar
