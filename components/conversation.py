@@ -139,16 +139,26 @@ export default function (component) {
       const devices = win && win.navigator && win.navigator.mediaDevices;
       // Marked on the document: the iframe's first window object can outlive its initial blank document.
       // Not yet: a document still being made has no head (the next round hooks it).
-      if (!devices || !win.document.head || win.document.__koeMicWatched) continue;
-      const style = win.document.createElement('style');
-      style.textContent = '.MuiPaper-elevation0:not(.MuiAlert-root) { display: none !important; }';
-      win.document.head.appendChild(style);
-      const original = devices.getUserMedia.bind(devices);
-      devices.getUserMedia = async (constraints) => {
-        try { const stream = await original(constraints); window.__koeMicReport(''); return stream; }
-        catch (e) { window.__koeMicReport(String(e && e.name || e)); throw e; }
-      };
-      win.document.__koeMicWatched = true;
+      if (!devices || !win.document.head) continue;
+      const doc = win.document;
+      if (!doc.__koeMicWatched) {
+        const style = doc.createElement('style');
+        style.textContent = '.MuiPaper-elevation0:not(.MuiAlert-root) { display: none !important; }';
+        doc.head.appendChild(style);
+        const original = devices.getUserMedia.bind(devices);
+        devices.getUserMedia = async (constraints) => {
+          doc.__koeMicCalled = true;
+          try { const stream = await original(constraints); window.__koeMicReport(''); return stream; }
+          catch (e) { window.__koeMicReport(String(e && e.name || e)); throw e; }
+        };
+        doc.__koeMicWatched = true;
+      }
+      // START pressed before the wrapper was in (within a round of the frame loading): the refusal still shows
+      // as streamlit-webrtc's own alert ("NotAllowedError: Permission denied"), so its name is reported once.
+      if (!doc.__koeMicCalled && !doc.__koeMicSeen && doc.body) {
+        const found = /\b(Not[A-Za-z]*Error|OverconstrainedError|SecurityError|AbortError)\b/.exec(doc.body.innerText || '');
+        if (found) { doc.__koeMicSeen = true; window.__koeMicReport(found[1]); }
+      }
     }
   };
   hook();
