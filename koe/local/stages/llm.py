@@ -173,7 +173,7 @@ class ReplyModel:
         `temperature` None uses the profile's. Raises ContextOverflow when the instructions and the
         newest message cannot fit with room for a reply.
         """
-        offered = tools if self.profile.tools and tool_choice != "none" else None
+        offered = self._offered(tools, tool_choice)
         with self._lock:
             if cancelled():
                 return
@@ -221,7 +221,7 @@ class ReplyModel:
         without replying, so that a `stream` whose prompt starts the same evaluates only the rest (a
         speculative start: a prompt that turns out different still shares the part before the difference).
         `alone` as for `stream`. Raises ContextOverflow as `stream` does."""
-        offered = tools if self.profile.tools and tool_choice != "none" else None
+        offered = self._offered(tools, tool_choice)
         with self._lock:
             prompt, _ = self._prompt(messages, max_tokens, offered, tool_choice)
             if list(self._llm.input_ids[:self._llm.n_tokens]) == prompt:
@@ -235,6 +235,10 @@ class ReplyModel:
                     self._prompt_threads.record(picked, time.monotonic() - started, evaluating)
             finally:
                 tokens.close()
+
+    def _offered(self, tools: list[dict] | None, tool_choice: str | dict | None) -> list[dict] | None:
+        """The tools the prompt lays out: none for a profile that cannot call functions, or with tool_choice "none"."""
+        return tools if self.profile.tools and tool_choice != "none" else None
 
     def _batch_threads(self, alone: Callable[[], bool]) -> int | None:
         """Evaluate the coming prompt with the model's share of the cores, or, when nothing else runs (`alone()`),
