@@ -34,6 +34,7 @@ from enum import IntEnum
 from typing import Any
 
 LANES_ENV = "KOE_MODEL_LANES"
+CORES_ENV = "KOE_LOCAL_CORES"
 
 
 class Urgency(IntEnum):
@@ -45,7 +46,11 @@ class Urgency(IntEnum):
 
 
 def cores() -> int:
-    """The cores this process may use (its CPU affinity, so a container's limit counts)."""
+    """The cores this process may use: $KOE_LOCAL_CORES when set (a worker's share of the machine, given by
+    the front of `python -m koe.local --workers N`), else its CPU affinity (so a container's limit counts)."""
+    share = os.environ.get(CORES_ENV, "").strip()
+    if share:
+        return max(1, int(share))
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 

@@ -19,6 +19,7 @@ import hmac
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -79,6 +80,13 @@ def error(status: int, message: str, code: str | None = None, param: str | None 
     return JSONResponse({"error": {"type": type_, "code": code, "message": message, "param": param}}, status)
 
 
+def socket_key(websocket: WebSocket) -> tuple[list[str], str | None]:
+    """A WebSocket's offered subprotocols, and the key a browser gives among them (`openai-insecure-api-key.<key>`),
+    None when it gives none (then the key is in its `Authorization` header)."""
+    offered = [p.strip() for p in websocket.scope.get("subprotocols", [])]
+    return offered, next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), None)
+
+
 class HttpError(Exception):
     def __init__(self, response: JSONResponse) -> None:
         self.response = response
@@ -109,6 +117,16 @@ def server_error(request: Request, exc: Exception) -> JSONResponse:
     return error(500, "The server had an error while processing your request.", "server_error", type_="server_error")
 
 
+def api_app(routes: list, cors_origins: list[str] | None = None) -> Starlette:
+    """A Starlette app that answers as OpenAI does: errors in its shape (`HttpError`, Starlette's own
+    refusals, bugs) and CORS for browser clients. `cors_origins`: else $KOE_CORS_ORIGINS, else any."""
+    return Starlette(routes=routes, exception_handlers={HttpError: lambda request, exc: exc.response,
+                                                       HTTPException: http_exception, Exception: server_error},
+                     middleware=[Middleware(CORSMiddleware, allow_methods=["GET", "POST", "OPTIONS"],
+                                            allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
+                                            allow_headers=CORS_HEADERS, expose_headers=["Location"])])
+
+
 def bound_port(server: Callable[[], uvicorn.Server | None], thread: threading.Thread, timeout_s: float,
                what: str) -> int:
     """The port of a uvicorn server starting on `thread`, once bound (`server()` is None until it exists)."""
@@ -126,7 +144,7 @@ class LocalServer:
                  chat_base_url: str | None = None, chat_model: str | None = None, chat_api_key: str | None = None,
                  chat_timeout_s: float = DEFAULT_TIMEOUT_S, reply_model: str | None = None,
                  cors_origins: list[str] | None = None, max_calls: int | None = None,
-                 offer_timeout_s: float = OFFER_TIMEOUT_S) -> None:
+                 offer_timeout_s: float = OFFER_TIMEOUT_S, worker_key: str | None = None) -> None:
         """`chat_*` (else $KOE_CHAT_BASE_URL, $KOE_CHAT_MODEL, $KOE_CHAT_API_KEY) send the replies to an
         OpenAI-compatible chat-completions endpoint instead of the bundled model. `reply_model` names the
         bundled model's profile (else $KOE_REPLY_MODEL, else "default"; ValueError if unknown); `models`,
@@ -139,6 +157,8 @@ class LocalServer:
         $KOE_LOCAL_MAX_CALLS, else one per core (koe.local.admission); 0 = no limit. Beyond it a new
         one is refused with 429 and `Retry-After` before any media flows.
         `offer_timeout_s`: a call whose peer has not connected this long after the answer is closed.
+        `worker_key`: this server is a worker behind `python -m koe.local --workers N` (koe.local.workers),
+        whose front hands it client secrets at `PUT /v1/koe/worker/client_secrets/{value}` with this key.
         """
         self.host, self.port = host, port
         self.reply_profile = models.llm.profile if models is not None else reply_profile(reply_model)
@@ -159,7 +179,10 @@ class LocalServer:
         self._server: uvicorn.Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop serving calls, once started
         self._thread: threading.Thread | None = None
-        self.app = Starlette(routes=[
+        worker_routes = [Route("/v1/koe/worker/client_secrets/{value}", self.hand_over_secret,
+                               methods=["PUT", "DELETE"])] if worker_key else []
+        self.worker_key = worker_key
+        self.app = api_app([
             Route("/v1/realtime/calls", self.create_call, methods=["POST"]),
             Route("/v1/realtime/calls/{call_id}/hangup", self.hang_up, methods=["POST"]),
             Route("/v1/realtime/client_secrets", self.create_client_secret, methods=["POST"]),
@@ -169,11 +192,8 @@ class LocalServer:
             Route("/healthz", lambda request: JSONResponse({"ok": True, **self.admission.load()})),
             Route("/v1/koe/capabilities", lambda request: JSONResponse(self.capabilities())),
             Route("/v1/koe/tokens", self.count_tokens, methods=["POST"]),
-        ], exception_handlers={HttpError: lambda request, exc: exc.response, HTTPException: http_exception,
-                               Exception: server_error}, middleware=[
-            Middleware(CORSMiddleware, allow_origins=cors_origins or cors_origins_from(os.environ.get("KOE_CORS_ORIGINS")),
-                       allow_methods=["GET", "POST", "OPTIONS"], allow_headers=CORS_HEADERS, expose_headers=["Location"]),
-        ])
+            *worker_routes,
+        ], cors_origins)
 
     @property
     def url(self) -> str:
@@ -222,14 +242,15 @@ class LocalServer:
         return JSONResponse({"tokens": tokens, "model": model, "context_tokens": context})
 
     # -- running -------------------------------------------------------------------------------
-    async def serve(self) -> None:
-        """Serve on the running loop (`self.loop` from then on) until stopped."""
+    async def serve(self, sock: socket.socket | None = None) -> None:
+        """Serve on the running loop (`self.loop` from then on) until stopped; on `sock` (a listening
+        socket, as a worker gets from its front) instead of binding host and port."""
         self.loop = asyncio.get_running_loop()
         config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # the caller owns signals
         try:
-            await self._server.serve()
+            await self._server.serve(sockets=[sock] if sock is not None else None)
         finally:
             await self.close_calls()
 
@@ -320,6 +341,33 @@ class LocalServer:
         return JSONResponse({"id": new_id("sess"), "object": "realtime.session", **settings.to_wire("beta"),
                              "client_secret": {"value": value, "expires_at": int(expires_at)}})
 
+    async def hand_over_secret(self, request: Request) -> Response:
+        """A worker's end of its front's key office (koe.local.workers): `PUT` {"settings": SessionSettings as
+        JSON, "expires_at": epoch s} makes the client secret `value` (minted by the front) live here, for the
+        request the front forwards next; `DELETE` takes it back (that request did not spend it). 204; to any
+        key but the worker key the route does not exist (404)."""
+        if not hmac.compare_digest(self._bearer(request).encode(), (self.worker_key or "").encode()):
+            raise HTTPException(404)
+        value = request.path_params["value"]
+        if request.method == "DELETE":
+            self._secrets.pop(value, None)
+        else:
+            body = await self._json(request)
+            self._secrets[value] = ClientSecret(value, SessionSettings.model_validate(body["settings"]),
+                                                float(body["expires_at"]))
+        return Response(status_code=204)
+
+    def take_secret(self, key: str) -> ClientSecret | None:
+        """The live client secret `key` names, taken out of this server's store so that no other request
+        spends it meanwhile (`give_back_secret` returns it); None for any other key."""
+        secret = self._secrets.pop(key, None)
+        if secret is None or secret.expires_at <= time.time():
+            return None
+        return secret
+
+    def give_back_secret(self, secret: ClientSecret) -> None:
+        self._secrets[secret.value] = secret
+
     async def hang_up(self, request: Request) -> Response:
         """Only the key that created the call, or the server's key, may end it: to any other key the
         call does not exist."""
@@ -341,8 +389,7 @@ class LocalServer:
         With `?call_id=rtc_...` instead, a sideband socket on a running WebRTC call: its events,
         and client events into it (OpenAI's server-side control of a call).
         """
-        offered = [p.strip() for p in websocket.scope.get("subprotocols", [])]
-        key = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), None)
+        offered, key = socket_key(websocket)
         try:
             secret = self._authorize(websocket, key=key)
             call_id = websocket.query_params.get("call_id")
