@@ -235,7 +235,7 @@ class LocalSession:
             # the turn model says complete. One pass at a time: pauses between words must not queue up
             # work for the model.
             if self._early_job is None or self._early_job.done():
-                self._early_job = self._scheduler.submit(Urgency.LISTEN, self._stt_name(), self._transcribe,
+                self._early_job = self._scheduler.submit(Urgency.LISTEN, "stt", self._transcribe,
                                                          event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
                 self._early.add_done_callback(self._prefill)
@@ -307,7 +307,7 @@ class LocalSession:
         # manual commit. No speech came after the silence began (it would have dropped the early pass), so
         # the early transcript holds every word of the turn.
         text = await (early if early is not None else self._scheduler.run(
-            Urgency.REPLY, self._stt_name(), self._transcribe, audio, deadline=min(marks.values())))
+            Urgency.REPLY, "stt", self._transcribe, audio, deadline=min(marks.values())))
         item.text = text
         marks["transcribed"] = time.monotonic()
         if self.settings.transcription is not None:
@@ -816,19 +816,14 @@ class LocalSession:
             self.error("MCP servers are called by OpenAI itself; the local backend leaves them out.",
                        "local_mcp_unsupported", type_="warning")
 
-    # Both run in the executor: the Japanese models load there on first use, never on the loop.
+    # Both run in the executor: the Japanese voices load there on first use, never on the loop.
     def _transcribe(self, audio16k: np.ndarray) -> str:
-        if self._japanese():
-            return get_japanese_models().stt.transcribe(audio16k, "ja")
         return self.models.stt.transcribe(audio16k, self._language())
 
     def _synthesize(self, clause: str) -> np.ndarray:
         if self._japanese():
             return get_japanese_models().tts.synthesize(clause, self.settings.speed, japanese_voice(self.settings.voice))
         return self.models.tts.synthesize(clause, self.settings.speed)
-
-    def _stt_name(self) -> str:
-        return "stt-ja" if self._japanese() else "stt"
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
