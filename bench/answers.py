@@ -34,7 +34,7 @@ from bench.voices import normalized, reading  # noqa: E402
 from koe.local import LocalServer  # noqa: E402
 from koe.local.stages.llm import PROFILES  # noqa: E402
 from koe.local.stages.models import get_japanese_models, warm  # noqa: E402
-from koe.local.stages.stt import FALLBACK_TEMPERATURES, JAPANESE_WINDOW_S  # noqa: E402
+from koe.local.stages.stt import FALLBACK_TEMPERATURES, WINDOW_S  # noqa: E402
 from koe.local.voices import DEFAULT_JAPANESE_VOICE, JAPANESE_VOICES  # noqa: E402
 from koe.presets import PRESETS  # noqa: E402
 from koe.protocol import SessionSettings, TranscriptionSettings  # noqa: E402
@@ -141,14 +141,14 @@ async def run(profiles: list[str], languages: list[str], japanese_voice: str, wi
         print(f"{name}: {PROFILES[name].model}")
         try:
             if "en" in languages:
-                print("  English (Whisper tiny.en, Piper joe):")
+                print("  English (Whisper base, Piper joe):")
                 settings = SessionSettings(instructions=PRESETS["Helpful assistant"], voice="alloy", max_output_tokens=60)
                 rows = await ask(server, settings, ENGLISH, models.tts.synthesize, timings)
                 lines.append(summary(name, "English", len(ENGLISH), rows))
             variants = [(w, d, v) for w in windows for d in decodings for v in callers]
             for window, decoding, voice in variants if japanese is not None else ():
-                japanese.stt.window_s = None if window == "full" else float(window)
-                japanese.stt.temperatures = DECODINGS[decoding]
+                models.stt.window_s = None if window == "full" else float(window)
+                models.stt.temperatures = DECODINGS[decoding]
                 label = f"Japanese ({japanese_voice}, STT window {'30' if window == 'full' else window} s" \
                         + (f", {decoding}" if len(decodings) > 1 else "") \
                         + (f", asked by {voice})" if callers != [CALLER_VOICE] else ")")
@@ -160,8 +160,7 @@ async def run(profiles: list[str], languages: list[str], japanese_voice: str, wi
                 lines.append(summary(name, label, len(JAPANESE), rows))
         finally:
             server.stop()
-            if japanese is not None:
-                japanese.stt.window_s, japanese.stt.temperatures = JAPANESE_WINDOW_S, FALLBACK_TEMPERATURES
+            models.stt.window_s, models.stt.temperatures = WINDOW_S, FALLBACK_TEMPERATURES
     print("\n| profile | language | answered right | right where heard right | first token p50 / p95 | "
           "first audio at the client p50 / p95 | prompt tokens evaluated per later turn, p50 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -174,7 +173,7 @@ def main() -> None:
     parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated (default: %(default)s)")
     parser.add_argument("--languages", default="en,ja", help="comma-separated: en, ja (default: %(default)s)")
     parser.add_argument("--japanese-voice", default=DEFAULT_JAPANESE_VOICE, choices=JAPANESE_VOICES)
-    parser.add_argument("--japanese-stt-windows", default=f"{JAPANESE_WINDOW_S:g}",
+    parser.add_argument("--japanese-stt-windows", default=f"{WINDOW_S:g}",
                         help="Whisper base's encoder window, seconds or 'full' (30 s); several, comma-separated, are "
                              "asked in turn in the same run (default: the shipped %(default)s)")
     parser.add_argument("--japanese-stt-decodings", default="fallback",

@@ -3,12 +3,12 @@
     .venv/bin/python bench/stt_window.py [--windows full,10,15] [--decodings fallback,greedy]
 
 Whisper's encoder reads 30 s of audio whatever the turn's length (a 2 s question is padded with 28 s of
-silence); koe.local gives Whisper base in Japanese sessions a shorter window (`stt.JAPANESE_WINDOW_S`: the
-turn plus a margin, at least that long). For each window this prints, per voice that asks, the error rate of
+silence); koe.local gives Whisper base a shorter window (`stt.WINDOW_S`: the turn plus a margin, at least
+that long). For each window this prints, per voice that asks, the error rate of
 the transcripts and the median time per transcript: the bench's Japanese questions and the engine
 benchmark's utterances said by Kokoro jf_alpha and jm_kumo and OpenJTalk mei (Whisper base; error rate on
 the reading in kana, so 一週間 / 1週間 is no error but 首都 / 種類 is), and the English ones said by Piper
-joe (Whisper tiny.en, character error rate). Windows alternate per sentence, so load falls on all alike.
+joe, written by Whisper base (shipped) and by tiny.en (English's model before; character error rate). Windows alternate per sentence, so load falls on all alike.
 Each clip is handed over as server_vad hands a turn to Whisper: 300 ms of silence before (its prefix padding)
 and 500 ms after (its silence window). `--decodings` compares, in the same run, Whisper's temperature fallback
 (`fallback`, shipped: stt.FALLBACK_TEMPERATURES) with greedy decoding alone (`greedy`).
@@ -66,8 +66,10 @@ def main() -> None:
         cases.append((f"Japanese, {voice} (Whisper base, kana error rate)", ja_text,
                       clips(lambda t, v=voice: japanese.tts.synthesize(t, voice=v), ja_text), whisper_base_dir(), "ja",
                       reading))
-    cases.append(("English, joe (Whisper tiny.en, character error rate)", en_text, clips(models.tts.synthesize, en_text),
-                  whisper_tiny_en_dir(), "en", normalized))
+    english = clips(models.tts.synthesize, en_text)
+    for name, model_dir in (("base", whisper_base_dir()), ("tiny.en, before", whisper_tiny_en_dir())):
+        cases.append((f"English, joe (Whisper {name}, character error rate)", en_text, english, model_dir, "en",
+                      normalized))
     print("| who asks | window, decoding | error rate | transcript p50 |")
     print("| --- | --- | --- | --- |")
     for label, texts, audio, model_dir, language, score in cases:

@@ -88,7 +88,7 @@ def main() -> None:
         japanese.tts.prepare(voice)
         kind = "OpenJTalk HTS" if voice == "mei" else "Kokoro-82M"
         result = measure(lambda text, v=voice: japanese.tts.synthesize(text, voice=v),
-                         lambda a: japanese.stt.transcribe(a, "ja"), JAPANESE, FIRST_CLAUSE["ja"], args.repeats)
+                         lambda a: models.stt.transcribe(a, "ja"), JAPANESE, FIRST_CLAUSE["ja"], args.repeats)
         rows.append((f"{voice} ({kind}, Japanese)", *result))
     for name, cer, _, _, heard in rows:
         print(f"{name}: heard {heard}")

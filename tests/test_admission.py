@@ -15,7 +15,8 @@ from websockets.exceptions import InvalidStatus
 
 from koe.client import Backend
 from koe.local import LocalServer
-from koe.local.admission import Admission, default_max_calls
+from koe.local.admission import CALLS_PER_CORE, Admission, default_max_calls
+from koe.local.scheduler import cores
 from koe.relay import Relay
 
 from conftest import LOCAL_KEY
@@ -87,7 +88,7 @@ async def test_a_call_beyond_capacity_is_refused_before_any_media(one_call_serve
 def test_capacity_comes_from_the_flag_the_environment_or_the_cores():
     assert default_max_calls({"KOE_LOCAL_MAX_CALLS": "3"}) == 3
     assert default_max_calls({"KOE_LOCAL_MAX_CALLS": "0"}) == 0  # no limit
-    assert default_max_calls({}) >= 1
+    assert default_max_calls({}) == CALLS_PER_CORE * cores() >= 2
     with pytest.raises(ValueError):
         default_max_calls({"KOE_LOCAL_MAX_CALLS": "-1"})
     unlimited = Admission(0)

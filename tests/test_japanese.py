@@ -100,9 +100,9 @@ def test_kokoro_speaks_48k_int16_and_mixed_text(japanese):
     assert japanese.tts.synthesize("。！？").size == 0
 
 
-def test_whisper_base_hears_japanese(japanese):
+def test_whisper_base_hears_japanese(japanese, models):
     for voice in ("mei", "jf_alpha"):
-        text = japanese.stt.transcribe(to_16k(japanese.tts.synthesize(QUESTION, voice=voice)), "ja")
+        text = models.stt.transcribe(to_16k(japanese.tts.synthesize(QUESTION, voice=voice)), "ja")
         assert "東京駅" in text and "教えて" in text, (voice, text)
 
 
@@ -113,34 +113,34 @@ def test_whisper_reads_a_window_that_fits_the_turn():
     assert _window_frames(29.0, 15.0) is None  # never past Whisper's own 30 s
 
 
-def test_the_short_window_hears_what_the_full_one_hears(japanese):
+def test_the_short_window_hears_what_the_full_one_hears(japanese, models):
     # Whisper's own 30 s window is the oracle: the shorter window must write the same words.
-    full = Transcriber(whisper_base_dir())
+    full = Transcriber(whisper_base_dir(), window_s=None)
     for text in (QUESTION, "太陽系で一番大きい惑星は何ですか？"):
         audio = to_16k(japanese.tts.synthesize(text, voice="jf_alpha"))
-        assert japanese.stt.transcribe(audio, "ja").rstrip("?？。") == full.transcribe(audio, "ja").rstrip("?？。")
+        assert models.stt.transcribe(audio, "ja").rstrip("?？。") == full.transcribe(audio, "ja").rstrip("?？。")
 
 
-def test_whisper_does_not_loop_on_a_sentence_greedy_decoding_repeats(japanese):
+def test_whisper_does_not_loop_on_a_sentence_greedy_decoding_repeats(japanese, models):
     # Greedy decoding alone wrote this question, as mei says it, as 大きい大きい大きい… up to the token budget;
     # Whisper's temperature fallback decodes a text that repeats itself again.
     asked = "太陽系で一番大きい惑星は何ですか？"
     # As server_vad hands a turn over: its 300 ms of prefix padding, the speech, the 500 ms silence window.
     audio = np.concatenate([np.zeros(4_800, np.float32), to_16k(japanese.tts.synthesize(asked, voice="mei")),
                             np.zeros(8_000, np.float32)])
-    heard = japanese.stt.transcribe(audio, "ja")
+    heard = models.stt.transcribe(audio, "ja")
     words = "".join(ch for ch in heard if ch.isalnum())
     assert 0 < len(words) <= 1.5 * len(asked), heard
     assert not any(words.count(words[i:i + 3]) >= 3 for i in range(len(words) - 2)), heard
 
 
-def test_the_fast_japanese_voice_speaks_at_once(japanese):
+def test_the_fast_japanese_voice_speaks_at_once(japanese, models):
     assert DEFAULT_JAPANESE_VOICE == "mei"
     pcm = japanese.tts.synthesize("今日の天気はどうですか？")
     assert pcm.dtype == np.int16 and 1.0 < pcm.size / 48_000 < 3.0 and rms_dbfs(pcm) > -30
     first_sound = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 1000)[0]
     assert first_sound < 48_000 * 0.05  # OpenJTalk's ~0.25 s of leading silence is gone
-    assert "天気" in japanese.stt.transcribe(to_16k(pcm), "ja")
+    assert "天気" in models.stt.transcribe(to_16k(pcm), "ja")
     assert japanese.tts.synthesize("はい", speed=1.5).size < japanese.tts.synthesize("はい").size
 
 
@@ -190,6 +190,6 @@ async def test_a_japanese_turn_with_your_own_model_speaks_its_reply(models, japa
     assert asked[0] == {"role": "system", "content": "Be kind.\n\n" + JAPANESE_REPLY_NOTE} and "東京駅" in asked[-1]["content"]
     assert user.of_type("response.output_audio_transcript.done")[0].transcript == ANSWER
     stopped = user.time_of(user.of_type("input_audio_buffer.speech_stopped")[0])
-    spoken = japanese.stt.transcribe(to_16k(user.received(since=stopped)), "ja")
+    spoken = models.stt.transcribe(to_16k(user.received(since=stopped)), "ja")
     assert "東京" in spoken and "電車" in spoken, spoken
 

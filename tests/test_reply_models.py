@@ -203,6 +203,23 @@ def call(call_id: str, name: str, arguments: str) -> dict:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def test_the_default_model_reads_whether_the_words_so_far_end(qwen):
+    """semantic_vad's reading of a transcript (ReplyModel.words_end): the speaker stopped to think, or finished.
+    Whisper writes punctuation either way ("I'd like to order."): it is left out."""
+    below = qwen.profile.words_go_on_below
+    go_on = ["I'd like to order.", "So what I was thinking", "Could you tell me how long it takes to...",
+             "The thing I need most right now is", "I was wondering if you could", "私が言いたいのは、", "週末は"]
+    end = ["What is the capital of France?", "Please count from one to five.", "Why is the sky blue?",
+           "Tell me a fun fact about cats.", "No, not really.", "日本の首都はどこですか？"]
+    read = {text: qwen.words_end([SYSTEM, {"role": "user", "content": text}], max_tokens=60) for text in go_on + end}
+    assert all(read[t] < below for t in go_on) and all(read[t] > below for t in end), read
+    # What it evaluated is the reply's prompt up to the words: the reply evaluates only what follows them.
+    history = [SYSTEM, {"role": "user", "content": end[0]}]
+    qwen.words_end(history, max_tokens=60)
+    held, (prompt, _) = evaluated(qwen), qwen._prompt(history, 60)
+    assert prompt[: len(held)] == held and len(prompt) - len(held) <= 8
+
+
 def test_tool_prompts_are_what_the_models_own_chat_template_renders(qwen, fast):
     assert qwen.calls_functions and not PROFILES["fast"].tools
     tools = chat_tools("current_time", "calculate")

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-session-minutes", type=float, default=60.0)
     parser.add_argument("--max-calls", type=int, default=None,
                         help=f"conversations served at once; more are refused (429, Retry-After) before any media "
-                             f"flows (default: ${MAX_CALLS_ENV}, else one per core; 0 = no limit)")
+                             f"flows (default: ${MAX_CALLS_ENV}, else two per core; 0 = no limit)")
     parser.add_argument("--cors-origins", default=os.environ.get("KOE_CORS_ORIGINS", "*"),
                         help="comma-separated origins whose pages may call the API (default: $KOE_CORS_ORIGINS, "
                              "else * = any: access is by bearer key, not cookies)")

@@ -154,7 +154,7 @@ class LocalServer:
         access is by bearer key, never by cookie, so a foreign page gains nothing without one).
 
         `max_calls`: conversations (WebRTC calls and WebSocket sessions) served at once, else
-        $KOE_LOCAL_MAX_CALLS, else one per core (koe.local.admission); 0 = no limit. Beyond it a new
+        $KOE_LOCAL_MAX_CALLS, else two per core (koe.local.admission); 0 = no limit. Beyond it a new
         one is refused with 429 and `Retry-After` before any media flows.
         `offer_timeout_s`: a call whose peer has not connected this long after the answer is closed.
         `worker_key`: this server is a worker behind `python -m koe.local --workers N` (koe.local.workers),

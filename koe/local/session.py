@@ -145,6 +145,7 @@ class LocalSession:
         self._early: asyncio.Future | None = None  # transcript started when the silence began
         self._early_job: concurrent.futures.Future | None = None
         self._prefill_job: concurrent.futures.Future | None = None  # the reply prompt, evaluated speculatively
+        self._words_job: asyncio.Future | None = None  # semantic_vad: do the words so far end?
         self._response: Response | None = None
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
@@ -235,13 +236,17 @@ class LocalSession:
             # the turn model says complete. One pass at a time: pauses between words must not queue up
             # work for the model.
             if self._early_job is None or self._early_job.done():
-                self._early_job = self._scheduler.submit(Urgency.LISTEN, self._stt_name(), self._transcribe,
+                self._early_job = self._scheduler.submit(Urgency.LISTEN, "stt", self._transcribe,
                                                          event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
+                if isinstance(self._detector, SemanticVadDetector) \
+                        and self.models.llm.profile.words_go_on_below is not None:
+                    self._detector.words_asked(event.audio_ms)
+                    self._early.add_done_callback(functools.partial(self._read_words, self._detector, event.audio_ms))
                 self._early.add_done_callback(self._prefill)
         elif isinstance(event, SpeechResumed):
             self._early = None
-            for job in (self._early_job, self._prefill_job):
+            for job in (self._early_job, self._prefill_job, self._words_job):
                 if job is not None:
                     job.cancel()  # drops it unless it already started
         elif isinstance(event, SpeechStopped):
@@ -250,8 +255,9 @@ class LocalSession:
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id)
             create = vad is not None and vad.create_response
             early, self._early = self._early, None
-            if self._prefill_job is not None:
-                self._prefill_job.cancel()  # still queued: the reply evaluates its prompt itself, sooner
+            for job in (self._prefill_job, self._words_job):
+                if job is not None:
+                    job.cancel()  # still queued: the reply evaluates its prompt itself, sooner
             if early is not None and self._early_job is not None and self._early_job.cancel():
                 early = None  # still queued as listening work: the turn's end makes it a reply's, asked anew
             self._commit(item_id, event.audio, respond=create, early=early, stopped_at=time.monotonic(),
@@ -266,12 +272,43 @@ class LocalSession:
         if early is not self._early or early.cancelled() or early.exception() is not None or not early.result().strip() \
                 or not self._bundled_replies or vad is None or not vad.create_response or self._response is not None:
             return
+        messages, options = self._reply_prompt(early.result())
+        self._prefill_job = self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(
+            self.models.llm.prefill, messages, **options))
+
+    def _read_words(self, detector: SemanticVadDetector, silence_ms: int, early: asyncio.Future) -> None:
+        """semantic_vad: the early transcript is in; the bundled reply model reads whether its words end there
+        (turn-taking work, as urgent as the turn model), and its answer may end the turn."""
+        def settle(job: asyncio.Future) -> None:
+            probability = None
+            if not job.cancelled():
+                if job.exception() is not None:
+                    log.warning("reading the words failed: %s", job.exception())
+                else:
+                    probability = job.result()
+            if detector is self._detector:  # else the session closed or its turn detection changed
+                for event in detector.words(silence_ms, probability, self.models.llm.profile.words_go_on_below):
+                    self._on_turn_event(event)
+
+        text = "" if early.cancelled() or early.exception() is not None else early.result().strip()
+        if early is not self._early or not text:  # no words to read: the sound alone decides
+            for event in detector.words(silence_ms, None):
+                self._on_turn_event(event)
+            return
+        messages, options = self._reply_prompt(text)
+        if not self._bundled_replies:  # the prompt a chat endpoint gets is not this model's to cache
+            options = {"alone": options["alone"]}
+        self._words_job = self._scheduler.run(Urgency.REPLY, "llm", functools.partial(
+            self.models.llm.words_end, messages, **options))
+        self._words_job.add_done_callback(settle)
+
+    def _reply_prompt(self, text: str) -> tuple[list[dict], dict]:
+        """The bundled reply model's messages and keyword arguments for a reply to the user's `text` now."""
         calls = self.replies.calls_functions
         messages = self._conversation.chat_messages(self._reply_instructions(self.settings.instructions), tools=calls)
-        messages.append({"role": "user", "content": early.result()})  # as the turn's item will read
-        self._prefill_job = self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(
-            self.models.llm.prefill, messages, max_tokens=reply_tokens(self.settings.max_output_tokens),
-            alone=self._scheduler.alone, **(self._chat_tools({}) if calls else {})))
+        messages.append({"role": "user", "content": text})  # as the turn's item will read
+        return messages, dict(max_tokens=reply_tokens(self.settings.max_output_tokens), alone=self._scheduler.alone,
+                              **(self._chat_tools({}) if calls else {}))
 
     def _ask_turn_model(self, detector: SemanticVadDetector, question: TurnQuestion) -> None:
         """semantic_vad: has the user finished? The model runs in the executor; its answer may end the turn."""
@@ -307,7 +344,7 @@ class LocalSession:
         # manual commit. No speech came after the silence began (it would have dropped the early pass), so
         # the early transcript holds every word of the turn.
         text = await (early if early is not None else self._scheduler.run(
-            Urgency.REPLY, self._stt_name(), self._transcribe, audio, deadline=min(marks.values())))
+            Urgency.REPLY, "stt", self._transcribe, audio, deadline=min(marks.values())))
         item.text = text
         marks["transcribed"] = time.monotonic()
         if self.settings.transcription is not None:
@@ -816,19 +853,14 @@ class LocalSession:
             self.error("MCP servers are called by OpenAI itself; the local backend leaves them out.",
                        "local_mcp_unsupported", type_="warning")
 
-    # Both run in the executor: the Japanese models load there on first use, never on the loop.
+    # Both run in the executor: the Japanese voices load there on first use, never on the loop.
     def _transcribe(self, audio16k: np.ndarray) -> str:
-        if self._japanese():
-            return get_japanese_models().stt.transcribe(audio16k, "ja")
         return self.models.stt.transcribe(audio16k, self._language())
 
     def _synthesize(self, clause: str) -> np.ndarray:
         if self._japanese():
             return get_japanese_models().tts.synthesize(clause, self.settings.speed, japanese_voice(self.settings.voice))
         return self.models.tts.synthesize(clause, self.settings.speed)
-
-    def _stt_name(self) -> str:
-        return "stt-ja" if self._japanese() else "stt"
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -12,9 +12,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from koe.local.stages.assets import whisper_base_dir
 from koe.local.stages.llm import ReplyModel, reply_profile
-from koe.local.stages.stt import JAPANESE_WINDOW_S, Transcriber
+from koe.local.stages.stt import Transcriber
 from koe.local.stages.tts import Speaker
 from koe.local.stages.tts_ja import JapaneseSpeaker
 from koe.local.stages.turn_model import TurnModel
@@ -36,9 +35,8 @@ class LocalModels:
 
 @dataclass(frozen=True)
 class JapaneseModels:
-    """Speech in and out for sessions whose transcription language is "ja"; the reply model is shared."""
+    """The voices of sessions whose transcription language is "ja"; Whisper and the reply model are shared."""
 
-    stt: Transcriber
     tts: JapaneseSpeaker
 
 
@@ -71,7 +69,7 @@ def get_models(reply_model: str | None = None) -> LocalModels:
         if _models is None:
             _models = LocalModels(
                 vad=_timed("silero vad", SileroModel),
-                stt=_timed("whisper tiny.en", Transcriber),
+                stt=_timed("whisper base", Transcriber),
                 llm=llm,
                 tts=_timed("piper joe", Speaker),
                 turn=_timed("smart turn v3.2", TurnModel),
@@ -84,11 +82,8 @@ def get_japanese_models() -> JapaneseModels:
     global _japanese
     with _japanese_lock:
         if _japanese is None:
-            japanese = JapaneseModels(stt=_timed("whisper base", lambda: Transcriber(whisper_base_dir(),
-                                                                                      JAPANESE_WINDOW_S)),
-                                      tts=_timed("openjtalk mei", JapaneseSpeaker))
+            japanese = JapaneseModels(tts=_timed("openjtalk mei", JapaneseSpeaker))
             started = time.perf_counter()
-            japanese.stt.transcribe(np.zeros(8_000, np.float32), "ja")
             japanese.tts.synthesize("はい。")
             log.info("warmed the Japanese models in %.2f s", time.perf_counter() - started)
             _japanese = japanese

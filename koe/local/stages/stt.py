@@ -1,4 +1,4 @@
-"""Speech-to-text with Whisper (faster-whisper / CTranslate2, int8 on the CPU)."""
+"""Speech-to-text with Whisper base (multilingual; faster-whisper / CTranslate2, int8 on the CPU), for every language."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 from koe.local.scheduler import model_threads
-from koe.local.stages.assets import whisper_tiny_en_dir
+from koe.local.stages.assets import whisper_base_dir
 
 # Whisper can loop on unclear audio: bound the text by the audio's length (Japanese needs ~6 tokens a
 # second, English ~4), never under what a short turn needs nor over Whisper's own window.
@@ -26,9 +26,11 @@ MAX_NEW_TOKENS = 224
 FULL_WINDOW_FRAMES = 3000
 FRAMES_PER_SECOND = 100
 WINDOW_MARGIN_S = 2.0
-# Whisper base in Japanese sessions: 15 s kept its text (10 s began to repeat words in English) and made the
-# transcript of a short question 3-10x cheaper, so it is ready before the silence window ends.
-JAPANESE_WINDOW_S = 15.0
+# 15 s kept Whisper base's text (10 s began to repeat words in English) and made the transcript of a short
+# question 3-4x cheaper, so it is ready when semantic_vad's turn model first asks (200 ms into the silence).
+# English uses base too: with this window it is cheaper than tiny.en reading 30 s (p50 172 vs 299 ms a
+# question, bench/stt_window.py) and hears names tiny.en did not ("Romeo and Juliet", not "Romino").
+WINDOW_S = 15.0
 # Whisper's own fallback (openai-whisper's and faster-whisper's defaults): a greedy text that repeats itself
 # (gzip ratio > 2.4) or is unsure (mean log-probability < -1) is decoded again, sampling at rising
 # temperatures, from the same encoder output. Greedy alone looped on OpenJTalk's "mei" asking
@@ -51,24 +53,25 @@ class _WindowedWhisper(WhisperModel):
 
 
 class Transcriber:
-    """One Whisper model shared by all sessions, computing with `model_threads()`; a lock serialises calls
-    (two would halve each; koe.local's scheduler runs one at a time anyway).
+    """One Whisper model shared by all sessions and languages, computing with `model_threads()`; a lock
+    serialises calls (two would halve each; koe.local's scheduler runs one at a time anyway).
 
+    `model_dir`: a CTranslate2 Whisper model (default: Whisper base, joined into the cache on first use).
     `window_s` (settable): the least audio Whisper's encoder reads, in seconds (the turn plus WINDOW_MARGIN_S
     when longer, at most Whisper's 30 s); None reads the full 30 s window, as Whisper was trained.
     `temperatures`: the decoding temperatures tried in turn (FALLBACK_TEMPERATURES; (0.0,) decodes greedily only).
     """
 
-    def __init__(self, model_dir: Path | None = None, window_s: float | None = None,
+    def __init__(self, model_dir: Path | None = None, window_s: float | None = WINDOW_S,
                  temperatures: tuple[float, ...] = FALLBACK_TEMPERATURES) -> None:
-        self._model = _WindowedWhisper(str(model_dir or whisper_tiny_en_dir()), device="cpu",
+        self._model = _WindowedWhisper(str(model_dir or whisper_base_dir()), device="cpu",
                                        compute_type="int8", cpu_threads=model_threads(), local_files_only=True)
         self.window_s = window_s
         self.temperatures = temperatures
         self._lock = threading.Lock()
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = "en") -> str:
-        """The text of float32 16 kHz mono audio; "" for none."""
+        """The text of float32 16 kHz mono audio in `language` (ISO 639-1; None: detected); "" for none."""
         audio = np.asarray(audio16k, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             return ""

@@ -195,19 +195,30 @@ UNSURE_FROM = {"high": 0.1, "medium": 0.25, "auto": 0.25, "low": COMPLETE}
 
 
 class SemanticVadDetector(ServerVadDetector):
-    """OpenAI's semantic_vad: as the silence grows a turn model judges whether the utterance is complete.
+    """OpenAI's semantic_vad: as the silence grows a turn model judges whether the utterance is complete,
+    from its sound, and the reply model from its words.
 
     When a silence reaches each of ASK_AT_MS the detector emits a TurnQuestion (the caller runs the
     model, off the event loop, and hands the probability to `verdict`). The latest answer sets how long
     the silence may last: complete (> 0.5) ends the turn at once; unsure (UNSURE_FROM[eagerness] up to
     0.5) at FALLBACK_MS, like server_vad; sure it is mid-sentence, or no answer yet: the eagerness's
     maximum. Speech voids the answers; the next silence asks again.
+
+    The words: a caller that reads the silence's transcript says so (`words_asked`) and hands over the
+    probability that the words end there (`words`; the reply model's ReplyModel.words_end). A melody can
+    sound finished where the words are not ("I'd like to order, …" spoken by a TTS voice), so words that
+    go on hold a complete or unsure sound for half the eagerness's maximum (a thinking pause) and keep a
+    mid-sentence one waiting for all of it; a complete sound waits for the words, up to FALLBACK_MS; words
+    that plainly end (> 0.5) make a mid-sentence sound unsure, except for `low`.
     """
 
     def __init__(self, eagerness: str = "auto", threshold: float = 0.5, prefix_padding_ms: int = 300,
                  clock: int = 0) -> None:
         self._asked = 0  # how many of ASK_AT_MS the current silence has asked
-        self._window_ms: int | None = None  # the silence the latest answer allows; None: the maximum
+        self._sound: float | None = None  # the turn model's latest answer about the current silence
+        self._words: float | None = None  # the probability that its words end there
+        self._words_below = 0.0  # under which the words go on
+        self._words_pending = False  # the words are being read
         super().__init__(threshold, prefix_padding_ms, MAX_WAIT_MS[eagerness], clock)
         self.eagerness = eagerness
 
@@ -222,7 +233,8 @@ class SemanticVadDetector(ServerVadDetector):
 
     def _new_silence(self) -> None:
         self._asked = 0
-        self._window_ms = None
+        self._sound = self._words = None
+        self._words_pending = False
 
     def feed(self, chunk: np.ndarray, prob: float) -> list[TurnEvent]:
         events = super().feed(chunk, prob)
@@ -240,19 +252,46 @@ class SemanticVadDetector(ServerVadDetector):
         Returns [SpeechStopped] when it ends the turn at once, else []. An answer about a silence that
         speech has since broken is ignored.
         """
-        if self._silence_since is None or _ms(self._silence_since) != question.silence_ms:
+        if not self._current(question.silence_ms):
             return []
-        if probability > COMPLETE:
-            self._window_ms = 0
-        elif probability >= UNSURE_FROM[self.eagerness]:
-            self._window_ms = FALLBACK_MS
-        else:
-            self._window_ms = None
+        self._sound = probability
+        return self._stop_if_over()
+
+    def words_asked(self, silence_ms: int) -> None:
+        """The words before the silence that began at `silence_ms` (SilenceBegan.audio_ms) are being read."""
+        if self._current(silence_ms):
+            self._words_pending = True
+
+    def words(self, silence_ms: int, probability: float | None, go_on_below: float = 0.0) -> list[TurnEvent]:
+        """The probability (0..1) that the words before that silence end there, and the figure under which
+        they go on; None: no reading (no words, or it failed). Returns as `verdict` does."""
+        if not self._current(silence_ms):
+            return []
+        self._words, self._words_below, self._words_pending = probability, go_on_below, False
+        return self._stop_if_over()
+
+    def _current(self, silence_ms: int) -> bool:
+        return self._silence_since is not None and _ms(self._silence_since) == silence_ms
+
+    def _stop_if_over(self) -> list[TurnEvent]:
         return [self._stop()] if self._silence_over(self._clock - self._silence_since) else []
 
+    def _window_ms(self) -> int | None:
+        """The silence the answers so far allow, in ms; None: the eagerness's maximum."""
+        sound, words, unsure = self._sound, self._words, UNSURE_FROM[self.eagerness]
+        if sound is None:
+            return None
+        if words is not None and words < self._words_below:  # the words go on
+            return self.silence_duration_ms // 2 if sound >= unsure else None
+        if sound > COMPLETE:
+            return FALLBACK_MS if self._words_pending else 0
+        if sound >= unsure or (words is not None and words > COMPLETE and unsure < COMPLETE):
+            return FALLBACK_MS
+        return None
+
     def _silence_over(self, silence: int) -> bool:
-        window = self.silence_duration_ms if self._window_ms is None else self._window_ms
-        return silence >= _samples(window)
+        window = self._window_ms()
+        return silence >= _samples(self.silence_duration_ms if window is None else window)
 
 
 class AudioBuffer:
