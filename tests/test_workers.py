@@ -27,6 +27,7 @@ from conftest import LOCAL_KEY
 from koe.audio import rms_dbfs
 from koe.client import Backend
 from koe.client.simulated_user import SimulatedUser
+from koe.local.workers import WorkerFront, shares
 from koe.protocol import SessionSettings
 from test_admission import an_offer
 
@@ -147,6 +148,15 @@ async def test_a_websocket_session_through_the_front(front):
 
 
 async def test_an_ephemeral_key_from_the_front_starts_one_call_on_a_worker(front):
+    origin = "http://localhost:1234"  # a page on another origin: CORS as from one process
+    async with httpx.AsyncClient(base_url=front.url) as http:
+        preflight = await http.options("/v1/realtime/calls", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] in ("*", origin)
+        capabilities = await http.get("/v1/koe/capabilities", headers={"Origin": origin})
+        assert capabilities.headers["access-control-allow-origin"] in ("*", origin)
+        assert capabilities.json()["reply_model"]["profile"] == "fast"  # a worker's answer
     minted = await sdk(front).realtime.client_secrets.create(
         session={"type": "realtime", "instructions": "Answer like a pirate."})
     browser = sdk(front, minted.value)  # what a page would be given
@@ -206,3 +216,9 @@ def test_sigterm_stops_the_front_and_every_worker(front):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_calls_and_cores_are_shared_out_evenly():
+    assert shares(5, 2) == [3, 2] and shares(2, 2) == [1, 1] and shares(0, 3) == [0, 0, 0]
+    with pytest.raises(ValueError):  # a worker with no share of the calls would have no limit
+        WorkerFront(3, [], max_calls=2)

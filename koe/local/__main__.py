@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     reply.add_argument("--chat-timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds (default: %(default)s)")
     parser.add_argument("--japanese", action="store_true",
                         help="load the Japanese models at start (else on the first Japanese session)")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get(WORKERS_ENV) or 1),
+    parser.add_argument("--workers", type=int, default=None,
                         help="model processes behind this one address, each with its own models and its share of "
                              "the cores and of --max-calls (default: $%s, else 1: this process serves)" % WORKERS_ENV)
     args = parser.parse_args(argv)
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     if max_calls < 0:
         parser.error("--max-calls must be 0 (no limit) or more")
+    if args.workers is None:
+        try:
+            args.workers = int(os.environ.get(WORKERS_ENV) or 1)
+        except ValueError:
+            parser.error(f"${WORKERS_ENV} must be a whole number")
     if args.workers < 1:
         parser.error("--workers must be 1 or more")
     if worker is None and args.workers > 1 and 0 < max_calls < args.workers:

@@ -88,8 +88,9 @@ class WorkerEnv:
 
 @dataclass
 class Worker:
-    """One worker process as the front sees it. `pending`: conversations being forwarded to it now, which
-    its /healthz does not count yet (so that two at once are not both sent to the same idle worker)."""
+    """One worker process as the front sees it. `pending`: requests being forwarded to it now, a new
+    conversation among them not yet counted by its /healthz (so that two calls arriving at once are not
+    both sent to the same idle worker)."""
 
     index: int  # 1-based
     sock: socket.socket
@@ -172,6 +173,7 @@ class WorkerFront:
         task = asyncio.current_task()
 
         def stop() -> None:  # while starting: give up at once; while serving: as uvicorn stops, gracefully
+            self._stopping = True  # a worker ending now (Ctrl-C reaches it too) is not restarted
             if self._server is None:
                 task.cancel()
             else:
@@ -182,7 +184,12 @@ class WorkerFront:
         try:
             started = time.monotonic()
             log.info("starting %d workers", len(self.workers))
-            await asyncio.gather(*(self._start(worker) for worker in self.workers))
+            try:
+                async with asyncio.TaskGroup() as starting:  # one failing stops the others' waiting
+                    for worker in self.workers:
+                        starting.create_task(self._start(worker))
+            except* RuntimeError as failed:
+                raise failed.exceptions[0] from None
             log.info("all %d workers ready in %.1f s", len(self.workers), time.monotonic() - started)
             self._watchers = [asyncio.create_task(self._watch(worker)) for worker in self.workers]
             config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off",
@@ -232,15 +239,14 @@ class WorkerFront:
             if self._stopping:
                 return
             worker.ready = False
-            lost = [call for call, holder in self._calls.items() if holder is worker]
-            for call in lost:
+            for call in [call for call, holder in self._calls.items() if holder is worker]:
                 del self._calls[call]
             await worker.http.aclose()
             worker.restarts += 1
             quick_exits = quick_exits + 1 if time.monotonic() - worker.started_at < 60 else 0
             delay = RESTART_DELAYS_S[min(quick_exits, len(RESTART_DELAYS_S)) - 1] if quick_exits else 0
-            log.warning("worker %d (pid %d) exited with code %s; %d of its calls ended; restarting it%s",
-                        worker.index, worker.process.pid, code, len(lost), f" in {delay} s" if delay else "")
+            log.warning("worker %d (pid %d) exited with code %s: its calls and sessions ended; restarting it%s",
+                        worker.index, worker.process.pid, code, f" in {delay} s" if delay else "")
             await asyncio.sleep(delay)
             try:
                 await self._start(worker)
