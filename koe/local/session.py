@@ -187,6 +187,7 @@ class LocalSession:
         self.emit("session.created", to=self.transport, session=self.session_object())
         self._on_language()
         self._on_tools()
+        self._prefill_conversation()
 
     def observe(self, transport: Transport) -> None:
         """Attach a sideband link (`/v1/realtime?call_id=`): it gets every event from now on and may
@@ -239,8 +240,7 @@ class LocalSession:
                 self._early_job = self._scheduler.submit(Urgency.LISTEN, "stt", self._transcribe,
                                                          event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
-                if isinstance(self._detector, SemanticVadDetector) \
-                        and self.models.llm.profile.words_go_on_below is not None:
+                if self._reads_words():
                     self._detector.words_asked(event.audio_ms)
                     self._early.add_done_callback(functools.partial(self._read_words, self._detector, event.audio_ms))
                 self._early.add_done_callback(self._prefill)
@@ -272,12 +272,19 @@ class LocalSession:
         if early is not self._early or early.cancelled() or early.exception() is not None or not early.result().strip() \
                 or not self._bundled_replies or vad is None or not vad.create_response or self._response is not None:
             return
-        messages, options = self._reply_prompt(early.result())
+        messages, options = self._model_prompt(early.result())
         self._prefill_job = self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(
             self.models.llm.prefill, messages, **options))
 
+    def _reads_words(self) -> bool:
+        """semantic_vad with a bundled model that reads words in the session's language (its profile's
+        `words_go_on_below`): the transcript of each silence is read as well as its sound."""
+        profile = self.models.llm.profile
+        return isinstance(self._detector, SemanticVadDetector) and profile.words_go_on_below is not None \
+            and (profile.japanese or not self._japanese())
+
     def _read_words(self, detector: SemanticVadDetector, silence_ms: int, early: asyncio.Future) -> None:
-        """semantic_vad: the early transcript is in; the bundled reply model reads whether its words end there
+        """semantic_vad: the early transcript is in; the bundled model reads whether its words end there
         (turn-taking work, as urgent as the turn model), and its answer may end the turn."""
         def settle(job: asyncio.Future) -> None:
             probability = None
@@ -295,18 +302,28 @@ class LocalSession:
             for event in detector.words(silence_ms, None):
                 self._on_turn_event(event)
             return
-        messages, options = self._reply_prompt(text)
-        if not self._bundled_replies:  # the prompt a chat endpoint gets is not this model's to cache
-            options = {"alone": options["alone"]}
+        messages, options = self._model_prompt(text)
         self._words_job = self._scheduler.run(Urgency.REPLY, "llm", functools.partial(
             self.models.llm.words_end, messages, **options))
         self._words_job.add_done_callback(settle)
 
-    def _reply_prompt(self, text: str) -> tuple[list[dict], dict]:
-        """The bundled reply model's messages and keyword arguments for a reply to the user's `text` now."""
-        calls = self.replies.calls_functions
+    def _prefill_conversation(self) -> None:
+        """The conversation changed outside a turn (the session's start, new instructions, a reply done or cut
+        where it was heard): the bundled model evaluates it into its cache as listening work, so that the next
+        turn's reading of the words and its reply evaluate only what the user says (a preset's instructions
+        are 100-300 tokens: seconds on one core)."""
+        if self._bundled_replies or self._reads_words():
+            messages, options = self._model_prompt()
+            self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(self.models.llm.prefill, messages,
+                                                                             **options))
+
+    def _model_prompt(self, text: str | None = None) -> tuple[list[dict], dict]:
+        """The bundled model's messages and keyword arguments for a reply to the user's `text` now (None: the
+        conversation so far), as a reply would give them, so that what one evaluates the next one finds cached."""
+        calls = self._bundled_replies and self.replies.calls_functions
         messages = self._conversation.chat_messages(self._reply_instructions(self.settings.instructions), tools=calls)
-        messages.append({"role": "user", "content": text})  # as the turn's item will read
+        if text is not None:
+            messages.append({"role": "user", "content": text})  # as the turn's item will read
         return messages, dict(max_tokens=reply_tokens(self.settings.max_output_tokens), alone=self._scheduler.alone,
                               **(self._chat_tools({}) if calls else {}))
 
@@ -560,6 +577,7 @@ class LocalSession:
         self.emit("rate_limits.updated", rate_limits=[])
         if self._response is response:
             self._response = None
+        self._prefill_conversation()
         if self._playing is response and self._playback is not None and self._playback.queued_ms == 0:
             self._on_drained()  # the audio ran out before the reply was done
 
@@ -611,6 +629,7 @@ class LocalSession:
         self.emit("output_audio_buffer.cleared", response_id=playing.id)
         self.emit("conversation.item.truncated", item_id=playing.item.id, content_index=0,
                   audio_end_ms=played * 1000 // RATE)
+        self._prefill_conversation()
 
     def _on_drained(self) -> None:
         playing = self._playing
@@ -661,6 +680,7 @@ class LocalSession:
         self.emit("session.updated", session=self.session_object())
         self._on_language()
         self._on_tools()
+        self._prefill_conversation()
 
     def _on_input_audio_buffer_append(self, event) -> None:
         try:
@@ -737,6 +757,7 @@ class LocalSession:
             item.text = item.heard(event.audio_end_ms * RATE // 1000)
         self.emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
                   audio_end_ms=event.audio_end_ms)
+        self._prefill_conversation()
 
     def _on_conversation_item_delete(self, event) -> None:
         try:

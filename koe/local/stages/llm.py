@@ -78,13 +78,17 @@ PROFILES: dict[str, ReplyProfile] = {
                             context_tokens=4096, temperature=0.3, top_p=0.8, top_k=20, repeat_penalty=1.05,
                             japanese=True, tools=True,
                             system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-                            # 19 fragments ("I'd like to order", "私が言いたいのは"): 0.000-0.018; 23 finished
-                            # turns: 0.09-0.997, but for two that invite more ("...a good book", "...a table").
+                            # 31 fragments ("I'd like to order", "私が言いたいのは"): 0.000-0.018 but for "Let me
+                            # think, um" (0.22); 38 finished turns: 0.09-0.997, but for six that invite more
+                            # ("I would like to book a table.", "Tell me more.", "...the nearest station?").
                             words_go_on_below=0.03),
     "fast": ReplyProfile("fast", "SmolLM2-135M-Instruct", "135M parameters, Q4_1", smollm2_gguf_path,
                          context_tokens=2048, temperature=0.2, top_p=0.9, top_k=40, repeat_penalty=1.0,
                          japanese=False, tools=False,
-                         system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+                         system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+                         # 27 English fragments: 0.000-0.136, 20 of them under 0.005; 35 finished turns:
+                         # 0.005-0.947, but for three that invite more ("I'd like to order.").
+                         words_go_on_below=0.005),
 }
 
 
