@@ -33,6 +33,7 @@ from test_admission import an_offer
 
 ROOT = Path(__file__).resolve().parents[1]
 GA = "gpt-realtime"
+BETA = "gpt-4o-realtime-preview-2024-12-17"
 QUESTION = "Please count from one to five."
 START_TIMEOUT_S = 300  # both workers load their models on a busy machine
 
@@ -107,6 +108,9 @@ async def test_calls_spread_over_the_workers_speak_and_the_one_too_many_is_refus
             stopped = user.time_of(user.of_type("input_audio_buffer.speech_stopped")[0])
             await user.seen("output_audio_buffer.stopped", timeout_s=60)
             assert rms_dbfs(user.received(since=stopped)) > -40  # each heard its reply
+        # A sideband socket reaches the worker holding the call (the second: the least loaded is the first).
+        async with sdk(front).realtime.connect(call_id=second.connection.call_id) as sideband:
+            assert (await sideband.recv()).type == "session.created"
 
         # Every worker full: OpenAI's SDK gets its RateLimitError, as from one process.
         with pytest.raises(openai.RateLimitError) as refused:
@@ -184,6 +188,17 @@ async def test_an_ephemeral_key_from_the_front_starts_one_call_on_a_worker(front
         await front.until(lambda h: h["calls"] == 0)
     finally:
         await pc.close()
+
+
+async def test_a_beta_call_with_a_key_from_the_fronts_beta_sessions(front):
+    """Koe's own client in the beta dialect: `POST /v1/realtime/sessions` (the front mints), then the offer
+    to `POST /v1/realtime?model=` with that key, answered by a worker."""
+    settings = SessionSettings(model=BETA, instructions="Answer briefly.", voice="alloy")
+    async with SimulatedUser(Backend(front.url, api_key=LOCAL_KEY), settings) as user:
+        created = await user.seen("session.created", timeout_s=20)
+        assert created.session["instructions"] == "Answer briefly." and created.session["voice"] == "alloy"
+        assert front.health()["calls"] == 1
+    await front.until(lambda h: h["calls"] == 0)
 
 
 async def test_a_worker_that_dies_is_started_again(front):

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def banner(host: str, port: int, max_calls: int, workers: int = 1) -> None:
+    """The line a person (and tests/test_workers.py, for the port) reads once the server answers."""
     print(f"Koe local Realtime server on http://{host}:{port}, "
           + (f"{workers} worker processes, " if workers > 1 else "") + f"{max_calls or 'unlimited'} conversations at once "
           f"(WebRTC: POST /v1/realtime/calls, beta POST /v1/realtime?model=...; WebSocket: GET /v1/realtime?model=...)", flush=True)

@@ -77,6 +77,7 @@ class WorkerEnv:
 
     @classmethod
     def from_environ(cls) -> "WorkerEnv | None":
+        """This process's worker settings; None when no front started it (KeyError/ValueError if half set)."""
         if WORKER_FD_ENV not in os.environ:
             return None
         return cls(int(os.environ[WORKER_INDEX_ENV]), int(os.environ[WORKER_FD_ENV]), os.environ[WORKER_KEY_ENV])
@@ -181,6 +182,10 @@ class WorkerFront:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=5)
+        listening = config.bind_socket()  # first: a port in use is said before any model loads (SystemExit)
+        self.port = listening.getsockname()[1]
         try:
             started = time.monotonic()
             log.info("starting %d workers", len(self.workers))
@@ -192,19 +197,16 @@ class WorkerFront:
                 raise failed.exceptions[0] from None
             log.info("all %d workers ready in %.1f s", len(self.workers), time.monotonic() - started)
             self._watchers = [asyncio.create_task(self._watch(worker)) for worker in self.workers]
-            config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off",
-                                    timeout_graceful_shutdown=5)
             self._server = uvicorn.Server(config)
             self._server.install_signal_handlers = lambda: None  # ours above
-            serving = asyncio.ensure_future(self._server.serve())
+            serving = asyncio.ensure_future(self._server.serve(sockets=[listening]))
             while not self._server.started and not serving.done():
                 await asyncio.sleep(0.05)
-            if self._server.started:
-                self.port = self._server.servers[0].sockets[0].getsockname()[1]
-                if on_ready is not None:
-                    on_ready(self.port)
+            if self._server.started and on_ready is not None:
+                on_ready(self.port)
             await serving
         finally:
+            listening.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self._stop_workers()
