@@ -56,7 +56,7 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-TIMINGS_LINE = re.compile(r"koe\.local INFO reply resp_\w+: (.*)$")  # session.py's _log_timings
+TIMINGS_LINE = re.compile(r"koe\.local(?: worker \d+)? INFO reply resp_\w+: (.*)$")  # session.py's _log_timings
 TIMING = re.compile(r"(\w+) ([+-]\d+) ms")
 
 
@@ -81,6 +81,11 @@ class LocalBackendProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Its process and, with `--workers N`, its workers' (from /healthz at start), whose CPU and memory count."""
+        return [self.pid] + [worker["pid"] for worker in self.health.get("workers", [])]
 
     def _read_log(self) -> None:
         for line in self.process.stderr:  # read to the end, or the process blocks on a full pipe

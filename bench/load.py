@@ -1,7 +1,7 @@
 """Load on one local backend: N simultaneous callers, N ramping up, the backend in its own process.
 
     .venv/bin/python bench/load.py [--ramp 1,2,3,4,6] [--turns 2] [--max-calls N] [--reply-model fast|default]
-                                   [--through-relay]
+                                   [--through-relay] [--workers N]
 
 Starts `python -m koe.local` (its capacity: `--max-calls`, else its own default, one per core; 0 = none),
 then for each N runs N synthetic callers at once (aiortc WebRTC calls from this process, each asking short
@@ -13,7 +13,8 @@ all of the app side in this process. Per N it prints:
 - late audio: the share of each reply's playing time (first voiced frame to `output_audio_buffer.stopped`)
   spent in silences of 250 ms or more, where the backend had no audio ready, against N = 1 in the same run
   (a reply's own pauses between sentences are in both);
-- the backend process's CPU (cores busy, from /proc) and its peak memory (VmHWM);
+- the backend process's CPU (cores busy, from /proc) and its peak memory (VmHWM), with `--workers N` summed
+  over the front and its workers;
 and names the first N where replies degrade (p50 over 1.5 s, or late audio 5 points above N = 1).
 Figures on a shared machine are noisy: read them as ceilings, and compare rows of one run.
 """
@@ -165,12 +166,12 @@ async def caller(make, speech: list[np.ndarray], turns: int, level: Level, delay
         await who.close()
 
 
-async def run_level(make, pid: int, speech: list[np.ndarray], n: int, turns: int) -> Level:
+async def run_level(make, pids: list[int], speech: list[np.ndarray], n: int, turns: int) -> Level:
     level = Level(n)
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = sum(map(cpu_seconds, pids)), time.monotonic()
     await asyncio.gather(*(caller(make, speech, turns, level, random.uniform(0, 1.0)) for _ in range(n)))
-    level.cpu_cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-    level.peak_rss_mb = peak_rss_mb(pid)
+    level.cpu_cores = (sum(map(cpu_seconds, pids)) - cpu0) / (time.monotonic() - t0)
+    level.peak_rss_mb = sum(map(peak_rss_mb, pids))
     return level
 
 
@@ -197,7 +198,8 @@ def report(levels: list[Level], max_calls: str, path: str) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     speaker = Speaker()
     speech = [speaker.synthesize(q) for q in QUESTIONS[:4]]
-    extra = ["--reply-model", args.reply_model] + (["--max-calls", str(args.max_calls)] if args.max_calls is not None else [])
+    extra = ["--reply-model", args.reply_model, "--workers", str(args.workers)] + (
+        ["--max-calls", str(args.max_calls)] if args.max_calls is not None else [])
     with LocalBackendProcess(*extra) as backend:
         url, health = backend.url, backend.health
         loop_thread = LoopThread() if args.through_relay else None  # the relays' loop, as in the app
@@ -205,8 +207,8 @@ async def main_async(args: argparse.Namespace) -> None:
         levels = []
         for n in args.ramp:
             print(f"N = {n}: {n} callers, {args.turns} turns each…", flush=True)
-            levels.append(await run_level(make, backend.pid, speech, n, args.turns))
-        report(levels, str(health["max_calls"] or "unlimited"),
+            levels.append(await run_level(make, backend.pids, speech, n, args.turns))
+        report(levels, str(health["max_calls"] or "unlimited") + (f", {args.workers} workers" if args.workers > 1 else ""),
                "through the relay" if loop_thread else "callers straight to the backend")
 
 
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--max-calls", type=int, default=None, help="the backend's capacity (default: its own)")
     parser.add_argument("--reply-model", default="fast", help="the bundled reply model (default: %(default)s)")
     parser.add_argument("--through-relay", action="store_true", help="each caller behind the app's relay")
+    parser.add_argument("--workers", type=int, default=1, help="koe.local's model processes (default: %(default)s)")
     asyncio.run(main_async(parser.parse_args()))
 
 
