@@ -228,6 +228,9 @@ class WorkerFront:
         while await self._health(worker, timeout_s=2.0) is None:
             # The socket listens from the start, so a request waits until the worker serves (models loaded).
             if worker.process.returncode is not None or time.monotonic() > deadline:
+                if worker.process.returncode is None:  # stuck: ended, so that its watcher starts it again
+                    worker.process.kill()
+                    await worker.process.wait()
                 raise RuntimeError(f"worker {worker.index} (pid {worker.process.pid}) did not start: "
                                    f"exit code {worker.process.returncode}")
         worker.ready = True
@@ -322,10 +325,11 @@ class WorkerFront:
         secret = self.keys.take_secret(key) if key and key.startswith("ek_") else None
         if secret is not None:
             try:
-                await worker.http.put(f"/v1/koe/worker/client_secrets/{secret.value}",
-                                      headers={"Authorization": f"Bearer {self._worker_key}"},
-                                      json={"settings": secret.settings.model_dump(mode="json"),
-                                            "expires_at": secret.expires_at})
+                handed = await worker.http.put(f"/v1/koe/worker/client_secrets/{secret.value}",
+                                               headers={"Authorization": f"Bearer {self._worker_key}"},
+                                               json={"settings": secret.settings.model_dump(mode="json"),
+                                                     "expires_at": secret.expires_at})
+                handed.raise_for_status()
             except httpx.HTTPError:
                 self.keys.give_back_secret(secret)
                 raise
