@@ -240,10 +240,11 @@ class LocalSession:
                 self._early_job = self._scheduler.submit(Urgency.LISTEN, "stt", self._transcribe,
                                                          event.audio)
                 self._early = asyncio.wrap_future(self._early_job)
-                if self._reads_words():
+                if self._reads_words():  # the reading evaluates the reply's prompt too
                     self._detector.words_asked(event.audio_ms)
                     self._early.add_done_callback(functools.partial(self._read_words, self._detector, event.audio_ms))
-                self._early.add_done_callback(self._prefill)
+                else:
+                    self._early.add_done_callback(self._prefill)
         elif isinstance(event, SpeechResumed):
             self._early = None
             for job in (self._early_job, self._prefill_job, self._words_job):
@@ -285,27 +286,30 @@ class LocalSession:
 
     def _read_words(self, detector: SemanticVadDetector, silence_ms: int, early: asyncio.Future) -> None:
         """semantic_vad: the early transcript is in; the bundled model reads whether its words end there
-        (turn-taking work, as urgent as the turn model), and its answer may end the turn."""
-        def settle(job: asyncio.Future) -> None:
-            probability = None
-            if not job.cancelled():
-                if job.exception() is not None:
-                    log.warning("reading the words failed: %s", job.exception())
-                else:
-                    probability = job.result()
+        (turn-taking work, as urgent as the turn model), and its answer may end the turn. In the same job it then
+        evaluates the rest of the reply's prompt (the speculative prefill), so the reply finds it all cached."""
+        def settle(probability: float | None) -> None:
             if detector is self._detector:  # else the session closed or its turn detection changed
                 for event in detector.words(silence_ms, probability, self.models.llm.profile.words_go_on_below):
                     self._on_turn_event(event)
 
+        def read_then_prefill() -> None:
+            try:
+                probability = llm.words_end(messages, **options)
+            except Exception as exc:  # without a reading the sound alone decides
+                log.warning("reading the words failed: %s", exc)
+                probability = None
+            with contextlib.suppress(RuntimeError):  # the loop closed with the session
+                loop.call_soon_threadsafe(settle, probability)
+            if probability is not None and self._bundled_replies:
+                llm.prefill(messages, **options)
+
         text = "" if early.cancelled() or early.exception() is not None else early.result().strip()
         if early is not self._early or not text:  # no words to read: the sound alone decides
-            for event in detector.words(silence_ms, None):
-                self._on_turn_event(event)
-            return
+            return settle(None)
+        loop, llm = asyncio.get_running_loop(), self.models.llm
         messages, options = self._model_prompt(text)
-        self._words_job = self._scheduler.run(Urgency.REPLY, "llm", functools.partial(
-            self.models.llm.words_end, messages, **options))
-        self._words_job.add_done_callback(settle)
+        self._words_job = self._scheduler.run(Urgency.REPLY, "llm", read_then_prefill)
 
     def _prefill_conversation(self) -> None:
         """The conversation changed outside a turn (the session's start, new instructions, a reply done or cut

@@ -234,24 +234,18 @@ class ReplyModel:
 
     def prefill(self, messages: list[dict], *, max_tokens: int = 200, tools: list[dict] | None = None,
                 tool_choice: str | dict | None = None, alone: Callable[[], bool] = lambda: False) -> None:
-        """Evaluate the prompt that `stream` would build from the same arguments into llama.cpp's KV cache,
-        without replying, so that a `stream` whose prompt starts the same evaluates only the rest (a
-        speculative start: a prompt that turns out different still shares the part before the difference).
+        """Evaluate a prompt into llama.cpp's KV cache without replying, so that a `stream` whose prompt starts the
+        same evaluates only the rest (a speculative start: a prompt that turns out different still shares the part
+        before the difference). Messages that end with the user's: the prompt `stream` would build from the same
+        arguments; else the conversation so far and the header of the user's next message.
         `alone` as for `stream`. Raises ContextOverflow as `stream` does."""
         offered = self._offered(tools, tool_choice)
         with self._lock:
             prompt, _ = self._prompt(messages, max_tokens, offered, tool_choice)
-            if list(self._llm.input_ids[:self._llm.n_tokens]) == prompt:
-                return
-            evaluating = len(prompt) - self._cached(prompt)
-            picked, started = self._batch_threads(alone), time.monotonic()
-            tokens = self._llm.generate(prompt, temp=0.0)
-            try:
-                next(tokens)  # evaluates the prompt; the token it samples is dropped
-                if picked is not None:
-                    self._prompt_threads.record(picked, time.monotonic() - started, evaluating)
-            finally:
-                tokens.close()
+            if messages[-1]["role"] != "user":
+                prompt = prompt[:-len(self._header("assistant"))] + self._header("user")
+            if list(self._llm.input_ids[:self._llm.n_tokens]) != prompt:
+                self._evaluate(prompt, alone)
 
     def words_end(self, messages: list[dict], *, max_tokens: int = 200, tools: list[dict] | None = None,
                   tool_choice: str | dict | None = None, alone: Callable[[], bool] = lambda: False) -> float:
@@ -268,16 +262,24 @@ class ReplyModel:
         with self._lock:
             prompt, _ = self._prompt(messages[:-1] + [{"role": "user", "content": words}], max_tokens, offered,
                                      tool_choice)
-            prompt = prompt[:-len(tail)]
-            cached = self._cached(prompt)
-            picked, started = self._batch_threads(alone), time.monotonic()
-            self._llm.n_tokens = cached  # eval() drops the KV cache past it and evaluates the rest
-            self._llm.eval(prompt[cached:])
-            if picked is not None:
-                self._prompt_threads.record(picked, time.monotonic() - started, len(prompt) - cached)
+            started, evaluated = time.monotonic(), self._evaluate(prompt[:-len(tail)], alone)
             logits = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._llm.n_vocab(),))
-        odds = np.exp(logits - logits.max())
-        return float(odds[self._ends].sum() / odds.sum())
+            odds = np.exp(logits - logits.max())
+        ends = float(odds[self._ends].sum() / odds.sum())
+        log.info("words: %d tokens evaluated in %.0f ms: they end there with %.3f", evaluated,
+                 1000 * (time.monotonic() - started), ends)
+        return ends
+
+    def _evaluate(self, prompt: list[int], alone: Callable[[], bool]) -> int:
+        """Evaluate `prompt` into the KV cache, from where it differs from what is held (at least its last token,
+        whose logits llama.cpp then holds); returns how many tokens were evaluated. Under the lock."""
+        cached = self._cached(prompt)
+        picked, started = self._batch_threads(alone), time.monotonic()
+        self._llm.n_tokens = cached  # eval() drops the KV cache past it
+        self._llm.eval(prompt[cached:])
+        if picked is not None:
+            self._prompt_threads.record(picked, time.monotonic() - started, len(prompt) - cached)
+        return len(prompt) - cached
 
     def _offered(self, tools: list[dict] | None, tool_choice: str | dict | None) -> list[dict] | None:
         """The tools the prompt lays out: none for a profile that cannot call functions, or with tool_choice "none"."""
