@@ -259,7 +259,7 @@ async def run(turns: int, languages: list[str], chat: dict[str, str | None], rep
     results = {}
     try:
         if "en" in languages:
-            print("English (Whisper tiny.en, Piper):")
+            print("English (Whisper base, Piper):")
             english = SessionSettings(instructions="You are a helpful assistant. Answer in one or two short sentences.",
                                       voice="alloy")
             await both(results, "English", transports, rounds, server, english, UTTERANCES, models.tts.synthesize,

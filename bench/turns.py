@@ -193,7 +193,7 @@ async def run(languages: list[str], modes: list[str], rounds: int, profiles: lis
               "turn model: Smart Turn v3.2 (pipecat-ai wheel); figures from a shared 2-core machine are noisy")
         plans = []
         if "en" in languages:
-            plans.append(("English (Piper speaks, Whisper tiny.en hears)",
+            plans.append(("English (Piper speaks, Whisper base hears)",
                           SessionSettings(instructions="Answer in one short sentence.", voice="alloy",
                                           max_output_tokens=24),
                           utterances(models.tts.synthesize, QUESTIONS, ENGLISH_PAUSED)))

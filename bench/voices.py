@@ -3,7 +3,7 @@
     .venv/bin/python bench/voices.py [--repeats 3]
 
 Every voice the local backend ships (Piper's English "joe"; in Japanese OpenJTalk's "mei" and Kokoro's five)
-says a fixed set of sentences; Whisper (tiny.en for English, base for Japanese, as the server uses them)
+says a fixed set of sentences; Whisper base (as the server uses it, for every language)
 writes down what it heard. Per voice it prints the character error rate (jiwer's CER, after dropping
 punctuation and spaces, lower case), the real-time factor (synthesis time / audio duration, median over the
 repeats), and the time to make the first clause of a two-clause sentence (what a listener waits for).

@@ -96,6 +96,24 @@ def test_a_prefilled_prompt_leaves_the_reply_nothing_to_evaluate(fast, caplog):
     assert evaluated(fast) == fast._prompt(longer, 24)[0]
 
 
+def test_a_cheap_only_prefill_leaves_another_conversation_cached_while_others_run(fast):
+    """Between turns the session prefills its conversation only if that is cheap: with several conversations on one
+    model, each would evict the others' and every turn would evaluate its whole history again."""
+    pirate = "You are a pirate on a ship in the Caribbean, looking for the treasure of your old captain. " * 4
+    mine = [{"role": "system", "content": pirate + "Answer in one short sentence."},
+            {"role": "user", "content": "Where is the treasure?"}, {"role": "assistant", "content": "On the island."}]
+    fast.prefill([SYSTEM, {"role": "user", "content": "Name a fruit."}], max_tokens=24)  # another conversation
+    theirs = evaluated(fast)
+    fast.prefill(mine, max_tokens=24, cheap_only=True, alone=lambda: False)
+    assert evaluated(fast) == theirs
+    fast.prefill(mine, max_tokens=24, cheap_only=True, alone=lambda: True)  # nothing else runs: worth it
+    ours = evaluated(fast)
+    assert ours != theirs and ours[-3:] == fast._header("user")  # up to the user's next message
+    fast.prefill(mine + [{"role": "user", "content": "And the map?"}, {"role": "assistant", "content": "Lost."}],
+                 max_tokens=24, cheap_only=True, alone=lambda: False)  # a few new tokens: cheap
+    assert evaluated(fast)[: len(ours) - 3] == ours[:-3] and len(evaluated(fast)) > len(ours)
+
+
 def test_a_prompt_is_evaluated_with_every_core_only_when_nothing_else_runs(fast, monkeypatch):
     choice = ThreadChoice(model_threads(), cores())
     choice.seconds = {model_threads(): 1.0}  # every core untried: it counts as the faster

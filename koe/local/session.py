@@ -315,11 +315,12 @@ class LocalSession:
         """The conversation changed outside a turn (the session's start, new instructions, a reply done or cut
         where it was heard): the bundled model evaluates it into its cache as listening work, so that the next
         turn's reading of the words and its reply evaluate only what the user says (a preset's instructions
-        are 100-300 tokens: seconds on one core)."""
+        are 100-300 tokens: seconds on one core); not while other conversations keep the model busy (ReplyModel.prefill's
+        `cheap_only`)."""
         if self._bundled_replies or self._reads_words():
             messages, options = self._model_prompt()
             self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(self.models.llm.prefill, messages,
-                                                                             **options))
+                                                                             cheap_only=True, **options))
 
     def _model_prompt(self, text: str | None = None) -> tuple[list[dict], dict]:
         """The bundled model's messages and keyword arguments for a reply to the user's `text` now (None: the

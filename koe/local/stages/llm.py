@@ -233,19 +233,26 @@ class ReplyModel:
                     self._remember(key, sampled)
 
     def prefill(self, messages: list[dict], *, max_tokens: int = 200, tools: list[dict] | None = None,
-                tool_choice: str | dict | None = None, alone: Callable[[], bool] = lambda: False) -> None:
+                tool_choice: str | dict | None = None, alone: Callable[[], bool] = lambda: False,
+                cheap_only: bool = False) -> None:
         """Evaluate a prompt into llama.cpp's KV cache without replying, so that a `stream` whose prompt starts the
         same evaluates only the rest (a speculative start: a prompt that turns out different still shares the part
         before the difference). Messages that end with the user's: the prompt `stream` would build from the same
         arguments; else the conversation so far and the header of the user's next message.
+        `cheap_only`: evaluate only when `alone()` or when the cache already holds most of the prompt (at most a
+        quarter is new); else leave it be: it holds another conversation, which this would evict, and every
+        conversation's turn would then evaluate its whole history.
         `alone` as for `stream`. Raises ContextOverflow as `stream` does."""
         offered = self._offered(tools, tool_choice)
         with self._lock:
             prompt, _ = self._prompt(messages, max_tokens, offered, tool_choice)
             if messages[-1]["role"] != "user":
                 prompt = prompt[:-len(self._header("assistant"))] + self._header("user")
-            if list(self._llm.input_ids[:self._llm.n_tokens]) != prompt:
-                self._evaluate(prompt, alone)
+            if list(self._llm.input_ids[:self._llm.n_tokens]) == prompt:
+                return
+            if cheap_only and not alone() and 4 * (len(prompt) - self._cached(prompt)) > len(prompt):
+                return
+            self._evaluate(prompt, alone)
 
     def words_end(self, messages: list[dict], *, max_tokens: int = 200, tools: list[dict] | None = None,
                   tool_choice: str | dict | None = None, alone: Callable[[], bool] = lambda: False) -> float:
