@@ -3,7 +3,7 @@
     .venv/bin/python bench/load.py [--ramp 1,2,3,4,6] [--turns 2] [--max-calls N] [--reply-model fast|default]
                                    [--through-relay] [--workers N]
 
-Starts `python -m koe.local` (its capacity: `--max-calls`, else its own default, one per core; 0 = none),
+Starts `python -m koe.local` (its capacity: `--max-calls`, else its own default, two per core; 0 = none),
 then for each N runs N synthetic callers at once (aiortc WebRTC calls from this process, each asking short
 questions in speech made with the project's own TTS, Piper). With `--through-relay` each caller is a
 synthetic browser behind the app's relay, as in bench/relay.py (browser peer → app peer → Relay → backend),
