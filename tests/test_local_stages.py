@@ -243,14 +243,21 @@ def test_semantic_vad_ignores_an_answer_about_a_pause_the_user_broke():
     assert [type(e) for e in detector.verdict(question, 0.99)] == [SpeechStopped]
 
 
-@pytest.mark.parametrize("eagerness", ["high", "auto", "low"])
-def test_semantic_vad_words_that_go_on_hold_a_finished_sounding_pause(eagerness):
-    # A TTS voice says "I'd like to order," with a finished melody: the sound says complete, the words do not.
+def sounded(eagerness: str, sound: float) -> tuple[SemanticVadDetector, SilenceBegan, int]:
+    """A silence whose words are being read, asked about at 200 ms and answered `sound` by the turn model (no
+    turn end yet): (the detector, the silence, the next chunk number)."""
     detector = SemanticVadDetector(eagerness)
     began, n = silence_began(detector)
     detector.words_asked(began.audio_ms)
     question, n = asked(detector, began, n, ASK_AT_MS[0])
-    assert detector.verdict(question, 0.9) == []  # complete, but the words are still being read
+    assert detector.verdict(question, sound) == []
+    return detector, began, n
+
+
+@pytest.mark.parametrize("eagerness", ["high", "auto", "low"])
+def test_semantic_vad_words_that_go_on_hold_a_finished_sounding_pause(eagerness):
+    # A TTS voice says "I'd like to order," with a finished melody: the sound says complete, the words do not.
+    detector, began, n = sounded(eagerness, 0.9)  # complete, but the words are still being read
     assert detector.words(began.audio_ms, 0.001, go_on_below=0.03) == []  # they go on
     hold = MAX_WAIT_MS[eagerness] // 2
     quiet = chunks(hold) - chunks(ASK_AT_MS[0])
@@ -260,28 +267,17 @@ def test_semantic_vad_words_that_go_on_hold_a_finished_sounding_pause(eagerness)
 
 
 def test_semantic_vad_words_that_end_let_a_complete_sound_end_the_turn_and_rescue_a_flat_one():
-    detector = SemanticVadDetector("auto")
-    began, n = silence_began(detector)
-    detector.words_asked(began.audio_ms)
-    question, n = asked(detector, began, n, ASK_AT_MS[0])
-    assert detector.verdict(question, 0.9) == []
+    detector, began, n = sounded("auto", 0.9)
     assert [type(e) for e in detector.words(began.audio_ms, 0.95, go_on_below=0.03)] == [SpeechStopped]
     # A flat melody (OpenJTalk's) sounds mid-sentence; plainly ending words make it unsure: server_vad's 500 ms.
-    detector = SemanticVadDetector("auto")
-    began, n = silence_began(detector)
-    detector.words_asked(began.audio_ms)
-    question, n = asked(detector, began, n, ASK_AT_MS[0])
-    assert detector.verdict(question, 0.02) == [] and detector.words(began.audio_ms, 0.97, go_on_below=0.03) == []
+    detector, began, n = sounded("auto", 0.02)
+    assert detector.words(began.audio_ms, 0.97, go_on_below=0.03) == []
     events = feed(detector, [0.0] * (chunks(FALLBACK_MS) - chunks(ASK_AT_MS[0])), start=n)
     assert [type(e) for e in events][-1] is SpeechStopped and events[-1].waited_ms == chunks(FALLBACK_MS) * CHUNK_MS
 
 
 def test_semantic_vad_a_complete_sound_waits_for_the_words_no_longer_than_server_vad():
-    detector = SemanticVadDetector("auto")
-    began, n = silence_began(detector)
-    detector.words_asked(began.audio_ms)
-    question, n = asked(detector, began, n, ASK_AT_MS[0])
-    assert detector.verdict(question, 0.9) == []
+    detector, began, n = sounded("auto", 0.9)
     events = feed(detector, [0.0] * (chunks(FALLBACK_MS) - chunks(ASK_AT_MS[0])), start=n)
     assert [type(e) for e in events][-1] is SpeechStopped  # the words never came: ended as server_vad would
     assert detector.words(began.audio_ms, 0.001, go_on_below=0.03) == []  # stale
