@@ -146,6 +146,7 @@ class LocalSession:
         self._early_job: concurrent.futures.Future | None = None
         self._prefill_job: concurrent.futures.Future | None = None  # the reply prompt, evaluated speculatively
         self._words_job: asyncio.Future | None = None  # semantic_vad: do the words so far end?
+        self._closing = False
         self._response: Response | None = None
         self._playing: Response | None = None  # the reply whose audio is still in the track
         self._assistant_spoke = False
@@ -242,7 +243,8 @@ class LocalSession:
                 self._early = asyncio.wrap_future(self._early_job)
                 if self._reads_words():  # the reading evaluates the reply's prompt too
                     self._detector.words_asked(event.audio_ms)
-                    self._early.add_done_callback(functools.partial(self._read_words, self._detector, event.audio_ms))
+                    self._early.add_done_callback(functools.partial(self._read_words, self._detector,
+                                                                    event.audio_ms))
                 else:
                     self._early.add_done_callback(self._prefill)
         elif isinstance(event, SpeechResumed):
@@ -315,9 +317,9 @@ class LocalSession:
         """The conversation changed outside a turn (the session's start, new instructions, a reply done or cut
         where it was heard): the bundled model evaluates it into its cache as listening work, so that the next
         turn's reading of the words and its reply evaluate only what the user says (a preset's instructions
-        are 100-300 tokens: seconds on one core); not while other conversations keep the model busy (ReplyModel.prefill's
-        `cheap_only`)."""
-        if self._bundled_replies or self._reads_words():
+        are 100-300 tokens: seconds on one core); not while other conversations keep the model busy
+        (ReplyModel.prefill's `cheap_only`), nor for a session that is closing."""
+        if not self._closing and (self._bundled_replies or self._reads_words()):
             messages, options = self._model_prompt()
             self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(self.models.llm.prefill, messages,
                                                                              cheap_only=True, **options))
@@ -900,6 +902,7 @@ class LocalSession:
             self.on_end()
 
     async def close(self) -> None:
+        self._closing = True
         self._expiry.cancel()
         if self._response is not None:
             self._response.status = "cancelled"
