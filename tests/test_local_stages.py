@@ -347,6 +347,17 @@ def test_vad_buffers_partial_chunks(loaded, question_16k):
     assert np.allclose([p for ps in pieces for p in ps], whole, atol=1e-5)
 
 
+def test_whisper_keeps_the_words_after_a_pause(loaded):
+    # "I'd like to order" (a finished melody), a second of thought, then the rest: without timestamps Whisper base
+    # ended the text at the pause, and the reply answered half the turn.
+    said = np.concatenate([loaded.tts.synthesize("I'd like to order"), np.zeros(48_000, np.int16),
+                           loaded.tts.synthesize("a large pizza, please.")])
+    turn = np.concatenate([np.zeros(4_800, np.float32), to_float32(resample(said, 48_000, 16_000)),
+                           np.zeros(8_000, np.float32)])  # as server_vad hands a turn over
+    text = loaded.stt.transcribe(turn).lower()
+    assert "order" in text and "please" in text, text
+
+
 def test_whisper_transcribes(loaded, question_16k):
     text = loaded.stt.transcribe(question_16k).lower()
     assert "count" in text and ("five" in text or "5" in text)

@@ -80,9 +80,12 @@ class Transcriber:
         seconds = audio.size / 16_000
         with self._lock:
             self._model.frames = _window_frames(seconds, self.window_s)
+            # With timestamps, as Whisper was trained: without them, a turn with a pause in it ("I'd like to
+            # order" … 1 s … "a large pizza, please.") ended at the pause in 5 of 20 renditions (Whisper base):
+            # the rest of the words were lost. They cost ~10 % more time.
             segments, _ = self._model.transcribe(
                 audio, language=language, beam_size=1, temperature=self.temperatures,
-                condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
+                condition_on_previous_text=False, without_timestamps=False, vad_filter=False,
                 max_new_tokens=_token_budget(seconds))
             # Segments are generated lazily: decode while holding the lock.
             text = "".join(segment.text for segment in segments)
