@@ -208,8 +208,9 @@ class SemanticVadDetector(ServerVadDetector):
     probability that the words end there (`words`; the reply model's ReplyModel.words_end). A melody can
     sound finished where the words are not ("I'd like to order, …" spoken by a TTS voice), so words that
     go on hold a complete or unsure sound for half the eagerness's maximum (a thinking pause) and keep a
-    mid-sentence one waiting for all of it; a complete sound waits for the words, up to FALLBACK_MS; words
-    that plainly end (> 0.5) make a mid-sentence sound unsure, except for `low`.
+    mid-sentence one waiting for all of it; a complete sound waits for the words as long (when several calls
+    keep the model busy they come late, but the reply would wait for that model too); words that plainly end
+    (> 0.5) make a mid-sentence sound unsure, except for `low`.
     """
 
     def __init__(self, eagerness: str = "auto", threshold: float = 0.5, prefix_padding_ms: int = 300,
@@ -283,8 +284,8 @@ class SemanticVadDetector(ServerVadDetector):
             return None
         if words is not None and words < self._words_below:  # the words go on
             return self.silence_duration_ms // 2 if sound >= unsure else None
-        if sound > COMPLETE:
-            return FALLBACK_MS if self._words_pending else 0
+        if sound > COMPLETE:  # the words decide; the reply needs them (and the same model) anyway
+            return self.silence_duration_ms // 2 if self._words_pending else 0
         if sound >= unsure or (words is not None and words > COMPLETE and unsure < COMPLETE):
             return FALLBACK_MS
         return None
