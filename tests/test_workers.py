@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -237,3 +238,15 @@ def test_calls_and_cores_are_shared_out_evenly():
     assert shares(5, 2) == [3, 2] and shares(2, 2) == [1, 1] and shares(0, 3) == [0, 0, 0]
     with pytest.raises(ValueError):  # a worker with no share of the calls would have no limit
         WorkerFront(3, [], max_calls=2)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_said_at_once_with_its_address(workers):
+    """Before any model loads: the single process and the front of --workers alike."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "koe.local", "--port", str(port), "--workers", workers],
+                              capture_output=True, text=True, timeout=60, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "loaded" not in done.stderr  # no model was loaded first

@@ -11,7 +11,7 @@ import time
 
 from koe.local.admission import MAX_CALLS_ENV, default_max_calls
 from koe.local.scheduler import cores
-from koe.local.server import LocalServer, cors_origins_from
+from koe.local.server import LocalServer, cors_origins_from, listening_socket
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint
 from koe.local.stages.llm import DEFAULT_PROFILE, PROFILES, REPLY_MODEL_ENV
 from koe.local.stages.models import get_models, warm
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     if worker is None and args.workers > 1:
         return serve_workers(args, max_calls)
+    sock = worker.socket() if worker is not None else listening_socket(args.host, args.port)
     started = time.monotonic()
     warm(japanese=args.japanese, reply_model=args.reply_model)
     log.info("models ready in %.1f s", time.monotonic() - started)
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
                          cors_origins=cors_origins_from(args.cors_origins), max_calls=max_calls,
                          worker_key=worker.key if worker is not None else None)
     if worker is None:
-        banner(args.host, args.port, max_calls)
+        banner(args.host, sock.getsockname()[1], max_calls)
     try:
-        asyncio.run(server.serve(sock=worker.socket() if worker is not None else None))
+        asyncio.run(server.serve(sock=sock))
     except KeyboardInterrupt:
         pass
 

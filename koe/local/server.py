@@ -138,6 +138,16 @@ def bound_port(server: Callable[[], uvicorn.Server | None], thread: threading.Th
     return server().servers[0].sockets[0].getsockname()[1]
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (port 0: a free one), bound before anything slow starts, so that a port in
+    use is said at once. Raises SystemExit naming the address when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 class LocalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
                  max_session_s: float = 3600.0, models: LocalModels | None = None,

@@ -43,7 +43,8 @@ from starlette.websockets import WebSocket, WebSocketState
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from koe.local.scheduler import CORES_ENV
-from koe.local.server import MAX_BODY, ClientSecret, HttpError, LocalServer, api_app, error, socket_key
+from koe.local.server import (MAX_BODY, ClientSecret, HttpError, LocalServer, api_app, error, listening_socket,
+                              socket_key)
 
 __all__ = ["WORKERS_ENV", "WorkerEnv", "WorkerFront", "shares"]
 
@@ -184,7 +185,7 @@ class WorkerFront:
             loop.add_signal_handler(sig, stop)
         config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=5)
-        listening = config.bind_socket()  # first: a port in use is said before any model loads (SystemExit)
+        listening = listening_socket(self.host, self.port)  # first: a port in use is said before any model loads
         self.port = listening.getsockname()[1]
         try:
             started = time.monotonic()
