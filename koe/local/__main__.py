@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                      "one call or more")
     tag = f" worker {worker.index}" if worker is not None else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(name)s{tag} %(levelname)s %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # not a line per ICE check of every call
     try:  # checked before the models load, so a missing model name is reported at once
         endpoint = ChatEndpoint.configured(args.chat_base_url, args.chat_model, args.chat_api_key, args.chat_timeout)
     except ValueError as exc:
