@@ -17,7 +17,7 @@ from typing import Any
 
 from koe.local.scheduler import cores
 
-__all__ = ["CALLS_PER_CORE", "MAX_CALLS_ENV", "Admission", "default_max_calls"]
+__all__ = ["CALLS_PER_CORE", "MAX_CALLS_ENV", "Admission", "busy_message", "default_max_calls"]
 
 MAX_CALLS_ENV = "KOE_LOCAL_MAX_CALLS"
 # bench/load.py on 2 quiet cores, the default reply model: 4 callers at once kept end of speech -> first reply
@@ -37,6 +37,11 @@ def default_max_calls(environ: dict[str, str] | None = None) -> int:
             raise ValueError(f"{MAX_CALLS_ENV} must be 0 (no limit) or more")
         return value
     return CALLS_PER_CORE * cores()
+
+
+def busy_message(max_calls: int, wait_s: int) -> str:
+    """What a caller refused for want of a slot reads: every one of `max_calls` is taken, try again in `wait_s`."""
+    return f"The local backend is busy: all {max_calls} conversation slots are in use. Try again in {wait_s} s."
 
 
 class Admission:
@@ -79,12 +84,6 @@ class Admission:
         oldest = self._clock() - min(self._running.values(), default=self._clock())
         low, high = RETRY_BOUNDS_S
         return int(min(high, max(low, typical - oldest)))
-
-    def refusal(self) -> tuple[str, int]:
-        """(message, Retry-After seconds) for a caller refused because every slot is taken."""
-        wait = self.retry_after_s()
-        return (f"The local backend is busy: all {self.max_calls} conversation slots are in use. "
-                f"Try again in {wait} s.", wait)
 
     def load(self) -> dict[str, Any]:
         """What /healthz reports: running calls, capacity (0 = none set), the share in use, and whether full."""

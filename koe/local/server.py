@@ -40,7 +40,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from koe.local.sdp import MAX_SDP_CHARS, OfferError, check_offer
-from koe.local.admission import Admission, default_max_calls
+from koe.local.admission import Admission, busy_message, default_max_calls
 from koe.local.scheduler import ModelScheduler
 from koe.local.session import DEFAULT_REPLY_TOKENS, LocalSession, unsupported
 from koe.local.stages.chat import DEFAULT_TIMEOUT_S, ChatEndpoint, ChatModel
@@ -78,6 +78,14 @@ def error(status: int, message: str, code: str | None = None, param: str | None 
           type_: str = "invalid_request_error") -> JSONResponse:
     """An error in OpenAI's shape, so one client-side mapping serves both backends."""
     return JSONResponse({"error": {"type": type_, "code": code, "message": message, "param": param}}, status)
+
+
+def session_limit(max_calls: int, wait_s: int) -> JSONResponse:
+    """The refusal of a conversation beyond the capacity, as OpenAI refuses: 429 `session_limit_reached` with
+    `Retry-After: wait_s`."""
+    response = error(429, busy_message(max_calls, wait_s), "session_limit_reached", type_="rate_limit_error")
+    response.headers["Retry-After"] = str(wait_s)
+    return response
 
 
 def socket_key(websocket: WebSocket) -> tuple[list[str], str | None]:
@@ -577,11 +585,8 @@ class LocalServer:
         """Take a slot for a new conversation under `key` (returned), or refuse it: 429 in OpenAI's
         shape with `Retry-After`, before any media flows."""
         if not self.admission.enter(key):
-            message, wait = self.admission.refusal()
             log.info("refused a new conversation: %d of %d running", self.admission.running, self.admission.max_calls)
-            response = error(429, message, "session_limit_reached", type_="rate_limit_error")
-            response.headers["Retry-After"] = str(wait)
-            raise HttpError(response)
+            raise HttpError(session_limit(self.admission.max_calls, self.admission.retry_after_s()))
         return key
 
     def _authorize(self, request: HTTPConnection, ephemeral: bool = True, key: str | None = None) -> ClientSecret | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import secrets
@@ -44,7 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from koe.local.scheduler import CORES_ENV
 from koe.local.server import (MAX_BODY, ClientSecret, HttpError, LocalServer, api_app, error, listening_socket,
-                              socket_key)
+                              session_limit, socket_key)
 
 __all__ = ["WORKERS_ENV", "WorkerEnv", "WorkerFront", "shares"]
 
@@ -393,8 +394,21 @@ class WorkerFront:
             self._remember(location.rsplit("/", 1)[-1], worker)
         if request.path_params.get("call_id") and answer.status_code == 200:  # hung up
             self._calls.pop(request.path_params["call_id"], None)
-        return Response(answer.content, answer.status_code,
-                        headers={name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers})
+        return self._for_all(answer.content, answer.status_code, answer.headers) or Response(
+            answer.content, answer.status_code,
+            headers={name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers})
+
+    def _for_all(self, body: bytes, status: int, headers) -> JSONResponse | None:
+        """A worker's refusal for want of a slot, said for the whole server: the least-loaded worker was full, so
+        every one of the front's `max_calls` is taken (the worker's own message counts its share). None for any
+        other answer."""
+        if status != 429 or "retry-after" not in headers:
+            return None
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return session_limit(self.max_calls, int(headers["retry-after"])) if code == "session_limit_reached" else None
 
     async def socket(self, websocket: WebSocket) -> None:
         """`GET /v1/realtime` (a new session, or `?call_id=` a sideband one): the worker's WebSocket, proxied
@@ -419,8 +433,9 @@ class WorkerFront:
         except InvalidStatus as exc:
             await self._settle(worker, secret, spent=False)
             refusal = exc.response
-            await LocalServer._refuse(websocket, Response(bytes(refusal.body), refusal.status_code, headers={
-                name: refusal.headers[name] for name in RESPONSE_HEADERS if name in refusal.headers}))
+            body, headers = bytes(refusal.body), {name.lower(): value for name, value in refusal.headers.raw_items()}
+            await LocalServer._refuse(websocket, self._for_all(body, refusal.status_code, headers) or Response(
+                body, refusal.status_code, headers={name: headers[name] for name in RESPONSE_HEADERS if name in headers}))
             return
         except (OSError, TimeoutError, httpx.HTTPError, websockets.InvalidHandshake) as exc:
             await self._settle(worker, secret, spent=False)
