@@ -119,7 +119,8 @@ async def test_calls_spread_over_the_workers_speak_and_the_one_too_many_is_refus
         assert refused.value.code == "session_limit_reached"
         wait = int(refused.value.response.headers["retry-after"])
         assert 5 <= wait <= 120  # counted for the whole server, not one worker's share:
-        assert refused.value.message.endswith(f"The local backend is busy: all 2 conversation slots are in use. Try again in {wait} s.")
+        assert refused.value.message.endswith(
+            f"The local backend is busy: all 2 conversation slots are in use. Try again in {wait} s.")
         # A WebSocket is refused during its handshake with the same answer.
         with pytest.raises(websockets.InvalidStatus) as denied:
             await websockets.connect(front.url.replace("http", "ws") + f"/v1/realtime?model={GA}",
