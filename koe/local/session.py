@@ -272,12 +272,20 @@ class LocalSession:
         item): if the user goes on, the next prompt still shares the history, and the reply itself evaluates
         only what differs. Skipped when no reply follows by itself, or one is under way."""
         vad = self.settings.turn_detection
-        if early is not self._early or early.cancelled() or early.exception() is not None or not early.result().strip() \
-                or not self._bundled_replies or vad is None or not vad.create_response or self._response is not None:
+        text = self._early_text(early)
+        if not text or not self._bundled_replies or vad is None or not vad.create_response \
+                or self._response is not None:
             return
-        messages, options = self._model_prompt(early.result())
+        messages, options = self._model_prompt(text)
         self._prefill_job = self._scheduler.submit(Urgency.LISTEN, "llm", functools.partial(
             self.models.llm.prefill, messages, **options))
+
+    def _early_text(self, early: asyncio.Future) -> str:
+        """The words of the early transcript that just came in; "" when there are none, it failed, or speech came
+        after it (it is no longer the current one)."""
+        if early is not self._early or early.cancelled() or early.exception() is not None:
+            return ""
+        return early.result().strip()
 
     def _reads_words(self) -> bool:
         """semantic_vad with a bundled model that reads words in the session's language (its profile's
@@ -306,8 +314,8 @@ class LocalSession:
             if probability is not None and self._bundled_replies:
                 llm.prefill(messages, **options)
 
-        text = "" if early.cancelled() or early.exception() is not None else early.result().strip()
-        if early is not self._early or not text:  # no words to read: the sound alone decides
+        text = self._early_text(early)
+        if not text:  # no words to read: the sound alone decides
             return settle(None)
         loop, llm = asyncio.get_running_loop(), self.models.llm
         messages, options = self._model_prompt(text)

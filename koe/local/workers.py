@@ -139,7 +139,7 @@ class WorkerFront:
         self._worker_args = worker_args
         self._env = dict(os.environ if env is None else env)
         self._worker_key = secrets.token_urlsafe(32)
-        self.workers = [Worker(i + 1, self._listener(), calls, max(1, share))
+        self.workers = [Worker(i + 1, listening_socket("127.0.0.1", 0), calls, max(1, share))
                         for i, (calls, share) in enumerate(zip(shares(max_calls, count), shares(cores, count)))]
         # Client secrets: the front mints and keeps them (the single process's own code and checks), and hands
         # one to the worker that takes its call just before forwarding that call, over the internal channel
@@ -159,13 +159,6 @@ class WorkerFront:
             WebSocketRoute("/v1/realtime", self.socket),
             Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ], cors_origins)
-
-    @staticmethod
-    def _listener() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(2048)
-        return sock
 
     # -- running -------------------------------------------------------------------------------
     async def serve(self, on_ready: Callable[[int], None] | None = None) -> None:
