@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +147,20 @@ def database_url(target: str | Path) -> URL:
     return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (kept in the file, so set once). Switching needs the file to itself, and SQLite
+    answers "database is locked" at once, without waiting its busy timeout, while another process holds it (two
+    app servers opening a new database together: CI saw it once): try again until BUSY_TIMEOUT_S has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
@@ -153,7 +168,7 @@ def _sqlite_engine(url: URL) -> Engine:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # Koe emits BEGIN itself (see `on_begin`)
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        _use_wal(dbapi_connection)
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across app crashes
         dbapi_connection.create_function("casefold", 1, _casefold_sqlite, deterministic=True)
 
