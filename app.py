@@ -7,7 +7,7 @@ import streamlit as st
 
 from components import runtime
 from components.controls import apply_settings, conversation_controls
-from components.conversation import current_relay, last_conversation_pointer, microphone_watch, talk
+from components.conversation import current_relay, last_conversation_pointer, microphone_watch, page_shown, talk
 from components.gate import require_access
 from components.live import cost_meter, drawn_for, page_drawn, status_and_meters, transcript
 from components.settings_form import sidebar
@@ -52,8 +52,10 @@ def talk_page() -> None:
     page_drawn()
 
 
-st.navigation([
+page = st.navigation([
     st.Page(talk_page, title="Talk", icon="🗣️", default=True),
     st.Page("pages/1_History.py", title="History", icon="📜", url_path="History"),
     st.Page("pages/2_Events.py", title="Events", icon="📈", url_path="Events"),
-]).run()
+])
+page_shown(page.url_path)
+page.run()

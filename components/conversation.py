@@ -27,12 +27,33 @@ from koe.store import LOCAL_BACKEND, SessionStore
 from components import runtime, tools
 from components.settings_form import Choice
 
+PAGE_SHOWN = "koe_page_shown"  # session state: (the page the full run before this one drew, the one this run draws)
+
 # The browser's own echo cancellation keeps the AI from hearing (and interrupting) itself.
 AUDIO_CONSTRAINTS = {"echoCancellation": True, "noiseSuppression": True, "autoGainControl": True}
 
 
 def current_relay() -> Relay | None:
     return st.session_state.get("relay")
+
+
+def page_shown(url_path: str) -> None:
+    """Note, in every full run, the page it draws (`st.navigation`'s page's `url_path`)."""
+    shown = st.session_state.get(PAGE_SHOWN)
+    st.session_state[PAGE_SHOWN] = (shown[1] if shown else None, url_path)
+
+
+def _keep_the_call() -> None:
+    """Keep a running call across quick reruns of this page.
+
+    streamlit-webrtc (0.79) stops the call when it believes its component went undrawn for a run, as when the page
+    was left and came back: it compares Streamlit's count of finished runs, which goes up only when a run's last
+    message is sent to the browser. On a busy server the next run can start before that, read a count one short,
+    and the run after it then looks like a return: the call ended mid-sentence ("the browser disconnected"). This
+    page draws the component in every full run, so only a full run of another page in between is a return."""
+    shown, context = st.session_state.get(PAGE_SHOWN), st.session_state.get("talk")
+    if context is not None and shown is not None and shown[0] == shown[1]:
+        context._last_rendered_run_count = None  # its check is skipped for this run, and set again by it
 
 
 def _ice(visitor: Visitor) -> tuple[list[dict], list[dict]]:
@@ -103,6 +124,7 @@ def talk(choice: Choice, store: SessionStore, visitor: Visitor) -> Relay:
     stop_browser = busy and relay.status.state in ("ended", "failed") and relay.status.ended_by != "user" \
         and not st.session_state.get("koe_stopped_browser")
     st.session_state["koe_stopped_browser"] = stop_browser
+    _keep_the_call()
     webrtc_streamer(
         key="talk",
         mode=WebRtcMode.SENDRECV,
