@@ -44,8 +44,7 @@ def talk_page() -> None:
     diagnostics = visitor.owner and st.sidebar.toggle("Show diagnostics", key="diagnostics",
                                                      help="How late the loop that carries the audio runs.")
     status_and_meters(relay, runtime.media_loop_watch() if diagnostics else None)
-    with st.container():
-        conversation_controls(relay, drawn)
+    conversation_controls(relay, drawn)
     cost_meter(relay, store, visitor)
     st.subheader("Transcript")
     transcript(store)

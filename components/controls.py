@@ -119,9 +119,14 @@ def _act(action) -> None:
         st.session_state["control_error"] = f"Not sent: {exc}"
 
 
+@st.fragment
 def conversation_controls(relay: Relay, state: str) -> None:
     """While live (`state`, as the page read it): mute, stop the AI, hold to talk (push to talk), and a
-    typed message."""
+    typed message.
+
+    A fragment: a click here reruns only these controls, not the page. A whole-page run that ends while the
+    live views' own reruns come in can leave the browser's page with parts missing or drawn twice (the controls
+    gone, the transcript shown twice), so the page runs whole only when the session's state changes."""
     if state != "live":
         return
     if error := st.session_state.pop("control_error", None):
