@@ -126,7 +126,8 @@ def conversation_controls(relay: Relay, state: str) -> None:
 
     A fragment: a click here reruns only these controls, not the page. A whole-page run that ends while the
     live views' own reruns come in can leave the browser's page with parts missing or drawn twice (the controls
-    gone, the transcript shown twice), so the page runs whole only when the session's state changes."""
+    gone, the transcript shown twice), so while a session runs the page runs whole only when its state or the
+    sidebar changes."""
     if state != "live":
         return
     if error := st.session_state.pop("control_error", None):
