@@ -47,7 +47,7 @@ def talk_page() -> None:
     conversation_controls(relay, drawn)
     cost_meter(relay, store, visitor)
     st.subheader("Transcript")
-    transcript(store)
+    transcript(store, relay)
     page_drawn()
 
 

@@ -1,7 +1,7 @@
 """Live views of the running conversation: status, level meters, transcript table, usage.
 
-They are fragments: they refresh themselves without rerunning the page (a full rerun would
-interrupt nothing in the audio, but it redraws everything). They read the session store and the
+They are fragments: while a session connects or runs they refresh themselves without rerunning the
+page (a full rerun would interrupt nothing in the audio, but it redraws everything). They read the session store and the
 relay's status; they never wait on the media loop. When the session's state changes (connected,
 ended) the status fragment reruns the whole page once, so the controls and the START/STOP button
 match it.
@@ -62,9 +62,20 @@ def _status_line(relay: Relay) -> str:
     return f"{STATUS_ICONS.get(status.state, '')} {status.message or 'Press START and allow the microphone.'}"
 
 
-@st.fragment(run_every="0.5s")
+def _every(relay: Relay | None, seconds: float) -> float | None:
+    """How often a live view redraws itself (s): only while a session connects or runs. Nothing else changes on
+    its own, every other change comes with a run of the whole page, and each self-redraw that meets the end of a
+    whole-page run risks the browser's page losing a part (Streamlit 1.67: "Bad delta path index")."""
+    return seconds if relay is not None and relay.status.state in ("connecting", "live") else None
+
+
 def status_and_meters(relay: Relay, loop_watch: LoopWatch | None = None) -> None:
-    """`loop_watch` (for the owner): how late the loop that carries the audio runs, a gap in the sound."""
+    """The status line and level meters, every 0.5 s while a session runs. `loop_watch` (for the owner): how late
+    the loop that carries the audio runs, a gap in the sound."""
+    st.fragment(_status_and_meters, run_every=_every(relay, 0.5))(relay, loop_watch)
+
+
+def _status_and_meters(relay: Relay, loop_watch: LoopWatch | None) -> None:
     status = relay.status
     drawn = st.session_state.get(DRAWN_STATE)
     # While the page's full run draws this fragment, the run has not reached the end yet; in the fragment's
@@ -103,10 +114,13 @@ def _clock(seconds: float) -> str:
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
-@st.fragment(run_every="2s")
 def cost_meter(relay: Relay | None, store: SessionStore, visitor: Visitor) -> None:
     """This session's time, tokens and estimated cost against its limits; today's totals (costs only
-    where the backend bills: the local backend is free)."""
+    where the backend bills: the local backend is free). Every 2 s while a session runs."""
+    st.fragment(_cost_meter, run_every=_every(relay, 2.0))(relay, store, visitor)
+
+
+def _cost_meter(relay: Relay | None, store: SessionStore, visitor: Visitor) -> None:
     guard = relay.guard if relay is not None else None
     if guard is None:  # nothing runs: the figures of the session that ended last, frozen
         guard = st.session_state.get("koe_last_guard")
@@ -155,8 +169,12 @@ def transcript_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-@st.fragment(run_every="1s")
-def transcript(store: SessionStore) -> None:
+def transcript(store: SessionStore, relay: Relay) -> None:
+    """The conversation's transcript table and usage, every 1 s while a session runs."""
+    st.fragment(_transcript, run_every=_every(relay, 1.0))(store)
+
+
+def _transcript(store: SessionStore) -> None:
     conversation_id = st.session_state.get("conversation_id")
     if not conversation_id:
         st.caption("The transcript appears here as you talk.")
