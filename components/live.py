@@ -1,10 +1,10 @@
 """Live views of the running conversation: status, level meters, transcript table, usage.
 
 They are fragments: while a session connects or runs they refresh themselves without rerunning the
-page (a full rerun would interrupt nothing in the audio, but it redraws everything). They read the session store and the
-relay's status; they never wait on the media loop. When the session's state changes (connected,
-ended) the status fragment reruns the whole page once, so the controls and the START/STOP button
-match it.
+page (a full rerun would interrupt nothing in the audio, but it redraws everything). They read the
+session store and the relay's status; they never wait on the media loop. When the session's state
+changes (connected, ended) the status fragment reruns the whole page once, so the controls and the
+START/STOP button match it.
 """
 
 from __future__ import annotations
