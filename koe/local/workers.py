@@ -387,21 +387,20 @@ class WorkerFront:
             self._remember(location.rsplit("/", 1)[-1], worker)
         if request.path_params.get("call_id") and answer.status_code == 200:  # hung up
             self._calls.pop(request.path_params["call_id"], None)
-        return self._for_all(answer.content, answer.status_code, answer.headers) or Response(
-            answer.content, answer.status_code,
-            headers={name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers})
+        return self._passed_on(answer.content, answer.status_code, answer.headers)
 
-    def _for_all(self, body: bytes, status: int, headers) -> JSONResponse | None:
-        """A worker's refusal for want of a slot, said for the whole server: the least-loaded worker was full, so
-        every one of the front's `max_calls` is taken (the worker's own message counts its share). None for any
-        other answer."""
-        if status != 429 or "retry-after" not in headers:
-            return None
-        try:
-            code = json.loads(body)["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        return session_limit(self.max_calls, int(headers["retry-after"])) if code == "session_limit_reached" else None
+    def _passed_on(self, body: bytes, status: int, headers) -> Response:
+        """A worker's answer as the front gives it: what a client reads of it (RESPONSE_HEADERS; `headers` looked up
+        by lower-case name). A refusal for want of a slot is said for the whole server: the least-loaded worker was
+        full, so every one of the front's `max_calls` is taken (the worker's own message counts its share)."""
+        if status == 429 and "retry-after" in headers:
+            try:
+                code = json.loads(body)["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = None
+            if code == "session_limit_reached":
+                return session_limit(self.max_calls, int(headers["retry-after"]))
+        return Response(body, status, headers={name: headers[name] for name in RESPONSE_HEADERS if name in headers})
 
     async def socket(self, websocket: WebSocket) -> None:
         """`GET /v1/realtime` (a new session, or `?call_id=` a sideband one): the worker's WebSocket, proxied
@@ -427,8 +426,7 @@ class WorkerFront:
             await self._settle(worker, secret, spent=False)
             refusal = exc.response
             body, headers = bytes(refusal.body), {name.lower(): value for name, value in refusal.headers.raw_items()}
-            await LocalServer._refuse(websocket, self._for_all(body, refusal.status_code, headers) or Response(
-                body, refusal.status_code, headers={name: headers[name] for name in RESPONSE_HEADERS if name in headers}))
+            await LocalServer._refuse(websocket, self._passed_on(body, refusal.status_code, headers))
             return
         except (OSError, TimeoutError, httpx.HTTPError, websockets.InvalidHandshake) as exc:
             await self._settle(worker, secret, spent=False)
